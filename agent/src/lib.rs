@@ -1,0 +1,1 @@
+//! haul: live migration of runc containers.
