@@ -1,1 +1,21 @@
-//! haul: live migration of runc containers.
+//! haul: live migration of runc containers and process trees between hosts, driving CRIU.
+//!
+//! Source pipeline: `inspect` (runc state, /proc) → `plan` (CRIU options) → `criu` (dump) →
+//! `transfer` (pages, images). Destination: `transfer` → `plan` → `criu` (restore) → register.
+//! `source` and `dest` orchestrate; see ARCHITECTURE.md.
+
+pub mod check;
+pub mod cli;
+pub mod criu;
+pub mod dest;
+pub mod error;
+// pub mod inspect;  (helper in progress)
+pub mod limits;
+pub mod logger;
+pub mod plan;
+pub mod source;
+pub mod summary;
+pub mod sys;
+pub mod transfer;
+pub mod util;
+pub mod workdir;

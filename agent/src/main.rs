@@ -1,1 +1,122 @@
-fn main() {}
+//! `haul`: parse the command line, set up logging, run the command, map errors to exit codes.
+
+use argh::FromArgs;
+use haul::cli::{Cli, Command, MigrateWhat};
+use haul::error::{Error, Result};
+use haul::transfer::Key;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let (args, verbose, quiet) = global_flags(std::env::args().collect());
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cli = match Cli::from_args(&strs[..1.min(strs.len())], strs.get(1..).unwrap_or_default()) {
+        Ok(c) => c,
+        Err(early) => {
+            let code = if early.status.is_ok() { 0 } else { 2 };
+            if code == 0 {
+                println!("{}", early.output);
+            } else {
+                eprintln!("{}", early.output);
+            }
+            return ExitCode::from(code);
+        }
+    };
+    cli.verbose = cli.verbose.saturating_add(verbose);
+    cli.quiet |= quiet;
+    haul::logger::init(haul::logger::level_from(cli.verbose, cli.quiet));
+    haul::util::cloexec_inherited_fds();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(e.kind.exit_code())
+        }
+    }
+}
+
+/// Takes `-v`, `-vv`, `--verbose`, `-q`, `--quiet` from anywhere before `--`, so they work after
+/// the subcommand too (`haul serve ... -v`).
+fn global_flags(args: Vec<String>) -> (Vec<String>, u8, bool) {
+    let (mut verbose, mut quiet, mut rest, mut ended) = (0u8, false, Vec::new(), false);
+    for (i, a) in args.into_iter().enumerate() {
+        if i == 0 || ended {
+            rest.push(a);
+            continue;
+        }
+        match a.as_str() {
+            "--" => {
+                ended = true;
+                rest.push(a);
+            }
+            "-v" | "--verbose" => verbose = verbose.saturating_add(1),
+            "-vv" => verbose = verbose.saturating_add(2),
+            "-q" | "--quiet" => quiet = true,
+            _ => rest.push(a),
+        }
+    }
+    (rest, verbose, quiet)
+}
+
+/// The key from `--key`, or none with `--insecure`; neither is an error.
+fn key_of(key: Option<&Path>, insecure: bool) -> Result<Option<Key>> {
+    match (key, insecure) {
+        (Some(_), true) => Err(Error::usage("give either --key FILE or --insecure, not both")),
+        (Some(p), false) => Key::load(p).map(Some).map_err(Error::usage),
+        (None, true) => Ok(None),
+        (None, false) => Err(Error::usage(
+            "no key: pass --key FILE (create one with `haul keygen FILE` and copy it to both hosts), \
+             or --insecure on a trusted test network",
+        )),
+    }
+}
+
+fn criu_of(flag: Option<&Path>) -> Result<std::path::PathBuf> {
+    haul::criu::find_criu(flag).map_err(|e| Error::setup(e.to_string()))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen(k) => {
+            let key = Key::generate().map_err(Error::other)?;
+            key.write_new(&k.file).map_err(Error::usage)?;
+            eprintln!("haul: wrote a new key to {} (mode 0600); copy it to the other host", k.file.display());
+            Ok(())
+        }
+        Command::Serve(s) => {
+            let key = key_of(s.key.as_deref(), s.insecure)?;
+            let cfg = haul::dest::session::SessionConfig {
+                key,
+                criu: criu_of(s.criu.as_deref())?,
+                work_root: s.work_dir,
+                keep_images: s.keep_images,
+            };
+            haul::dest::serve::serve(&s.listen, cfg)
+        }
+        Command::Migrate(m) => match m.what {
+            MigrateWhat::Pid(p) => {
+                let key = key_of(p.key.as_deref(), p.insecure)?;
+                let criu = criu_of(p.criu.as_deref())?;
+                haul::source::migrate::migrate_pid(
+                    p.pid,
+                    &haul::source::migrate::Options {
+                        to: &p.to,
+                        key: key.as_ref(),
+                        criu: &criu,
+                        work_root: &p.work_dir,
+                        stats_json: p.stats_json.as_deref(),
+                        quiet: cli.quiet,
+                    },
+                )
+            }
+        },
+        Command::Check(c) => {
+            let key = match &c.to {
+                Some(_) => key_of(c.key.as_deref(), c.insecure)?,
+                None => None,
+            };
+            let criu = criu_of(c.criu.as_deref()).unwrap_or_else(|_| "criu".into());
+            haul::check::run(&criu, &c.work_dir, c.to.as_deref(), key.as_ref())
+        }
+    }
+}

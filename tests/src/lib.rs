@@ -1,1 +1,1492 @@
+//! Lab library for haul's end-to-end tests: two network namespaces ("hosts") joined by a veth
+//! pair, a CRIU-friendly workload started as the init of its own pid namespace, heartbeat
+//! readers that measure downtime from outside, and RAII guards for everything a test creates.
+//!
+//! Every guard cleans up on `Drop`; nothing here deletes or kills anything it did not create.
+//! See `/work/shared/guides/test-lab.md` for the facts about the machine this relies on.
 
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// An error of the lab library: a message with its context chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabError(pub String);
+
+impl fmt::Display for LabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LabError {}
+
+/// Result with [`LabError`].
+pub type Result<T, E = LabError> = std::result::Result<T, E>;
+
+fn lab_err(msg: impl Into<String>) -> LabError {
+    LabError(msg.into())
+}
+
+/// Adds context to errors (and turns `None` into an error).
+pub trait Context<T> {
+    fn context(self, ctx: impl fmt::Display) -> Result<T>;
+    fn with_context<C: fmt::Display>(self, f: impl FnOnce() -> C) -> Result<T>;
+}
+
+impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, ctx: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| LabError(format!("{ctx}: {e}")))
+    }
+    fn with_context<C: fmt::Display>(self, f: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|e| LabError(format!("{}: {e}", f())))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, ctx: impl fmt::Display) -> Result<T> {
+        self.ok_or_else(|| LabError(ctx.to_string()))
+    }
+    fn with_context<C: fmt::Display>(self, f: impl FnOnce() -> C) -> Result<T> {
+        self.ok_or_else(|| LabError(f().to_string()))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A number unique within this test process (names of namespaces, directories, ...).
+fn next_seq() -> u32 {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+fn sanitize_tag(tag: &str, max: usize) -> String {
+    let s: String = tag
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(max)
+        .collect();
+    if s.is_empty() {
+        "t".to_string()
+    } else {
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lab requirements
+// ---------------------------------------------------------------------------------------------
+
+/// The environment variable that turns unmet lab requirements into a skip instead of a failure.
+pub const SKIP_ENV: &str = "HAUL_E2E_SKIP";
+/// The environment variable that keeps temporary directories for debugging.
+pub const KEEP_ENV: &str = "HAUL_E2E_KEEP";
+
+/// Proof that the lab requirements were checked, with the tools resolved to absolute paths.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    tools: Vec<(String, PathBuf)>,
+}
+
+impl Lab {
+    /// Tools for network namespaces and workloads (no CRIU).
+    pub const NET_TOOLS: &'static [&'static str] = &["ip", "nsenter", "unshare", "setsid"];
+    /// Everything a migration test needs.
+    pub const ALL_TOOLS: &'static [&'static str] = &[
+        "criu", "runc", "ip", "nsenter", "iptables", "unshare", "setsid",
+    ];
+
+    /// Checks that we are root and that every tool in `tools` is on PATH (or in an sbin
+    /// directory). Returns the reason otherwise.
+    pub fn require(tools: &[&str]) -> Result<Lab> {
+        let mut problems = Vec::new();
+        if !rustix::process::geteuid().is_root() {
+            problems.push("not running as root".to_string());
+        }
+        let mut found = Vec::new();
+        for t in tools {
+            match find_tool(t) {
+                Some(p) => found.push(((*t).to_string(), p)),
+                None => problems.push(format!("`{t}` not found on PATH")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Lab { tools: found })
+        } else {
+            Err(lab_err(format!(
+                "lab requirements not met: {}",
+                problems.join("; ")
+            )))
+        }
+    }
+
+    /// Like [`Lab::require`], but if `HAUL_E2E_SKIP=1` is set an unmet requirement prints
+    /// `skipped: reason` and returns `Ok(None)`. Without it, the reason is the error, so a test
+    /// fails instead of silently skipping:
+    ///
+    /// `let Some(lab) = Lab::require_or_skip(&[..]).expect("lab") else { return };`
+    pub fn require_or_skip(tools: &[&str]) -> Result<Option<Lab>> {
+        match Lab::require(tools) {
+            Ok(lab) => Ok(Some(lab)),
+            Err(e) if skip_requested() => {
+                eprintln!("skipped: {e}");
+                Ok(None)
+            }
+            Err(e) => Err(lab_err(format!("{e} (set {SKIP_ENV}=1 to skip instead)"))),
+        }
+    }
+
+    /// The absolute path of a tool checked by `require`.
+    pub fn tool(&self, name: &str) -> Option<&Path> {
+        self.tools
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.as_path())
+    }
+}
+
+/// True if `HAUL_E2E_SKIP=1`.
+pub fn skip_requested() -> bool {
+    std::env::var(SKIP_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Finds an executable on PATH, then in the usual sbin/bin directories.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The absolute path of a tool if found, else its bare name (so the error names it).
+fn tool(name: &str) -> PathBuf {
+    find_tool(name).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Runs a command to completion; an error carries its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(lab_err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binaries
+// ---------------------------------------------------------------------------------------------
+
+fn workspace_target_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        dirs.push(PathBuf::from(t));
+    }
+    dirs.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target"),
+    );
+    dirs
+}
+
+/// The haul binary: `$HAUL_BIN`, else `<workspace>/target/{debug,release}/haul` (the newer one
+/// if both exist).
+pub fn haul_bin() -> Result<PathBuf> {
+    find_bin("HAUL_BIN", "haul")
+}
+
+/// The workload binary: `$HAUL_WORKLOAD_BIN`, else next to the running test executable
+/// (`target/<profile>/deps/..`), else `<workspace>/target/{debug,release}/haul-workload`.
+/// Integration tests of this package may prefer `env!("CARGO_BIN_EXE_haul-workload")`.
+pub fn workload_bin() -> Result<PathBuf> {
+    if std::env::var_os("HAUL_WORKLOAD_BIN").is_none() {
+        if let Ok(exe) = std::env::current_exe() {
+            for dir in exe.ancestors().skip(1).take(2) {
+                let p = dir.join("haul-workload");
+                if is_executable(&p) {
+                    return Ok(p);
+                }
+            }
+        }
+    }
+    find_bin("HAUL_WORKLOAD_BIN", "haul-workload")
+}
+
+fn find_bin(env: &str, name: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        return if is_executable(&p) {
+            Ok(p)
+        } else {
+            Err(lab_err(format!(
+                "${env}={} is not an executable file",
+                p.display()
+            )))
+        };
+    }
+    let mut candidates: Vec<PathBuf> = workspace_target_dirs()
+        .into_iter()
+        .flat_map(|t| [t.join("debug").join(name), t.join("release").join(name)])
+        .collect();
+    candidates.retain(|p| is_executable(p));
+    candidates.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    candidates.pop().with_context(|| {
+        format!("no `{name}` binary in target/{{debug,release}}; build it or set ${env}")
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc helpers and a pid guard for processes that are not our children
+// ---------------------------------------------------------------------------------------------
+
+/// Fields of `/proc/PID/stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    /// Start time in clock ticks after boot: with the pid it identifies a process.
+    pub starttime: u64,
+}
+
+/// Reads `/proc/PID/stat`; `None` if the process does not exist.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); starttime is field 22.
+    Some(ProcStat {
+        pid,
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        starttime: rest.get(19)?.parse().ok()?,
+    })
+}
+
+/// The pids of the process in every nested pid namespace (`NSpid:` of `/proc/PID/status`),
+/// outermost first.
+pub fn proc_nspids(pid: u32) -> Option<Vec<u32>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("NSpid:"))?;
+    line["NSpid:".len()..]
+        .split_whitespace()
+        .map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Children of `pid`: from `/proc/PID/task/*/children`, else by scanning `/proc` for the ppid.
+pub fn proc_children(pid: u32) -> Vec<u32> {
+    let mut out = BTreeSet::new();
+    let mut have_children_file = false;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                have_children_file = true;
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    if !have_children_file {
+        for p in all_pids() {
+            if proc_stat(p).is_some_and(|s| s.ppid == pid) {
+                out.insert(p);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live (non-zombie) processes whose command line contains `arg` as one whole argument, e.g.
+/// the heartbeat path of a restored workload.
+pub fn find_pids_with_arg(arg: impl AsRef<OsStr>) -> Vec<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let needle = arg.as_ref().as_bytes();
+    all_pids()
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == needle))
+                && proc_stat(p).is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
+        })
+        .collect()
+}
+
+/// Live workload processes (comm `haul-workload`) writing to `heartbeat`: finds a restored
+/// workload, whose host pid differs from the dumped one. (The launcher's command line also
+/// contains the path; it is excluded by the comm.)
+pub fn find_workload_pids(heartbeat: &Path) -> Vec<u32> {
+    find_pids_with_arg(heartbeat)
+        .into_iter()
+        .filter(|&p| proc_stat(p).is_some_and(|s| s.comm == "haul-workload"))
+        .collect()
+}
+
+fn rustix_pid(pid: u32) -> Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .with_context(|| format!("invalid pid {pid}"))
+}
+
+/// Guards a process that is not our child (the workload inside its pid namespace, a restored
+/// process): `Drop` sends SIGKILL if it is still the same process. Identity is kept by a pidfd
+/// (opened, then checked against the start time) with a start-time check as fallback, so a
+/// reused pid is never killed. It does not reap: the parent (or init) does.
+#[derive(Debug)]
+pub struct PidGuard {
+    pid: u32,
+    starttime: u64,
+    pidfd: Option<OwnedFd>,
+    armed: bool,
+}
+
+impl PidGuard {
+    /// Guards `pid` as it is now.
+    pub fn new(pid: u32) -> Result<Self> {
+        let before = proc_stat(pid).with_context(|| format!("no process {pid}"))?;
+        let pidfd = rustix::process::pidfd_open(rustix_pid(pid)?, PidfdFlags::empty()).ok();
+        let after = proc_stat(pid).with_context(|| format!("process {pid} went away"))?;
+        if after.starttime != before.starttime {
+            return Err(lab_err(format!(
+                "process {pid} was replaced while guarding it"
+            )));
+        }
+        Ok(PidGuard {
+            pid,
+            starttime: before.starttime,
+            pidfd,
+            armed: true,
+        })
+    }
+
+    /// Like `new`, but also requires the process's parent to be `ppid` (checked after the
+    /// pidfd is open, so the guard surely holds the child of `ppid`).
+    pub fn new_child_of(pid: u32, ppid: u32) -> Result<Self> {
+        let g = PidGuard::new(pid)?;
+        match proc_stat(pid) {
+            Some(s) if s.ppid == ppid && s.starttime == g.starttime => Ok(g),
+            _ => Err(lab_err(format!("process {pid} is not a child of {ppid}"))),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Same process, still running (not a zombie).
+    pub fn is_alive(&self) -> bool {
+        proc_stat(self.pid)
+            .is_some_and(|s| s.starttime == self.starttime && !matches!(s.state, 'Z' | 'X'))
+    }
+
+    /// Sends a signal if it is still the same process. Returns whether it was sent.
+    pub fn signal(&self, sig: Signal) -> Result<bool> {
+        if let Some(fd) = &self.pidfd {
+            return match rustix::process::pidfd_send_signal(fd, sig) {
+                Ok(()) => Ok(true),
+                Err(rustix::io::Errno::SRCH) => Ok(false),
+                Err(e) => Err(lab_err(format!("signal {sig:?} to {}: {e}", self.pid))),
+            };
+        }
+        match proc_stat(self.pid) {
+            Some(s) if s.starttime == self.starttime => {
+                match rustix::process::kill_process(rustix_pid(self.pid)?, sig) {
+                    Ok(()) => Ok(true),
+                    Err(rustix::io::Errno::SRCH) => Ok(false),
+                    Err(e) => Err(lab_err(format!("signal {sig:?} to {}: {e}", self.pid))),
+                }
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// SIGKILL if still the same process.
+    pub fn kill(&self) -> Result<bool> {
+        self.signal(Signal::KILL)
+    }
+
+    /// Waits until the process is gone or a zombie.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while self.is_alive() {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Don't kill on drop (e.g. the process was handed over to someone else).
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if self.armed && self.is_alive() {
+            if let Err(e) = self.kill() {
+                eprintln!("haul-e2e: {e}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------
+
+/// Owns a child process: `Drop` signals it (SIGKILL, or SIGTERM first if a grace period is
+/// set) and waits for it, so no zombie is left. Signals only go to a child not yet reaped, so
+/// the pid cannot have been reused.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Child,
+    status: Option<ExitStatus>,
+    grace: Duration,
+    name: String,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`.
+    pub fn spawn(cmd: &mut Command) -> Result<Self> {
+        let name = format!("{:?}", cmd.get_program());
+        let child = cmd.spawn().with_context(|| format!("spawn {cmd:?}"))?;
+        Ok(ChildGuard::new(child).named(name))
+    }
+
+    pub fn new(child: Child) -> Self {
+        ChildGuard {
+            child,
+            status: None,
+            grace: Duration::ZERO,
+            name: String::new(),
+        }
+    }
+
+    /// A name for log messages.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// On drop/stop, send SIGTERM and wait up to `grace` before SIGKILL.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// The exit status if it has exited (reaps it).
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = self
+                .child
+                .try_wait()
+                .with_context(|| format!("wait for {}", self.name))?;
+        }
+        Ok(self.status)
+    }
+
+    /// Waits up to `timeout` for the exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(Some(s));
+            }
+            if Instant::now() >= end {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Sends a signal unless it has been reaped already.
+    pub fn signal(&mut self, sig: Signal) -> Result<()> {
+        if self.try_wait()?.is_some() {
+            return Ok(());
+        }
+        match rustix::process::kill_process(rustix_pid(self.pid())?, sig) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(lab_err(format!("signal {sig:?} to {}: {e}", self.name))),
+        }
+    }
+
+    /// SIGTERM, wait up to the grace period, then SIGKILL; waits and returns the status.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        if !self.grace.is_zero() {
+            self.signal(Signal::TERM)?;
+            if let Some(s) = self.wait_timeout(self.grace)? {
+                return Ok(s);
+            }
+        }
+        self.kill()
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.signal(Signal::KILL)?;
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let s = self
+            .child
+            .wait()
+            .with_context(|| format!("wait for {}", self.name))?;
+        self.status = Some(s);
+        Ok(s)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("haul-e2e: stopping {}: {e}", self.name);
+        }
+    }
+}
+
+#[derive(Default)]
+struct LogState {
+    lines: Vec<String>,
+    open_streams: usize,
+}
+
+#[derive(Default)]
+struct LogBuf {
+    state: Mutex<LogState>,
+    cv: Condvar,
+}
+
+/// A child whose stdout and stderr lines are collected (and echoed to our stderr as
+/// `[name] line`) by reader threads; [`ChildWithLog::wait_for_line`] waits for e.g.
+/// `listening on ADDR`. Stops the child on drop like [`ChildGuard`].
+pub struct ChildWithLog {
+    guard: ChildGuard,
+    log: Arc<LogBuf>,
+    name: String,
+}
+
+impl ChildWithLog {
+    /// Spawns `cmd` with stdout and stderr captured (stdin as configured on `cmd`).
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {name}: {cmd:?}"))?;
+        let log = Arc::new(LogBuf::default());
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        let guard = ChildGuard::new(child).named(name);
+        let streams: Vec<Box<dyn Read + Send>> = [
+            out.map(|o| Box::new(o) as Box<dyn Read + Send>),
+            err.map(|e| Box::new(e) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        lock(&log.state).open_streams = streams.len();
+        for s in streams {
+            let log = Arc::clone(&log);
+            let name = name.to_string();
+            // Detached: a grandchild may keep the pipe open after the child is gone.
+            std::thread::spawn(move || {
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[{name}] {line}");
+                    lock(&log.state).lines.push(line);
+                    log.cv.notify_all();
+                }
+                lock(&log.state).open_streams -= 1;
+                log.cv.notify_all();
+            });
+        }
+        Ok(ChildWithLog {
+            guard,
+            log,
+            name: name.to_string(),
+        })
+    }
+
+    /// Sets the grace period of the stop on drop (SIGTERM first).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.guard.grace = grace;
+        self
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    pub fn guard(&mut self) -> &mut ChildGuard {
+        &mut self.guard
+    }
+
+    /// All lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        lock(&self.log.state).lines.clone()
+    }
+
+    /// All lines so far, joined.
+    pub fn log_text(&self) -> String {
+        lock(&self.log.state).lines.join("\n")
+    }
+
+    /// Waits for a line containing `needle` (searching from the first line) and returns it.
+    /// Fails on timeout or when the output ends without it.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_for_line_from(0, needle, timeout).map(|(_, l)| l)
+    }
+
+    /// Like `wait_for_line`, searching lines from index `from`; returns (index, line).
+    pub fn wait_for_line_from(
+        &self,
+        from: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<(usize, String)> {
+        let end = Instant::now() + timeout;
+        let mut st = lock(&self.log.state);
+        loop {
+            if let Some((i, l)) = st
+                .lines
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| l.contains(needle))
+            {
+                return Ok((i, l.clone()));
+            }
+            let now = Instant::now();
+            if st.open_streams == 0 || now >= end {
+                let why = if st.open_streams == 0 {
+                    "output ended"
+                } else {
+                    "timed out"
+                };
+                return Err(lab_err(format!(
+                    "{}: {why} waiting for a line containing {needle:?}; output:\n{}",
+                    self.name,
+                    st.lines.join("\n")
+                )));
+            }
+            st = self
+                .log
+                .cv
+                .wait_timeout(st, end - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporary directories
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh directory `/tmp/haul-e2e-<tag>-<pid>-<n>`. `Drop` removes it recursively, but only
+/// if no mount point is at or under it (`/proc/self/mountinfo`); otherwise it logs and leaves
+/// it: unmounting is the caller's job. `HAUL_E2E_KEEP=1` keeps all directories.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let tag = sanitize_tag(tag, 32);
+        loop {
+            let path = PathBuf::from(format!(
+                "/tmp/haul-e2e-{tag}-{}-{}",
+                std::process::id(),
+                next_seq()
+            ));
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    let path = path.canonicalize().context("canonicalize temp dir")?;
+                    return Ok(TempDir { path, keep: false });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(lab_err(format!("create {}: {e}", path.display()))),
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.path.join(p)
+    }
+
+    /// Leave the directory in place on drop.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.keep || std::env::var(KEEP_ENV).is_ok_and(|v| v == "1") {
+            eprintln!("haul-e2e: keeping {}", self.path.display());
+            return;
+        }
+        match mounts_under(&self.path) {
+            Ok(m) if m.is_empty() => {
+                if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                    eprintln!("haul-e2e: remove {}: {e}", self.path.display());
+                }
+            }
+            Ok(m) => eprintln!(
+                "haul-e2e: NOT removing {}: mount points under it: {m:?}",
+                self.path.display()
+            ),
+            Err(e) => eprintln!(
+                "haul-e2e: NOT removing {}: cannot check mounts: {e}",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// Mount points of this mount namespace at or under `path` (which should be canonical).
+pub fn mounts_under(path: &Path) -> Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
+    Ok(parse_mountinfo_points(&info)
+        .into_iter()
+        .filter(|m| m.starts_with(path))
+        .collect())
+}
+
+/// The mount points (field 5) of mountinfo text, with octal escapes decoded.
+pub fn parse_mountinfo_points(info: &str) -> Vec<PathBuf> {
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_octal(p)))
+        .collect()
+}
+
+fn unescape_octal(s: &str) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let (b'\\', Some(d)) = (b[i], oct) {
+            let v = (u32::from(d[0] - b'0') << 6)
+                | (u32::from(d[1] - b'0') << 3)
+                | u32::from(d[2] - b'0');
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two network namespaces
+// ---------------------------------------------------------------------------------------------
+
+/// One of the two "hosts".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Src => "src",
+            Side::Dst => "dst",
+        }
+    }
+}
+
+/// Serializes `ip netns add/delete` within this process (iproute2 races on the first mount of
+/// /run/netns when run concurrently).
+static NETNS_LOCK: Mutex<()> = Mutex::new(());
+
+/// Two network namespaces `haul-<tag>-<pid>-<n>-src` / `-dst` joined by a veth pair
+/// (`hv<xxxx>s` in src, `hv<xxxx>d` in dst, created directly inside the namespaces) with
+/// 10.X.Y.1/30 (src) and 10.X.Y.2/30 (dst), links and loopback up. `Drop` deletes both
+/// namespaces; the veth goes with them.
+#[derive(Debug)]
+pub struct NetnsPair {
+    names: [String; 2],
+    created: [bool; 2],
+    veths: [String; 2],
+    net: (u8, u8),
+}
+
+impl NetnsPair {
+    pub fn create(tag: &str) -> Result<Self> {
+        let pid = std::process::id();
+        let seq = next_seq();
+        let tag = sanitize_tag(tag, 24);
+        let base = format!("haul-{tag}-{pid}-{seq}");
+        // 16-bit id from pid and sequence: distinct for concurrent tests of one process and,
+        // modulo 2^16, between processes. The addresses live in private namespaces anyway.
+        let id = (pid.wrapping_mul(97).wrapping_add(seq.wrapping_mul(1 << 12)) & 0xffff) as u16;
+        let mut pair = NetnsPair {
+            names: [format!("{base}-src"), format!("{base}-dst")],
+            created: [false, false],
+            veths: [format!("hv{id:04x}s"), format!("hv{id:04x}d")],
+            net: ((id >> 8) as u8, (id & 0xff) as u8),
+        };
+        pair.setup()?;
+        Ok(pair)
+    }
+
+    fn setup(&mut self) -> Result<()> {
+        let ip = tool("ip");
+        {
+            let _g = lock(&NETNS_LOCK);
+            for i in 0..2 {
+                run(Command::new(&ip).args(["netns", "add", &self.names[i]]))?;
+                self.created[i] = true;
+            }
+        }
+        run(Command::new(&ip).args([
+            "link",
+            "add",
+            &self.veths[0],
+            "netns",
+            &self.names[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.veths[1],
+            "netns",
+            &self.names[1],
+        ]))?;
+        for (i, side) in [Side::Src, Side::Dst].into_iter().enumerate() {
+            let ns = &self.names[i];
+            let addr = format!("{}/30", self.addr(side));
+            run(Command::new(&ip).args(["-n", ns, "addr", "add", &addr, "dev", &self.veths[i]]))?;
+            run(Command::new(&ip).args(["-n", ns, "link", "set", &self.veths[i], "up"]))?;
+            run(Command::new(&ip).args(["-n", ns, "link", "set", "lo", "up"]))?;
+        }
+        Ok(())
+    }
+
+    fn idx(side: Side) -> usize {
+        match side {
+            Side::Src => 0,
+            Side::Dst => 1,
+        }
+    }
+
+    /// The namespace name (as in `ip netns list`).
+    pub fn name(&self, side: Side) -> &str {
+        &self.names[Self::idx(side)]
+    }
+
+    /// `/run/netns/NAME`.
+    pub fn path(&self, side: Side) -> PathBuf {
+        Path::new("/run/netns").join(self.name(side))
+    }
+
+    /// The veth interface name inside that namespace.
+    pub fn veth(&self, side: Side) -> &str {
+        &self.veths[Self::idx(side)]
+    }
+
+    pub fn addr(&self, side: Side) -> Ipv4Addr {
+        let host = match side {
+            Side::Src => 1,
+            Side::Dst => 2,
+        };
+        Ipv4Addr::new(10, self.net.0, self.net.1, host)
+    }
+
+    pub fn src_addr(&self) -> Ipv4Addr {
+        self.addr(Side::Src)
+    }
+
+    pub fn dst_addr(&self) -> Ipv4Addr {
+        self.addr(Side::Dst)
+    }
+
+    /// `nsenter --net=/run/netns/NAME -- PROGRAM`: runs in that network namespace and nothing
+    /// else changes (unlike `ip netns exec`, /sys and /sys/fs/cgroup stay visible).
+    pub fn cmd_in(&self, side: Side, program: impl AsRef<OsStr>) -> Command {
+        let mut net = OsString::from("--net=");
+        net.push(self.path(side));
+        let mut c = Command::new(tool("nsenter"));
+        c.arg(net).arg("--").arg(program);
+        c
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        let ip = tool("ip");
+        let _g = lock(&NETNS_LOCK);
+        for i in 0..2 {
+            if self.created[i] {
+                if let Err(e) = run(Command::new(&ip).args(["netns", "delete", &self.names[i]])) {
+                    eprintln!("haul-e2e: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Names of the network namespaces in `ip netns list`.
+pub fn netns_list() -> Result<Vec<String>> {
+    let out = run(Command::new(tool("ip")).args(["netns", "list"]))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload
+// ---------------------------------------------------------------------------------------------
+
+/// Options of the workload program.
+#[derive(Debug, Clone)]
+pub struct WorkloadOpts {
+    /// MiB of memory filled with the check pattern.
+    pub mib: u64,
+    /// Heartbeat period.
+    pub interval_ms: u64,
+    /// Pages rewritten (same values) per tick, to dirty memory.
+    pub dirty_pages: u64,
+    /// Period of the full memory check, spread over the ticks. Each tick checks
+    /// `mib / (sweep_ms / interval_ms)` MiB: raise it for big unoptimized (debug) workloads.
+    pub sweep_ms: u64,
+    /// The binary; default [`workload_bin`].
+    pub bin: Option<PathBuf>,
+}
+
+impl Default for WorkloadOpts {
+    fn default() -> Self {
+        WorkloadOpts {
+            mib: 8,
+            interval_ms: 5,
+            dirty_pages: 0,
+            sweep_ms: 2000,
+            bin: None,
+        }
+    }
+}
+
+/// The workload as init of its own pid namespace and session leader, started as
+/// `nsenter --net=NS bash -c CLOSE-FDS unshare -pf setsid haul-workload ...` (no
+/// `--kill-child`, no `--mount-proc`; see [`fd_closer`]), stdio `/dev/null`; every process of
+/// the chain before `unshare`'s fork execs in place, so the launcher pid is our child. [`Workload::pid`] is its host pid: the CRIU dump target.
+/// `Drop` SIGKILLs the workload if it is still the same process, then reaps the launcher.
+#[derive(Debug)]
+pub struct Workload {
+    proc_guard: PidGuard,
+    launcher: ChildGuard,
+    heartbeat: PathBuf,
+}
+
+impl Workload {
+    /// Starts the workload in `net`'s `side` namespace with `mib` MiB and the default interval.
+    pub fn start(net: &NetnsPair, side: Side, mib: u64, heartbeat: &Path) -> Result<Self> {
+        let opts = WorkloadOpts {
+            mib,
+            ..WorkloadOpts::default()
+        };
+        Self::start_with(Some((net, side)), heartbeat, &opts)
+    }
+
+    /// Starts the workload in a network namespace, or in ours if `net` is `None`.
+    pub fn start_with(
+        net: Option<(&NetnsPair, Side)>,
+        heartbeat: &Path,
+        opts: &WorkloadOpts,
+    ) -> Result<Self> {
+        let bin = match &opts.bin {
+            Some(b) => b.clone(),
+            None => workload_bin()?,
+        };
+        let closer = fd_closer()?;
+        let (shell, shell_args) = closer.split_first().context("empty fd closer")?;
+        let mut cmd = match net {
+            Some((n, side)) => n.cmd_in(side, shell),
+            None => Command::new(shell),
+        };
+        cmd.args(shell_args)
+            .arg(tool("unshare"))
+            .arg("-pf")
+            .arg(tool("setsid"))
+            .arg(&bin)
+            .arg("--mib")
+            .arg(opts.mib.to_string())
+            .arg("--interval-ms")
+            .arg(opts.interval_ms.to_string())
+            .arg("--dirty-pages")
+            .arg(opts.dirty_pages.to_string())
+            .arg("--sweep-ms")
+            .arg(opts.sweep_ms.to_string())
+            .arg("--heartbeat")
+            .arg(heartbeat)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut launcher = ChildGuard::spawn(&mut cmd)?.named("workload launcher");
+        let comm: String = bin
+            .file_name()
+            .map(|n| n.to_string_lossy().chars().take(15).collect())
+            .unwrap_or_default();
+        let proc_guard = find_ns_init(&mut launcher, &comm, Duration::from_secs(10))?;
+        Ok(Workload {
+            proc_guard,
+            launcher,
+            heartbeat: heartbeat.to_path_buf(),
+        })
+    }
+
+    /// Host pid of the workload (pid 1 in its pid namespace).
+    pub fn pid(&self) -> u32 {
+        self.proc_guard.pid()
+    }
+
+    /// Pid of the `unshare` process (our child, the workload's parent).
+    pub fn launcher_pid(&self) -> u32 {
+        self.launcher.pid()
+    }
+
+    pub fn heartbeat(&self) -> &Path {
+        &self.heartbeat
+    }
+
+    /// The original process still runs (false after a CRIU dump that killed it).
+    pub fn is_alive(&self) -> bool {
+        self.proc_guard.is_alive()
+    }
+
+    /// Waits for the launcher to exit (it exits when the workload does, e.g. after a dump).
+    /// Its exit code is the workload's (3: memory mismatch, 4: inherited fds) or 1 if the
+    /// workload was killed by a signal.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        self.launcher.wait_timeout(timeout)
+    }
+
+    /// SIGKILL the workload and reap the launcher.
+    pub fn kill(&mut self) -> Result<Option<ExitStatus>> {
+        self.proc_guard.kill()?;
+        match self.launcher.wait_timeout(Duration::from_secs(5))? {
+            Some(s) => Ok(Some(s)),
+            None => {
+                // The launcher should have reaped it; don't leave it around anyway.
+                self.launcher.kill()?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Don't kill the original process on drop (e.g. it is handed over to someone else); the
+    /// launcher is still killed and reaped on drop, which orphans a still running workload.
+    pub fn disarm(&mut self) {
+        self.proc_guard.disarm();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if !self.proc_guard.armed {
+            // The launcher guard kills and reaps `unshare` only.
+            return;
+        }
+        if let Err(e) = self.kill() {
+            eprintln!("haul-e2e: stopping workload {}: {e}", self.pid());
+        }
+    }
+}
+
+/// A shell and a script that closes every fd above 2 and then execs its arguments: the test
+/// process may have inherited fds without close-on-exec (from cargo or the shell that runs it)
+/// and CRIU would dump them with the workload. `dash` cannot close fds above 9, so this takes
+/// `bash`, else `/bin/busybox sh`.
+pub fn fd_closer() -> Result<Vec<OsString>> {
+    const SCRIPT: &str = r#"for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done; exec "$@""#;
+    let mut v: Vec<OsString> = if let Some(bash) = find_tool("bash") {
+        vec![bash.into()]
+    } else if is_executable(Path::new("/bin/busybox")) {
+        vec!["/bin/busybox".into(), "sh".into()]
+    } else {
+        return Err(lab_err(
+            "need bash or /bin/busybox to close inherited fds before starting the workload",
+        ));
+    };
+    v.extend(["-c".into(), SCRIPT.into(), "haul-e2e-close-fds".into()]);
+    Ok(v)
+}
+
+/// Finds the child of `launcher` that runs `comm` as pid 1 of a new pid namespace.
+fn find_ns_init(launcher: &mut ChildGuard, comm: &str, timeout: Duration) -> Result<PidGuard> {
+    let lpid = launcher.pid();
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(s) = launcher.try_wait()? {
+            return Err(lab_err(format!(
+                "workload launcher exited ({s}) before the workload started"
+            )));
+        }
+        for c in proc_children(lpid) {
+            let ok = proc_stat(c).is_some_and(|s| s.comm == comm && s.state != 'Z')
+                && proc_nspids(c).is_some_and(|n| n.len() >= 2 && n.last() == Some(&1));
+            if ok {
+                if let Ok(g) = PidGuard::new_child_of(c, lpid) {
+                    return Ok(g);
+                }
+            }
+        }
+        if Instant::now() >= end {
+            return Err(lab_err(format!(
+                "no `{comm}` child of launcher {lpid} after {timeout:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Heartbeat
+// ---------------------------------------------------------------------------------------------
+
+/// Content of a heartbeat file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Beat {
+    Alive {
+        counter: u64,
+        ts_us: u64,
+    },
+    /// The workload found a memory mismatch at this byte offset and exited with status 3.
+    Bad {
+        offset: u64,
+    },
+    /// Another fatal report, e.g. `FDS 10->/dev/null` (inherited fds; exit status 4).
+    Fatal(String),
+}
+
+/// Reading the workload's heartbeat file.
+pub struct Heartbeat;
+
+impl Heartbeat {
+    /// `(counter, timestamp_us)`, or `None` if missing, partial or `BAD`.
+    pub fn read(path: &Path) -> Option<(u64, u64)> {
+        match Self::read_beat(path)? {
+            Beat::Alive { counter, ts_us } => Some((counter, ts_us)),
+            Beat::Bad { .. } | Beat::Fatal(_) => None,
+        }
+    }
+
+    /// The parsed heartbeat, `None` if missing or not a complete line.
+    pub fn read_beat(path: &Path) -> Option<Beat> {
+        parse_beat(&std::fs::read_to_string(path).ok()?)
+    }
+
+    /// Waits until the counter has increased at least twice; returns the last value. Fails
+    /// on timeout or `BAD`.
+    pub fn wait_advancing(path: &Path, timeout: Duration) -> Result<(u64, u64)> {
+        let end = Instant::now() + timeout;
+        let mut last: Option<u64> = None;
+        let mut increases = 0;
+        loop {
+            match Self::read_beat(path) {
+                Some(Beat::Bad { offset }) => {
+                    return Err(lab_err(format!(
+                        "{}: workload reports a memory mismatch at offset {offset}",
+                        path.display()
+                    )))
+                }
+                Some(Beat::Fatal(line)) => {
+                    return Err(lab_err(format!(
+                        "{}: workload failed: {line}",
+                        path.display()
+                    )))
+                }
+                Some(Beat::Alive { counter, ts_us }) => {
+                    if last.is_some_and(|l| counter > l) {
+                        increases += 1;
+                        if increases >= 2 {
+                            return Ok((counter, ts_us));
+                        }
+                    }
+                    last = Some(counter);
+                }
+                None => {}
+            }
+            if Instant::now() >= end {
+                return Err(lab_err(format!(
+                    "{}: heartbeat not advancing within {timeout:?} (last counter {last:?})",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Parses `counter ts_us\n` or `BAD offset\n`; the newline must be there.
+pub fn parse_beat(s: &str) -> Option<Beat> {
+    let line = s.split_once('\n')?.0;
+    let mut it = line.split_whitespace();
+    let a = it.next()?;
+    if a != "BAD" && a.len() >= 3 && a.bytes().all(|c| c.is_ascii_uppercase()) {
+        return Some(Beat::Fatal(line.to_string()));
+    }
+    let b: u64 = it.next()?.parse().ok()?;
+    if it.next().is_some() {
+        return None;
+    }
+    if a == "BAD" {
+        Some(Beat::Bad { offset: b })
+    } else {
+        Some(Beat::Alive {
+            counter: a.parse().ok()?,
+            ts_us: b,
+        })
+    }
+}
+
+/// What a [`Poller`] saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollStats {
+    /// Largest time between consecutive observed changes, measured by the poller's clock from
+    /// the first valid heartbeat it saw, including the time from the last change to `stop`.
+    pub max_gap: Duration,
+    /// Largest difference of the workload's own timestamps between consecutive observed beats.
+    pub max_ts_gap_us: u64,
+    /// The beat that ended the largest gap (the first one after it), if a change ended it.
+    pub max_gap_end: Option<(u64, u64)>,
+    /// Number of observed changes.
+    pub changes: u64,
+    pub first: Option<(u64, u64)>,
+    pub last: Option<(u64, u64)>,
+    /// Times the counter went down (e.g. two copies writing, or a restore of an older state).
+    pub counter_regressions: u64,
+    /// A `BAD offset` seen.
+    pub bad: Option<u64>,
+}
+
+/// A thread that polls a heartbeat file and records the largest gap between changes: the
+/// downtime a user sees, including freeze, transfer and restore.
+pub struct Poller {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<PollStats>>,
+}
+
+impl Poller {
+    /// Polls every 500 µs.
+    pub fn start(path: &Path) -> Poller {
+        Self::start_with_interval(path, Duration::from_micros(500))
+    }
+
+    pub fn start_with_interval(path: &Path, every: Duration) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let path = path.to_path_buf();
+        let handle = std::thread::spawn(move || poll_loop(&path, every, &flag));
+        Poller {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops and returns the largest gap.
+    pub fn stop(self) -> Duration {
+        self.stop_stats().max_gap
+    }
+
+    /// Stops and returns everything seen.
+    pub fn stop_stats(mut self) -> PollStats {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> PollStats {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn poll_loop(path: &Path, every: Duration, stop: &AtomicBool) -> PollStats {
+    let mut st = PollStats::default();
+    let mut last_change: Option<Instant> = None;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let now = Instant::now();
+        match Heartbeat::read_beat(path) {
+            Some(Beat::Alive { counter, ts_us }) => {
+                let cur = (counter, ts_us);
+                match st.last {
+                    None => {
+                        st.first = Some(cur);
+                        st.last = Some(cur);
+                        last_change = Some(now);
+                    }
+                    Some(prev) if prev != cur => {
+                        if let Some(t) = last_change {
+                            let gap = now - t;
+                            if gap > st.max_gap {
+                                st.max_gap = gap;
+                                st.max_gap_end = Some(cur);
+                            }
+                        }
+                        st.max_ts_gap_us = st.max_ts_gap_us.max(ts_us.saturating_sub(prev.1));
+                        if counter < prev.0 {
+                            st.counter_regressions += 1;
+                        }
+                        st.changes += 1;
+                        st.last = Some(cur);
+                        last_change = Some(now);
+                    }
+                    Some(_) => {}
+                }
+            }
+            Some(Beat::Bad { offset }) => st.bad = Some(offset),
+            Some(Beat::Fatal(_)) | None => {}
+        }
+        if stopping {
+            if let Some(t) = last_change {
+                let gap = now - t;
+                if gap > st.max_gap {
+                    st.max_gap = gap;
+                    st.max_gap_end = None;
+                }
+            }
+            return st;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unit tests
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod unit {
+    #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn beats() {
+        assert_eq!(
+            parse_beat("12 1700000000000000\n"),
+            Some(Beat::Alive {
+                counter: 12,
+                ts_us: 1_700_000_000_000_000
+            })
+        );
+        assert_eq!(parse_beat("BAD 4096\n"), Some(Beat::Bad { offset: 4096 }));
+        assert_eq!(parse_beat("12 17000"), None);
+        assert_eq!(parse_beat(""), None);
+        assert_eq!(parse_beat("x 1\n"), None);
+        assert_eq!(
+            parse_beat("FDS 10->/dev/null\n"),
+            Some(Beat::Fatal("FDS 10->/dev/null".into()))
+        );
+    }
+
+    #[test]
+    fn mountinfo() {
+        let info = "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw\n\
+                    37 35 98:0 / /tmp/x rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            parse_mountinfo_points(info),
+            vec![PathBuf::from("/mnt/a b"), PathBuf::from("/tmp/x")]
+        );
+    }
+
+    #[test]
+    fn proc_self() {
+        let s = proc_stat(std::process::id()).expect("own stat");
+        assert_eq!(s.pid, std::process::id());
+        assert!(s.starttime > 0);
+    }
+}

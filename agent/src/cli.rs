@@ -1,0 +1,158 @@
+//! Command line (argh). Every command has an example and the exit codes in its help.
+
+use argh::FromArgs;
+use std::path::PathBuf;
+
+/// haul: live-migrate containers and process trees between hosts with CRIU.
+#[derive(FromArgs, Debug)]
+#[argh(
+    example = "haul keygen /etc/haul/key\n\
+               haul serve --listen 0.0.0.0:7070 --key /etc/haul/key          (destination)\n\
+               haul migrate pid 4242 --to 10.0.0.2:7070 --key /etc/haul/key  (source)\n\
+               haul check --to 10.0.0.2:7070 --key /etc/haul/key",
+    note = "Environment: HAUL_CRIU (criu binary), HAUL_LOG (error|warn|info|debug|trace).\n\n\
+            exit codes: 0 success; 1 other failure; 2 bad command line or configuration;\n\
+            3 this host cannot migrate (criu missing/too old); 4 authentication failed or\n\
+            protocol differs; 5 destination refused before anything froze (source untouched);\n\
+            6 migration failed and was rolled back (workload still runs on the source);\n\
+            7 in doubt: source tasks gone, destination did not confirm (it keeps the images)"
+)]
+pub struct Cli {
+    /// more logging (-v debug, -vv trace)
+    #[argh(switch, short = 'v')]
+    pub verbose: u8,
+    /// only errors on stderr (no progress, no summary)
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Serve(Serve),
+    Migrate(Migrate),
+    Keygen(Keygen),
+    Check(Check),
+}
+
+
+/// Destination: accept migrations and restore them here with CRIU.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "serve",
+    example = "haul serve --listen 0.0.0.0:7070 --key /etc/haul/key\n\
+               haul serve --listen 127.0.0.1:7070 --insecure --work-dir /tmp/haul",
+    note = "Runs in the foreground; logs go to stderr. Each migration gets a fresh directory under\n\
+            --work-dir; it is removed after a successful restore. If the source stops its tasks\n\
+            but the commit never arrives, the restored tasks are stopped and the complete images\n\
+            stay in that directory with a file IN-DOUBT explaining why."
+)]
+pub struct Serve {
+    /// address and port to listen on, e.g. 0.0.0.0:7070
+    #[argh(option)]
+    pub listen: String,
+    /// pre-shared key file (made by `haul keygen`); required unless --insecure
+    #[argh(option)]
+    pub key: Option<PathBuf>,
+    /// run without authentication or encryption (trusted test networks only)
+    #[argh(switch)]
+    pub insecure: bool,
+    /// criu binary (default: $HAUL_CRIU, else criu on PATH)
+    #[argh(option)]
+    pub criu: Option<PathBuf>,
+    /// where per-migration directories go (default /var/lib/haul)
+    #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
+    pub work_dir: PathBuf,
+    /// keep images after a successful restore (debugging)
+    #[argh(switch)]
+    pub keep_images: bool,
+}
+
+/// Source: migrate something to a host running `haul serve`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "migrate")]
+pub struct Migrate {
+    #[argh(subcommand)]
+    pub what: MigrateWhat,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum MigrateWhat {
+    Pid(MigratePid),
+}
+
+/// Migrate a process tree: PID must be the init of its own pid namespace and a session leader
+/// (for example started with `unshare -pf setsid PROGRAM`).
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "pid",
+    example = "haul migrate pid 4242 --to 10.0.0.2:7070 --key /etc/haul/key\n\
+               haul migrate pid 4242 --to 10.0.0.2:7070 --key k --stats-json /tmp/stats.json",
+    note = "The tasks stay frozen while the destination restores; they are stopped here only after\n\
+            the destination holds the restored copy. Any failure before that resumes them here.\n\n\
+            exit codes: 0 migrated; 2 bad arguments; 3 criu missing/too old; 4 authentication;\n\
+            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt"
+)]
+pub struct MigratePid {
+    /// pid of the root of the process tree
+    #[argh(positional)]
+    pub pid: i32,
+    /// destination ADDR:PORT where `haul serve` listens
+    #[argh(option)]
+    pub to: String,
+    /// pre-shared key file (made by `haul keygen`); required unless --insecure
+    #[argh(option)]
+    pub key: Option<PathBuf>,
+    /// run without authentication or encryption (trusted test networks only)
+    #[argh(switch)]
+    pub insecure: bool,
+    /// criu binary (default: $HAUL_CRIU, else criu on PATH)
+    #[argh(option)]
+    pub criu: Option<PathBuf>,
+    /// where the images written here go (default /var/lib/haul)
+    #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
+    pub work_dir: PathBuf,
+    /// also write the summary as JSON to this file
+    #[argh(option)]
+    pub stats_json: Option<PathBuf>,
+}
+
+/// Write a new random pre-shared key (mode 0600); copy it to both hosts.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "keygen", example = "haul keygen /etc/haul/key")]
+pub struct Keygen {
+    /// file to create (must not exist)
+    #[argh(positional)]
+    pub file: PathBuf,
+}
+
+/// Check that this host (and, with --to, the destination) can migrate.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "check",
+    example = "haul check\nhaul check --to 10.0.0.2:7070 --key /etc/haul/key",
+    note = "Prints one line per check: ok, FAIL with the reason, or note. Exit 0 when nothing failed, 3 otherwise."
+)]
+pub struct Check {
+    /// destination ADDR:PORT to check as well
+    #[argh(option)]
+    pub to: Option<String>,
+    /// pre-shared key file for --to
+    #[argh(option)]
+    pub key: Option<PathBuf>,
+    /// check the destination without a key
+    #[argh(switch)]
+    pub insecure: bool,
+    /// criu binary (default: $HAUL_CRIU, else criu on PATH)
+    #[argh(option)]
+    pub criu: Option<PathBuf>,
+    /// scratch directory (default /var/lib/haul)
+    #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
+    pub work_dir: PathBuf,
+}

@@ -1,0 +1,65 @@
+//! Quotes the error lines of a CRIU log, read from its tail with a bounded buffer.
+//!
+//! A CRIU log line looks like `(00.012345) Error (criu/mount.c:1234): mnt: Can't ...`.
+//! Every log on some kernels starts with a harmless `rlimit: Can't setup RLIMIT_NOFILE`
+//! error, which is skipped.
+
+use crate::limits::{CRIU_LOG_ERROR_LINES, CRIU_LOG_TAIL};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// Errors known to be harmless on the kernels haul runs on.
+const HARMLESS: &[&str] = &["RLIMIT_NOFILE"];
+
+/// The last error lines of the log at `path` (at most `CRIU_LOG_ERROR_LINES`), or nothing.
+pub fn error_lines(path: &Path) -> Vec<String> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(CRIU_LOG_TAIL as u64);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::with_capacity(CRIU_LOG_TAIL);
+    if file.take(CRIU_LOG_TAIL as u64).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    select(&String::from_utf8_lossy(&buf))
+}
+
+/// Picks the error lines from a log excerpt.
+pub fn select(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("Error") || l.contains("error ("))
+        .filter(|l| !HARMLESS.iter().any(|h| l.contains(h)))
+        .map(|l| l.trim().to_string())
+        .collect();
+    let skip = out.len().saturating_sub(CRIU_LOG_ERROR_LINES);
+    out.drain(..skip);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_real_errors_and_drops_the_rlimit_noise() {
+        let log = "(00.000010) Error (criu/util.c:123): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+                   (00.001000) Dumping task 42\n\
+                   (00.002000) Error (criu/mount.c:1100): mnt: Can't lookup mount=123 for fd=1 path=/x\n";
+        let lines = select(log);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("Can't lookup mount=123"));
+    }
+
+    #[test]
+    fn keeps_only_the_last_lines() {
+        let log: String = (0..20).map(|i| format!("Error (x.c:{i}): e{i}\n")).collect();
+        let lines = select(&log);
+        assert_eq!(lines.len(), CRIU_LOG_ERROR_LINES);
+        assert!(lines[CRIU_LOG_ERROR_LINES - 1].ends_with("e19"));
+    }
+}

@@ -1,0 +1,360 @@
+//! One migration on the destination: authenticate, answer Hello, start a CRIU page server on a
+//! socketpair, receive pages and image files into a fresh per-migration directory, restore
+//! holding the tasks at post-restore, report Ready, and let them run only on Commit.
+
+use super::serve::{Limits, Slot};
+use crate::criu::{self, stats, Event, Swrk, Version};
+use crate::error::{Error, Kind, Result};
+use crate::limits::{COMMIT_TIMEOUT, CONCURRENT_MIGRATIONS, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
+use crate::transfer::images::ImageSink;
+use crate::transfer::{handshake, pages, Conn, Incoming, Key, WireError, PROTOCOL_VERSION};
+use crate::workdir::WorkDir;
+use haul_proto::criu::CriuReqType;
+use haul_proto::haul::{
+    control::Msg, Abort, CriuVersion, Done, Hello, Prepared, Purpose, Ready, Welcome,
+};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct SessionConfig {
+    pub key: Option<Key>,
+    pub criu: PathBuf,
+    pub work_root: PathBuf,
+    /// Keep the images after a successful restore (for debugging).
+    pub keep_images: bool,
+}
+
+/// Handles one connection; logs its outcome (never panics the server).
+pub fn run(stream: TcpStream, peer: &str, cfg: &SessionConfig, limits: &Limits, pending: Slot) {
+    let (tx, rx) = match handshake::accept(stream, cfg.key.as_ref()) {
+        Ok(h) => h,
+        Err(e) => {
+            log::warn!("{peer}: connection refused: {e}");
+            return;
+        }
+    };
+    drop(pending);
+    let conn = Conn::start(tx, rx);
+    let hello = match conn.recv_control(HANDSHAKE_TIMEOUT, "hello") {
+        Ok(Msg::Hello(h)) => h,
+        Ok(other) => {
+            log::warn!("{peer}: expected hello, got {}", msg_name(&other));
+            conn.close();
+            return;
+        }
+        Err(e) => {
+            log::warn!("{peer}: {e}");
+            conn.close();
+            return;
+        }
+    };
+    let Some(_slot) = Slot::take(&limits.migrations, CONCURRENT_MIGRATIONS) else {
+        refuse(&conn, "admission", &format!("{CONCURRENT_MIGRATIONS} migrations already running; try again later"));
+        log::warn!("{peer}: refused: too many migrations");
+        conn.close();
+        return;
+    };
+    let result = match Purpose::try_from(hello.purpose) {
+        Ok(Purpose::MigratePid) => migrate(&conn, &hello, cfg, peer),
+        Ok(Purpose::Check) => check(&conn, cfg),
+        _ => Err(Error::other(format!("unsupported purpose {}", hello.purpose))),
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) => {
+            log::error!("{peer}: {e}");
+            refuse(&conn, "destination", &e.to_string());
+        }
+    }
+    conn.close();
+}
+
+fn refuse(conn: &Conn, stage: &str, reason: &str) {
+    let _ = conn.send(Msg::Abort(Abort {
+        stage: stage.into(),
+        reason: reason.into(),
+    }));
+}
+
+fn wire(e: WireError, what: &str) -> Error {
+    Error::other(format!("{what}: {e}"))
+}
+
+fn proto_version(v: Version) -> CriuVersion {
+    CriuVersion {
+        major: v.major,
+        minor: v.minor,
+        sublevel: v.sublevel,
+    }
+}
+
+pub fn msg_name(m: &Msg) -> &'static str {
+    match m {
+        Msg::Hello(_) => "Hello",
+        Msg::Welcome(_) => "Welcome",
+        Msg::Prepare(_) => "Prepare",
+        Msg::Prepared(_) => "Prepared",
+        Msg::FileBegin(_) => "FileBegin",
+        Msg::FileEnd(_) => "FileEnd",
+        Msg::ImagesDone(_) => "ImagesDone",
+        Msg::Ready(_) => "Ready",
+        Msg::Commit(_) => "Commit",
+        Msg::Done(_) => "Done",
+        Msg::Abort(_) => "Abort",
+        Msg::CpuCheck(_) => "CpuCheck",
+        Msg::CpuCheckResult(_) => "CpuCheckResult",
+    }
+}
+
+/// Answers `haul check --to`: versions and features, then an optional CPU check.
+fn check(conn: &Conn, cfg: &SessionConfig) -> Result<()> {
+    let mut swrk = Swrk::spawn(&cfg.criu, &[]).map_err(|e| Error::setup(e.to_string()))?;
+    let v = swrk.version().map_err(|e| Error::setup(e.to_string()))?;
+    let f = swrk.features().map_err(|e| Error::setup(e.to_string()))?;
+    conn.send(Msg::Welcome(Welcome {
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        criu: Some(proto_version(v)),
+        lazy_pages: f.lazy_pages.unwrap_or(false),
+        mem_track: f.mem_track.unwrap_or(false),
+    }))
+    .map_err(|e| wire(e, "welcome"))?;
+    drop(swrk);
+    match conn.recv_control(IDLE_TIMEOUT, "check") {
+        Ok(Msg::CpuCheck(c)) => {
+            let result = crate::check::cpu_check_here(&cfg.criu, &cfg.work_root, &c.cpuinfo_img);
+            conn.send(Msg::CpuCheckResult(result))
+                .map_err(|e| wire(e, "cpu check result"))?;
+            Ok(())
+        }
+        Ok(_) | Err(WireError::Closed { .. }) => Ok(()),
+        Err(e) => Err(wire(e, "check")),
+    }
+}
+
+fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Result<()> {
+    if hello.protocol != u32::from(PROTOCOL_VERSION) {
+        return Err(Error::new(Kind::Auth, "protocol version differs"));
+    }
+    // CRIU page server first: its socket end is inherited, so spawn with it.
+    let (ps_ours, ps_criu) = pages::socket_pair().map_err(|e| Error::other(format!("socketpair: {e}")))?;
+    let mut swrk = Swrk::spawn(&cfg.criu, &[ps_criu.as_fd()]).map_err(|e| Error::setup(e.to_string()))?;
+    let version = swrk.version().map_err(|e| Error::setup(e.to_string()))?;
+    conn.send(Msg::Welcome(Welcome {
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        criu: Some(proto_version(version)),
+        lazy_pages: false,
+        mem_track: false,
+    }))
+    .map_err(|e| wire(e, "welcome"))?;
+    if version < criu::MIN_VERSION {
+        return Err(Error::setup(format!(
+            "criu {version} on the destination is too old: haul needs {} or newer",
+            criu::MIN_VERSION
+        )));
+    }
+
+    match conn.recv_control(IDLE_TIMEOUT, "prepare") {
+        Ok(Msg::Prepare(_)) => {}
+        Ok(Msg::Abort(a)) => return Err(Error::other(format!("source aborted: {}", a.reason))),
+        Ok(other) => return Err(Error::other(format!("expected Prepare, got {}", msg_name(&other)))),
+        Err(e) => return Err(wire(e, "prepare")),
+    }
+    let id = crate::util::migration_id();
+    let work = WorkDir::create(&cfg.work_root, &id)?;
+    log::info!("{peer}: migration {id} (source's {}): receiving into {}", hello.migration_id, work.path.display());
+    let outcome = receive_and_restore(conn, cfg, &work, &mut swrk, ps_ours, ps_criu);
+    match outcome {
+        Ok(Outcome::Done(done)) => {
+            log::info!(
+                "{peer}: migration {id} done: pid {} runs here (restore {} ms)",
+                done.restored_pid,
+                done.restore_time_us / 1000
+            );
+            if !cfg.keep_images {
+                if let Err(e) = work.remove() {
+                    log::warn!("{e}");
+                }
+            }
+            Ok(())
+        }
+        Ok(Outcome::InDoubt(why)) => {
+            let note = work.path.join("IN-DOUBT");
+            let _ = std::fs::write(&note, format!("{why}\n"));
+            Err(Error::new(
+                Kind::InDoubt,
+                format!(
+                    "migration {id} IN DOUBT: {why}; the restored tasks were stopped; complete images kept in {}",
+                    work.path.display()
+                ),
+            ))
+        }
+        Err(e) => {
+            keep_logs(cfg, &work, &id);
+            if let Err(r) = work.remove() {
+                log::warn!("{r}");
+            }
+            Err(e.context(format!("migration {id}")))
+        }
+    }
+}
+
+enum Outcome {
+    Done(Done),
+    InDoubt(String),
+}
+
+/// Copies CRIU's logs of a failed migration to `<work root>/logs/` before the directory goes.
+fn keep_logs(cfg: &SessionConfig, work: &WorkDir, id: &str) {
+    let logs = cfg.work_root.join("logs");
+    if std::fs::create_dir_all(&logs).is_err() {
+        return;
+    }
+    for name in ["page-server.log", "restore.log"] {
+        let from = work.path.join(name);
+        if from.exists() {
+            let to = logs.join(format!("{id}-{name}"));
+            if std::fs::copy(&from, &to).is_ok() {
+                log::info!("CRIU log kept: {}", to.display());
+            }
+        }
+    }
+}
+
+fn receive_and_restore(
+    conn: &Conn,
+    cfg: &SessionConfig,
+    work: &WorkDir,
+    swrk: &mut Swrk,
+    ps_ours: std::os::fd::OwnedFd,
+    ps_criu: std::os::fd::OwnedFd,
+) -> Result<Outcome> {
+    // Page server: CRIU forks it with our socketpair end; it writes pages-*.img into `work`.
+    swrk.set_log(work.path.join("page-server.log"));
+    swrk.call(&Swrk::request(
+        CriuReqType::PageServer,
+        crate::plan::pid::page_server(work.raw(), ps_criu.as_raw_fd()),
+    ))
+    .map_err(|e| Error::other(e.to_string()))?;
+    drop(ps_criu);
+    let ps_ours = Arc::new(ps_ours);
+    conn.set_page_sink(ps_ours.clone());
+    let relay = pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
+        .map_err(|e| wire(e, "page relay"))?;
+    // Whatever happens next, the page server must not wait forever on its socket.
+    let stop_pages = scopeguard(ps_ours.clone());
+
+    // Start the restoring CRIU now, so it is ready when the images are.
+    let mut restorer = Swrk::spawn(&cfg.criu, &[]).map_err(|e| Error::setup(e.to_string()))?;
+    conn.send(Msg::Prepared(Prepared {})).map_err(|e| wire(e, "prepared"))?;
+
+    let mut sink = ImageSink::new(
+        rustix::io::fcntl_dupfd_cloexec(&work.fd, 3).map_err(|e| Error::other(format!("dup: {e}")))?,
+    );
+    loop {
+        match conn.recv(IDLE_TIMEOUT, "image transfer").map_err(|e| wire(e, "receiving images"))? {
+            Incoming::FileData(d) => sink.data(&d).map_err(|e| wire(e, "images"))?,
+            Incoming::Control(Msg::FileBegin(b)) => sink.begin(b).map_err(|e| wire(e, "images"))?,
+            Incoming::Control(Msg::FileEnd(e)) => sink.end(e).map_err(|e| wire(e, "images"))?,
+            Incoming::Control(Msg::ImagesDone(d)) => {
+                sink.done(&d).map_err(|e| wire(e, "images"))?;
+                break;
+            }
+            Incoming::Control(Msg::Abort(a)) => {
+                return Err(Error::other(format!("source aborted during {}: {}", a.stage, a.reason)))
+            }
+            Incoming::Control(other) => {
+                return Err(Error::other(format!("unexpected {} while receiving images", msg_name(&other))))
+            }
+        }
+    }
+    // The source's CRIU closed its page stream before post-dump; our page server has answered
+    // its close request, so its end is closing too.
+    let received = match relay.join() {
+        Ok(Ok(_)) => crate::transfer::mux::load(&conn.counters.pages_in),
+        Ok(Err(e)) => return Err(wire(e, "page server stream")),
+        Err(_) => return Err(Error::other("page relay thread failed")),
+    };
+    drop(stop_pages);
+    log::info!(
+        "received {:.1} MiB of pages and {} image files ({} bytes); restoring",
+        received as f64 / 1048576.0,
+        sink.files,
+        sink.bytes
+    );
+
+    restorer.set_log(work.path.join("restore.log"));
+    restorer
+        .send(&Swrk::request(CriuReqType::Restore, crate::plan::pid::restore(work.raw())))
+        .map_err(|e| Error::other(e.to_string()))?;
+    let mut restored_pid = 0;
+    let mut committed = false;
+    loop {
+        let ev = restorer.next_event().map_err(|e| Error::other(e.to_string()))?;
+        match ev {
+            Event::Notify { script, pid } if script == "post-restore" => {
+                restored_pid = pid;
+                conn.send(Msg::Ready(Ready { restored_pid: pid }))
+                    .map_err(|e| wire(e, "ready"))?;
+                match conn.recv_control(COMMIT_TIMEOUT, "commit") {
+                    Ok(Msg::Commit(_)) => {
+                        restorer.notify_reply(true).map_err(|e| Error::other(e.to_string()))?;
+                        committed = true;
+                    }
+                    Ok(Msg::Abort(a)) => {
+                        let _ = restorer.notify_reply(false);
+                        return Err(Error::other(format!(
+                            "source aborted ({}): {}; restored tasks stopped",
+                            a.stage, a.reason
+                        )));
+                    }
+                    Ok(other) => {
+                        let _ = restorer.notify_reply(false);
+                        return Err(Error::other(format!("expected Commit, got {}", msg_name(&other))));
+                    }
+                    Err(e) => {
+                        // The source may or may not have stopped its tasks: never run a second
+                        // copy; stop ours and keep the images so the restore can be completed.
+                        let _ = restorer.notify_reply(false);
+                        return Ok(Outcome::InDoubt(format!("no commit from the source: {e}")));
+                    }
+                }
+            }
+            Event::Notify { .. } => restorer.notify_reply(true).map_err(|e| Error::other(e.to_string()))?,
+            Event::Done(resp) => {
+                if let Some(r) = resp.restore {
+                    restored_pid = r.pid;
+                }
+                break;
+            }
+        }
+    }
+    restorer.finish();
+    if !committed {
+        return Err(Error::other("criu finished the restore without post-restore"));
+    }
+    let rs = stats::restore(&work.path).unwrap_or_default();
+    let done = Done {
+        restored_pid,
+        restore_time_us: u64::from(rs.restore_time),
+        forking_time_us: u64::from(rs.forking_time),
+        pages_restored: rs.pages_restored.unwrap_or(0),
+        page_bytes_received: received,
+    };
+    conn.send(Msg::Done(done.clone())).map_err(|e| wire(e, "done"))?;
+    Ok(Outcome::Done(done))
+}
+
+/// Shuts the page socket down when dropped, so a page server still waiting exits.
+struct PageStop(Arc<std::os::fd::OwnedFd>);
+
+fn scopeguard(fd: Arc<std::os::fd::OwnedFd>) -> PageStop {
+    PageStop(fd)
+}
+
+impl Drop for PageStop {
+    fn drop(&mut self) {
+        let _ = rustix::net::shutdown(&*self.0, rustix::net::Shutdown::Both);
+    }
+}

@@ -1,0 +1,68 @@
+//! Every capacity and timeout haul enforces, in one place, each with the reason for its value.
+//! Parsers of runc and /proc files keep their own bounds in `inspect::bounds`.
+
+use std::time::Duration;
+
+/// Largest frame on the connection, header excluded. Noise caps a transport message at 65535
+/// bytes including its 16-byte tag; plaintext mode uses the same cap so both modes behave alike.
+pub const FRAME_MAX: usize = 65535;
+
+/// Authentication tag added by ChaCha20-Poly1305 to every encrypted frame.
+pub const FRAME_TAG: usize = 16;
+
+/// Largest plaintext a frame carries (one kind byte plus payload).
+pub const FRAME_PLAINTEXT_MAX: usize = FRAME_MAX - FRAME_TAG;
+
+/// Largest control message (protobuf) accepted from the peer: control messages are small; the
+/// largest is a CPU description for `haul check` (a few KiB).
+pub const CONTROL_MAX: usize = FRAME_PLAINTEXT_MAX - 1;
+
+/// Longest image file name accepted from the peer. CRIU's names are short
+/// ("pages-1.img", "mountpoints-12.img"); 128 leaves room without inviting abuse.
+pub const FILE_NAME_MAX: usize = 128;
+
+/// Most image files one migration may carry. CRIU writes a few files per task and per
+/// namespace; 4096 covers process trees of hundreds of tasks.
+pub const FILES_MAX: u32 = 4096;
+
+/// Most bytes of non-page image files one migration may carry (pages go to the page server and
+/// are bounded by the destination's disk): 1 GiB.
+pub const IMAGE_BYTES_MAX: u64 = 1 << 30;
+
+/// Largest CRIU RPC response accepted: responses are small protobufs; 1 MiB is far above any
+/// real one and keeps a misbehaving CRIU from making haul allocate without bound.
+pub const CRIU_RESPONSE_MAX: usize = 1 << 20;
+
+/// Bytes of the CRIU log quoted in an error (the lines with "Error" near the end).
+pub const CRIU_LOG_TAIL: usize = 16 * 1024;
+
+/// Number of CRIU log error lines quoted in an error message.
+pub const CRIU_LOG_ERROR_LINES: usize = 8;
+
+/// Relay buffer for page-server traffic: measured 7x faster with 1 MiB than with 8 KiB; each
+/// frame still carries at most `FRAME_PLAINTEXT_MAX`, so the buffer is read in frame-size bites.
+pub const RELAY_BUFFER: usize = FRAME_PLAINTEXT_MAX - 1;
+
+/// Incoming frames queued between the connection reader and the orchestrator. Each holds at most
+/// `FRAME_MAX` bytes, so this bounds that queue at 1 MiB.
+pub const INCOMING_QUEUE: usize = 16;
+
+/// Time allowed for the whole handshake (TCP accept to authenticated session).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest silence tolerated on an established connection while a peer is expected to send.
+/// CRIU may take long to dump or restore a large process tree; 120 s is generous but finite.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long the destination holds restored tasks at post-restore waiting for Commit before it
+/// gives up (kills them, keeps the images).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Concurrent migrations `haul serve` accepts; more are refused with a reason.
+pub const CONCURRENT_MIGRATIONS: usize = 4;
+
+/// Connections in the handshake at once; more are closed at accept.
+pub const PENDING_HANDSHAKES: usize = 8;
+
+/// Size of the key file: 32 random bytes written as 64 hex digits and a newline.
+pub const KEY_BYTES: usize = 32;

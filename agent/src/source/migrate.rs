@@ -1,0 +1,269 @@
+//! `haul migrate pid PID`: the source's state machine (see ARCHITECTURE.md).
+//!
+//! connect → Prepare (destination starts its page server) → DUMP with pages relayed →
+//! post-dump (tasks frozen): send images, wait Ready → answer post-dump true (tasks die) →
+//! Commit → Done. Any failure before the `true` answers post-dump `false` (or drops CRIU's
+//! socket), so CRIU resumes the tasks with their memory intact.
+
+use super::connect::{open, wire_to_error};
+use super::progress::{phase, Progress};
+use crate::criu::{self, stats, Event, Swrk};
+use crate::error::{Context, Error, Kind, Result};
+use crate::limits::IDLE_TIMEOUT;
+use crate::summary::Summary;
+use crate::transfer::{images, pages, Key};
+use crate::workdir::WorkDir;
+use haul_proto::criu::CriuReqType;
+use haul_proto::haul::{control::Msg, Abort, Commit, Prepare, Purpose};
+use std::os::fd::AsFd;
+use crate::transfer::WireError;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+pub struct Options<'a> {
+    pub to: &'a str,
+    pub key: Option<&'a Key>,
+    pub criu: &'a Path,
+    pub work_root: &'a Path,
+    pub stats_json: Option<&'a Path>,
+    pub quiet: bool,
+}
+
+/// Files of the source's images directory that are not sent.
+fn sent(name: &str) -> bool {
+    !name.ends_with(".log") && name != "stats-dump"
+}
+
+/// Migrates the process tree rooted at `pid`.
+pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
+    let started = Instant::now();
+    if pid <= 1 {
+        return Err(Error::usage(format!("pid {pid} cannot be migrated")));
+    }
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(Error::usage(format!("no process with pid {pid}")));
+    }
+    let id = crate::util::migration_id();
+
+    // CRIU is started before anything freezes, with its end of the page socket.
+    let (ps_ours, ps_criu) = pages::socket_pair().ctx(Kind::Other, "page socketpair")?;
+    let mut swrk = Swrk::spawn(o.criu, &[ps_criu.as_fd()]).map_err(|e| Error::setup(e.to_string()))?;
+    // CRIU has its own copy under the same number; ours must go, or the page stream never ends.
+    let ps_criu_no = std::os::fd::AsRawFd::as_raw_fd(&ps_criu);
+    drop(ps_criu);
+    let version = swrk.version().map_err(|e| Error::setup(e.to_string()))?;
+    if version < criu::MIN_VERSION {
+        return Err(Error::setup(format!(
+            "criu {version} here is too old: haul needs {} or newer",
+            criu::MIN_VERSION
+        )));
+    }
+
+    phase(o.quiet, &format!("connecting to {}", o.to));
+    let (conn, _welcome) = open(o.to, o.key, Purpose::MigratePid, version, &id)?;
+    if o.key.is_none() {
+        log::warn!("connection is not authenticated nor encrypted (--insecure)");
+    }
+
+    phase(o.quiet, "preflight: destination prepares its page server");
+    conn.send(Msg::Prepare(Prepare {
+        expected_page_bytes: 0,
+    }))
+    .map_err(|e| wire_to_error(e, "sending prepare"))?;
+    match conn.recv_control(IDLE_TIMEOUT, "preflight") {
+        Ok(Msg::Prepared(_)) => {}
+        Ok(Msg::Abort(a)) => {
+            return Err(Error::new(
+                Kind::Refused,
+                format!("destination refused ({}): {}", a.stage, a.reason),
+            ))
+        }
+        Ok(other) => return Err(Error::other(format!("unexpected {other:?} in preflight"))),
+        Err(e) => return Err(wire_to_error(e, "preflight").with_kind(Kind::Refused)),
+    }
+
+    let work = WorkDir::create(o.work_root, &id)?;
+    let ps_ours = Arc::new(ps_ours);
+    conn.set_page_sink(ps_ours.clone());
+    let relay = pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
+        .map_err(|e| wire_to_error(e, "page relay"))?;
+
+    phase(o.quiet, &format!("freezing and dumping pid {pid}"));
+    let progress = Progress::start(o.quiet, "pages", conn.counters.clone());
+    let opts = crate::plan::pid::dump(pid, work.raw(), ps_criu_no);
+    swrk.set_log(work.path.join("dump.log"));
+    let dump_sent = Instant::now();
+    let outcome = run_dump(&mut swrk, &conn, &work.path, relay, opts, pid, o.quiet);
+    progress.stop();
+    let frozen_start = dump_sent;
+
+    let (image_files, image_bytes, page_bytes) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = conn.send(Msg::Abort(Abort {
+                stage: "dump".into(),
+                reason: e.to_string(),
+            }));
+            drop(swrk);
+            conn.close();
+            return Err(e.context(format!(
+                "migration failed; pid {pid} keeps running on this host (CRIU log: {})",
+                work.path.join("dump.log").display()
+            )));
+        }
+    };
+
+    // The source's tasks are gone: from here on only the destination holds the workload.
+    phase(o.quiet, "commit: destination lets the restored tasks run");
+    let done = conn
+        .send(Msg::Commit(Commit {}))
+        .map_err(|e| wire_to_error(e, "sending commit"))
+        .and_then(|()| match conn.recv_control(IDLE_TIMEOUT, "commit") {
+            Ok(Msg::Done(d)) => Ok(d),
+            Ok(Msg::Abort(a)) => Err(Error::other(format!("{}: {}", a.stage, a.reason))),
+            Ok(other) => Err(Error::other(format!("unexpected {other:?} after commit"))),
+            Err(e) => Err(wire_to_error(e, "waiting for the destination's confirmation")),
+        });
+    let done = match done {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(e.with_kind(Kind::InDoubt).context(format!(
+                "IN DOUBT: the tasks of pid {pid} were stopped here after the destination restored them, \
+                 but it did not confirm they run; its work directory keeps the complete images \
+                 (see `haul serve`'s log on {}); source images: {}",
+                o.to,
+                work.path.display()
+            )))
+        }
+    };
+    let frozen_ms = frozen_start.elapsed().as_millis() as u64;
+    swrk.finish();
+    let wire_bytes = conn.wire_bytes_out();
+    conn.close();
+
+    let dstats = stats::dump(&work.path).unwrap_or_default();
+    let transfer_secs = (f64::from(dstats.memdump_time) + f64::from(dstats.memwrite_time)) / 1e6;
+    let id_text = pid.to_string();
+    let summary = Summary {
+        kind: "pid",
+        id: &id_text,
+        destination: o.to,
+        insecure: o.key.is_none(),
+        total_ms: started.elapsed().as_millis() as u64,
+        frozen_ms,
+        criu_freezing_us: dstats.freezing_time,
+        criu_frozen_us: dstats.frozen_time,
+        criu_memdump_us: dstats.memdump_time,
+        criu_memwrite_us: dstats.memwrite_time,
+        pages_written: dstats.pages_written,
+        criu_restore_us: done.restore_time_us,
+        criu_forking_us: done.forking_time_us,
+        page_bytes,
+        image_files,
+        image_bytes,
+        wire_bytes,
+        page_mib_per_s: if transfer_secs > 0.0 {
+            page_bytes as f64 / 1048576.0 / transfer_secs
+        } else {
+            0.0
+        },
+        restored_pid: done.restored_pid,
+    };
+    if !o.quiet {
+        summary.print();
+    }
+    if let Some(p) = o.stats_json {
+        summary.write_json(p).map_err(Error::other)?;
+    }
+    if let Err(e) = work.remove() {
+        log::warn!("{e}");
+    }
+    Ok(())
+}
+
+/// Sends DUMP and runs it until CRIU's final answer. Returns (image files, image bytes, page
+/// bytes). On error, post-dump was not answered `true`: the caller drops CRIU and the tasks
+/// resume with their memory intact.
+fn run_dump(
+    swrk: &mut Swrk,
+    conn: &crate::transfer::Conn,
+    dir: &Path,
+    relay: JoinHandle<Result<u64, WireError>>,
+    opts: haul_proto::criu::CriuOpts,
+    pid: i32,
+    quiet: bool,
+) -> Result<(u32, u64, u64)> {
+    swrk.send(&Swrk::request(CriuReqType::Dump, opts))
+        .map_err(|e| Error::other(e.to_string()))?;
+    let mut relay = Some(relay);
+    let mut result = None;
+    let mut committed = false;
+    loop {
+        let event = match swrk.next_event() {
+            Ok(ev) => ev,
+            Err(e) if committed => {
+                // post-dump was answered true: CRIU should have killed the tasks. If it failed
+                // after that, the tasks may or may not be gone; decide by looking.
+                if process_exists(pid) {
+                    return Err(Error::new(Kind::RolledBack, e.to_string()));
+                }
+                log::warn!("criu reported an error after the tasks were stopped: {e}");
+                break;
+            }
+            Err(e) => return Err(Error::new(Kind::RolledBack, e.to_string())),
+        };
+        match event {
+            Event::Notify { script, .. } if script == "post-dump" => {
+                // Tasks are frozen, pages are on the destination, images are written here.
+                let page_bytes = match relay.take().map(|h| h.join()) {
+                    Some(Ok(Ok(n))) => n,
+                    Some(Ok(Err(e))) => return Err(wire_to_error(e, "streaming pages").with_kind(Kind::RolledBack)),
+                    _ => return Err(Error::new(Kind::RolledBack, "page relay thread failed")),
+                };
+                phase(quiet, &format!("pages sent ({:.1} MiB); sending images", page_bytes as f64 / 1048576.0));
+                let (files, bytes) = images::send_dir(conn, dir, sent)
+                    .map_err(|e| Error::new(Kind::RolledBack, format!("sending images: {e}")))?;
+                phase(quiet, "restoring on the destination");
+                match conn.recv_control(IDLE_TIMEOUT, "restore") {
+                    Ok(Msg::Ready(r)) => {
+                        log::info!("destination holds the restored tasks (pid {})", r.restored_pid)
+                    }
+                    Ok(Msg::Abort(a)) => {
+                        let _ = swrk.notify_reply(false);
+                        return Err(Error::new(
+                            Kind::RolledBack,
+                            format!("destination failed to restore ({}): {}", a.stage, a.reason),
+                        ));
+                    }
+                    Ok(other) => {
+                        let _ = swrk.notify_reply(false);
+                        return Err(Error::new(Kind::RolledBack, format!("unexpected {other:?} during restore")));
+                    }
+                    Err(e) => {
+                        let _ = swrk.notify_reply(false);
+                        return Err(wire_to_error(e, "waiting for the destination to restore").with_kind(Kind::RolledBack));
+                    }
+                }
+                swrk.notify_reply(true)
+                    .map_err(|e| Error::new(Kind::RolledBack, e.to_string()))?;
+                committed = true;
+                result = Some((files, bytes, page_bytes));
+            }
+            Event::Notify { .. } => swrk
+                .notify_reply(true)
+                .map_err(|e| Error::new(Kind::RolledBack, e.to_string()))?,
+            Event::Done(_) => break,
+        }
+    }
+    result.ok_or_else(|| Error::new(Kind::RolledBack, "criu finished the dump without post-dump"))
+}
+
+/// True when `/proc/<pid>` exists (a zombie counts as gone: its memory is released).
+pub fn process_exists(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => false,
+    }
+}

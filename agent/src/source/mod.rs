@@ -1,0 +1,6 @@
+//! The source side: connect, prepare the destination, dump with CRIU while pages stream, send
+//! the images, and commit only when the destination holds the restored tasks.
+
+pub mod connect;
+pub mod migrate;
+pub mod progress;

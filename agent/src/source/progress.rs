@@ -1,0 +1,75 @@
+//! Progress on stderr while pages stream: updated in place on a terminal, one line per few
+//! seconds otherwise; silent with `--quiet`.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub struct Progress {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Prints a phase line ("haul: freeze and dump …").
+pub fn phase(quiet: bool, text: &str) {
+    if !quiet {
+        let _ = writeln!(std::io::stderr().lock(), "haul: {text}");
+    }
+}
+
+impl Progress {
+    /// Reports `bytes` (a live counter) until stopped.
+    pub fn start(quiet: bool, label: &'static str, bytes: Arc<crate::transfer::mux::Counters>) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        if quiet {
+            return Progress { stop, handle: None };
+        }
+        let tty = std::io::stderr().is_terminal();
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("haul-progress".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let tick = if tty { Duration::from_millis(200) } else { Duration::from_secs(2) };
+                let mut printed = false;
+                let mut last = 0;
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(tick);
+                    let b = load(&bytes.pages_out);
+                    if b == last {
+                        continue;
+                    }
+                    last = b;
+                    let secs = start.elapsed().as_secs_f64().max(0.001);
+                    let mib = b as f64 / 1048576.0;
+                    let line = format!("haul: {label}: {mib:.1} MiB at {:.0} MiB/s", mib / secs);
+                    let mut err = std::io::stderr().lock();
+                    if tty {
+                        let _ = write!(err, "\r{line}\x1b[K");
+                    } else {
+                        let _ = writeln!(err, "{line}");
+                    }
+                    printed = true;
+                }
+                if tty && printed {
+                    let _ = writeln!(std::io::stderr().lock());
+                }
+            })
+            .ok();
+        Progress { stop, handle }
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}

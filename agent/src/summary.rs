@@ -1,0 +1,113 @@
+//! The summary printed after a migration (stderr) and written as JSON (`--stats-json`).
+
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary<'a> {
+    /// "pid" or "runc".
+    pub kind: &'a str,
+    /// What moved: the pid or the container id.
+    pub id: &'a str,
+    pub destination: &'a str,
+    /// True when the connection ran without a key (`--insecure`).
+    pub insecure: bool,
+    /// Wall time of the whole migration.
+    pub total_ms: u64,
+    /// From CRIU's freeze on the source until the destination reported its tasks running.
+    pub frozen_ms: u64,
+    /// CRIU dump statistics (source).
+    pub criu_freezing_us: u32,
+    pub criu_frozen_us: u32,
+    pub criu_memdump_us: u32,
+    pub criu_memwrite_us: u32,
+    pub pages_written: u64,
+    /// CRIU restore statistics (destination).
+    pub criu_restore_us: u64,
+    pub criu_forking_us: u64,
+    /// Page-server protocol bytes sent (pages plus CRIU's small headers).
+    pub page_bytes: u64,
+    pub image_files: u32,
+    pub image_bytes: u64,
+    /// All bytes haul wrote to the connection.
+    pub wire_bytes: u64,
+    /// Page throughput over the transfer phase, MiB/s.
+    pub page_mib_per_s: f64,
+    /// Pid of the restored root task on the destination.
+    pub restored_pid: i32,
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+impl Summary<'_> {
+    pub fn print(&self) {
+        let mode = if self.insecure {
+            "  connection:   INSECURE (no key, no encryption)\n"
+        } else {
+            ""
+        };
+        eprint!(
+            "haul: migrated {} {} to {} (restored pid {})\n{mode}\
+             \x20 total:        {} ms\n\
+             \x20 frozen:       {} ms (CRIU freezing {} ms, frozen {} ms, memdump {} ms, restore {} ms)\n\
+             \x20 pages:        {:.1} MiB ({} pages written) at {:.0} MiB/s\n\
+             \x20 other images: {} files, {:.1} KiB\n\
+             \x20 on the wire:  {:.1} MiB\n",
+            self.kind,
+            self.id,
+            self.destination,
+            self.restored_pid,
+            self.total_ms,
+            self.frozen_ms,
+            self.criu_freezing_us / 1000,
+            self.criu_frozen_us / 1000,
+            self.criu_memdump_us / 1000,
+            self.criu_restore_us / 1000,
+            mib(self.page_bytes),
+            self.pages_written,
+            self.page_mib_per_s,
+            self.image_files,
+            self.image_bytes as f64 / 1024.0,
+            mib(self.wire_bytes),
+        );
+    }
+
+    pub fn to_json(&self) -> Result<String, String> {
+        let mut buf = [0u8; 4096];
+        let n = serde_json_core::to_slice(self, &mut buf).map_err(|e| format!("{e:?}"))?;
+        let s = buf.get(..n).unwrap_or_default();
+        String::from_utf8(s.to_vec()).map_err(|e| e.to_string())
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<(), String> {
+        let mut json = self.to_json()?;
+        json.push('\n');
+        std::fs::write(path, json).map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_every_number() {
+        let s = Summary {
+            kind: "pid",
+            id: "42",
+            destination: "10.0.0.2:7070",
+            total_ms: 1500,
+            frozen_ms: 300,
+            page_bytes: 64 << 20,
+            restored_pid: 777,
+            ..Default::default()
+        };
+        let j = s.to_json().unwrap();
+        assert!(j.contains("\"kind\":\"pid\""), "{j}");
+        assert!(j.contains("\"frozen_ms\":300"), "{j}");
+        assert!(j.contains("\"page_bytes\":67108864"), "{j}");
+        assert!(j.contains("\"restored_pid\":777"), "{j}");
+    }
+}

@@ -1,0 +1,305 @@
+//! Connection setup: an 8-byte preamble each way, then Noise `NNpsk0` (X25519, ChaCha20-Poly1305,
+//! BLAKE2s) mixing the pre-shared key.
+//!
+//! Preamble: `b"HAUL"`, protocol version (u16 big-endian), security mode (1 = Noise with key,
+//! 0 = plaintext), a zero byte. The destination always answers with its own preamble, so a
+//! source facing another version or mode is told which; both preambles are the Noise prologue,
+//! so they are authenticated too. NNpsk0 gives mutual authentication (only holders of the key
+//! complete it) and forward secrecy (fresh ephemeral keys per connection). Nothing the peer sends
+//! beyond the fixed preamble is parsed before the first Noise message authenticates.
+
+use super::frame::{Cipher, RecvHalf, SendHalf};
+use super::{Key, WireError, PROTOCOL_VERSION};
+use crate::limits::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+const MAGIC: &[u8; 4] = b"HAUL";
+/// A Noise handshake message of NNpsk0 is at most 32 + 16 + payload bytes; haul sends no payload.
+const HANDSHAKE_MSG_MAX: usize = 128;
+
+fn preamble(secure: bool) -> [u8; 8] {
+    let v = PROTOCOL_VERSION.to_be_bytes();
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], u8::from(secure), 0]
+}
+
+fn describe(p: &[u8; 8]) -> Result<(u16, bool), WireError> {
+    if &p[..4] != MAGIC || p[7] != 0 || p[6] > 1 {
+        return Err(WireError::Preamble(
+            "the peer is not a haul agent (bad preamble)".into(),
+        ));
+    }
+    Ok((u16::from_be_bytes([p[4], p[5]]), p[6] == 1))
+}
+
+fn mode(secure: bool) -> &'static str {
+    if secure {
+        "a key (--key)"
+    } else {
+        "no key (--insecure)"
+    }
+}
+
+fn io_err(during: &'static str) -> impl Fn(std::io::Error) -> WireError {
+    move |e| WireError::from_read(e, during, HANDSHAKE_TIMEOUT.as_secs())
+}
+
+fn write_msg(s: &mut TcpStream, msg: &[u8]) -> Result<(), WireError> {
+    let len = u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes();
+    s.write_all(&len)
+        .and_then(|()| s.write_all(msg))
+        .map_err(|err| WireError::Io { op: "write", err })
+}
+
+fn read_msg<'b>(s: &mut TcpStream, buf: &'b mut [u8; HANDSHAKE_MSG_MAX]) -> Result<&'b [u8], WireError> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).map_err(io_err("authentication"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > HANDSHAKE_MSG_MAX {
+        return Err(WireError::FrameTooLarge {
+            len,
+            limit: HANDSHAKE_MSG_MAX,
+        });
+    }
+    let msg = buf.get_mut(..len).ok_or(WireError::FrameTooShort { len })?;
+    s.read_exact(msg).map_err(io_err("authentication"))?;
+    Ok(msg)
+}
+
+fn builder<'a>(key: &'a Key, prologue: &'a [u8]) -> Result<snow::Builder<'a>, WireError> {
+    let params = NOISE_PARAMS
+        .parse()
+        .map_err(|e| WireError::Auth(format!("noise parameters: {e}")))?;
+    snow::Builder::new(params)
+        .psk(0, &key.0)
+        .and_then(|b| b.prologue(prologue))
+        .map_err(|e| WireError::Auth(format!("noise setup: {e}")))
+}
+
+fn halves(stream: TcpStream, cipher: Cipher) -> Result<(SendHalf, RecvHalf), WireError> {
+    stream
+        .set_read_timeout(Some(IDLE_TIMEOUT))
+        .map_err(|err| WireError::Io { op: "set timeout", err })?;
+    let _ = stream.set_nodelay(true);
+    let rx = stream
+        .try_clone()
+        .map_err(|err| WireError::Io { op: "clone socket", err })?;
+    Ok((
+        SendHalf::new(stream, cipher.clone()),
+        RecvHalf::new(rx, cipher, IDLE_TIMEOUT.as_secs()),
+    ))
+}
+
+/// Source side (Noise initiator). `key = None` is plaintext and needs `--insecure`.
+pub fn connect(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, RecvHalf), WireError> {
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(|err| WireError::Io { op: "set timeout", err })?;
+    let ours = preamble(key.is_some());
+    stream
+        .write_all(&ours)
+        .map_err(|err| WireError::Io { op: "write", err })?;
+    let mut theirs = [0u8; 8];
+    stream
+        .read_exact(&mut theirs)
+        .map_err(io_err("the protocol preamble"))?;
+    let (version, secure) = describe(&theirs)?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Preamble(format!(
+            "the destination speaks haul protocol {version}, this haul speaks {PROTOCOL_VERSION}: install the same haul version on both hosts"
+        )));
+    }
+    if secure != key.is_some() {
+        return Err(WireError::Preamble(format!(
+            "the destination runs with {}, this side with {}: use the same mode on both",
+            mode(secure),
+            mode(key.is_some())
+        )));
+    }
+    let Some(key) = key else {
+        return halves(stream, None);
+    };
+    let mut prologue = [0u8; 16];
+    prologue[..8].copy_from_slice(&ours);
+    prologue[8..].copy_from_slice(&theirs);
+    let mut hs = builder(key, &prologue)?
+        .build_initiator()
+        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
+    let mut out = [0u8; HANDSHAKE_MSG_MAX];
+    let n = hs
+        .write_message(&[], &mut out)
+        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
+    write_msg(&mut stream, out.get(..n).unwrap_or_default())?;
+    let mut buf = [0u8; HANDSHAKE_MSG_MAX];
+    let msg = match read_msg(&mut stream, &mut buf) {
+        Ok(m) => m,
+        Err(WireError::Closed { .. }) | Err(WireError::Io { .. }) => {
+            return Err(WireError::Auth(
+                "the destination refused the authentication: the keys differ (copy the same key file to both hosts)".into(),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    let mut payload = [0u8; HANDSHAKE_MSG_MAX];
+    hs.read_message(msg, &mut payload).map_err(|_| {
+        WireError::Auth("the destination failed authentication: the keys differ".into())
+    })?;
+    let t = hs
+        .into_stateless_transport_mode()
+        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
+    halves(stream, Some(Arc::new(t)))
+}
+
+/// Destination side (Noise responder).
+pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, RecvHalf), WireError> {
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(|err| WireError::Io { op: "set timeout", err })?;
+    let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+    let mut theirs = [0u8; 8];
+    stream
+        .read_exact(&mut theirs)
+        .map_err(io_err("the protocol preamble"))?;
+    let ours = preamble(key.is_some());
+    // Answer before judging, so the source can say what differs.
+    stream
+        .write_all(&ours)
+        .map_err(|err| WireError::Io { op: "write", err })?;
+    let (version, secure) = describe(&theirs)?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Preamble(format!(
+            "peer speaks haul protocol {version}, this haul speaks {PROTOCOL_VERSION}"
+        )));
+    }
+    if secure != key.is_some() {
+        return Err(WireError::Preamble(format!(
+            "peer runs with {}, this side with {}",
+            mode(secure),
+            mode(key.is_some())
+        )));
+    }
+    let _ = stream.set_write_timeout(None);
+    let Some(key) = key else {
+        return halves(stream, None);
+    };
+    let mut prologue = [0u8; 16];
+    prologue[..8].copy_from_slice(&theirs);
+    prologue[8..].copy_from_slice(&ours);
+    let mut hs = builder(key, &prologue)?
+        .build_responder()
+        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
+    let mut buf = [0u8; HANDSHAKE_MSG_MAX];
+    let msg = read_msg(&mut stream, &mut buf)?;
+    let mut payload = [0u8; HANDSHAKE_MSG_MAX];
+    hs.read_message(msg, &mut payload).map_err(|_| {
+        WireError::Auth("peer failed authentication: its key differs from ours".into())
+    })?;
+    let mut out = [0u8; HANDSHAKE_MSG_MAX];
+    let n = hs
+        .write_message(&[], &mut out)
+        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
+    write_msg(&mut stream, out.get(..n).unwrap_or_default())?;
+    let t = hs
+        .into_stateless_transport_mode()
+        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
+    halves(stream, Some(Arc::new(t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::Kind;
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair(
+        client_key: Option<Key>,
+        server_key: Option<Key>,
+    ) -> (
+        Result<(SendHalf, RecvHalf), WireError>,
+        Result<(SendHalf, RecvHalf), WireError>,
+    ) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            accept(s, server_key.as_ref())
+        });
+        let c = connect(TcpStream::connect(addr).unwrap(), client_key.as_ref());
+        (c, server.join().unwrap())
+    }
+
+    #[test]
+    fn same_key_authenticates_and_frames_round_trip() {
+        let k = Key::generate().unwrap();
+        let (c, s) = pair(Some(k.clone()), Some(k));
+        let (mut ctx, mut crx) = c.unwrap();
+        let (mut stx, mut srx) = s.unwrap();
+        ctx.send(Kind::Control, b"hello").unwrap();
+        let (kind, p) = srx.recv("test").unwrap();
+        assert_eq!((kind, p), (Kind::Control, &b"hello"[..]));
+        let big = vec![7u8; super::super::frame::PAYLOAD_MAX];
+        stx.send(Kind::PageData, &big).unwrap();
+        let (kind, p) = crx.recv("test").unwrap();
+        assert_eq!(kind, Kind::PageData);
+        assert_eq!(p, &big[..]);
+        assert!(stx.send(Kind::PageData, &[0u8; 70_000]).is_err());
+    }
+
+    #[test]
+    fn wrong_key_is_refused_on_both_sides() {
+        let (c, s) = pair(Some(Key::generate().unwrap()), Some(Key::generate().unwrap()));
+        let ce = c.err().unwrap().to_string();
+        let se = s.err().unwrap().to_string();
+        assert!(ce.contains("keys differ"), "{ce}");
+        assert!(se.contains("failed authentication"), "{se}");
+    }
+
+    #[test]
+    fn insecure_against_keyed_is_refused_with_the_reason() {
+        let (c, s) = pair(None, Some(Key::generate().unwrap()));
+        assert!(c.err().unwrap().to_string().contains("destination runs with a key"));
+        assert!(s.is_err());
+    }
+
+    #[test]
+    fn insecure_both_sides_works() {
+        let (c, s) = pair(None, None);
+        let (mut ctx, _) = c.unwrap();
+        let (_, mut srx) = s.unwrap();
+        ctx.send(Kind::FileData, b"x").unwrap();
+        assert_eq!(srx.recv("t").unwrap(), (Kind::FileData, &b"x"[..]));
+    }
+
+    #[test]
+    fn oversized_frame_header_is_refused_before_reading() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let (_, mut rx) = accept(s, None).unwrap();
+            rx.recv("test").map(|_| ()).unwrap_err().to_string()
+        });
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&preamble(false)).unwrap();
+        let mut p = [0u8; 8];
+        s.read_exact(&mut p).unwrap();
+        s.write_all(&(crate::limits::FRAME_MAX as u32 + 1).to_be_bytes()).unwrap();
+        let e = t.join().unwrap();
+        assert!(e.contains("limit is 65535"), "{e}");
+    }
+
+    #[test]
+    fn garbage_instead_of_a_preamble() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            accept(s, None).err().unwrap().to_string()
+        });
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n").unwrap();
+        assert!(t.join().unwrap().contains("not a haul agent"));
+    }
+}

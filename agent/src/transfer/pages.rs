@@ -1,0 +1,59 @@
+//! The page relay: CRIU's page-server protocol between the source's CRIU (dumping, `ps.fd` a
+//! UNIX socketpair) and the destination's CRIU page server (also on a socketpair), carried in
+//! PAGE_DATA frames. Each side runs one outbound relay thread; inbound bytes are written by the
+//! connection's reader (`mux`). A UNIX socket also avoids CRIU's TCP_CORK stall.
+
+use super::frame::{Kind, SendHalf, PAYLOAD_MAX};
+use super::mux::send_frame;
+use super::WireError;
+use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// A stream socketpair: (haul's end, CRIU's end).
+pub fn socket_pair() -> Result<(OwnedFd, OwnedFd), rustix::io::Errno> {
+    socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+}
+
+/// Relays bytes from the local CRIU's page socket to the peer until CRIU closes it, then sends
+/// PAGE_EOF. Returns the number of page-protocol bytes relayed.
+pub fn spawn_outbound(
+    sock: Arc<OwnedFd>,
+    tx: Arc<Mutex<SendHalf>>,
+    counter: Arc<super::mux::Counters>,
+) -> Result<JoinHandle<Result<u64, WireError>>, WireError> {
+    std::thread::Builder::new()
+        .name("haul-pages-out".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; PAYLOAD_MAX];
+            let mut total = 0u64;
+            loop {
+                let n = match rustix::io::read(&*sock, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => {
+                        return Err(WireError::Protocol(format!("reading CRIU's page stream: {e}")))
+                    }
+                };
+                send_frame(&tx, Kind::PageData, buf.get(..n).unwrap_or_default())?;
+                total += n as u64;
+                counter.pages_out.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            send_frame(&tx, Kind::PageEof, &[])?;
+            Ok(total)
+        })
+        .map_err(|err| WireError::Io { op: "spawn relay thread", err })
+}
+
+/// Total bytes so far.
+pub fn bytes(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}

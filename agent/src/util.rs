@@ -1,0 +1,70 @@
+//! Small helpers used by several stages: bounded file reads, unique names.
+
+use std::io::Read;
+use std::path::Path;
+
+/// Reads a whole file of at most `limit` bytes; a larger file is an error naming its size and
+/// the limit (never a silent cut).
+pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(cap)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if buf.len() > limit {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        return Err(format!(
+            "{} is {} bytes; the limit is {limit} bytes",
+            path.display(),
+            size
+        ));
+    }
+    Ok(buf)
+}
+
+/// A unique name for a migration: time in ms and 32 random bits, e.g. `m-1795938661250-9f3a01c2`.
+pub fn migration_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut r = [0u8; 4];
+    let _ = rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty());
+    format!("m-{ms}-{:08x}", u32::from_le_bytes(r))
+}
+
+/// Marks every descriptor above stderr close-on-exec. haul may be started with descriptors its
+/// parent leaked (not close-on-exec); they must not reach CRIU or the tasks it dumps.
+pub fn cloexec_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // The directory's own descriptor is among them, closed by now: errors are expected.
+        let _ = crate::sys::set_cloexec(fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_read_at_and_over_the_limit() {
+        let dir = std::env::temp_dir().join(format!("haul-util-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("f");
+        std::fs::write(&f, vec![b'x'; 100]).unwrap();
+        assert_eq!(read_bounded(&f, 100).unwrap().len(), 100);
+        let err = read_bounded(&f, 99).unwrap_err();
+        assert!(err.contains("is 100 bytes; the limit is 99 bytes"), "{err}");
+        std::fs::remove_file(&f).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}
