@@ -11,6 +11,11 @@ use std::path::Path;
 /// Errors known to be harmless on the kernels haul runs on.
 const HARMLESS: &[&str] = &["RLIMIT_NOFILE"];
 
+/// True for an error CRIU logs that is known to be harmless.
+pub fn is_harmless(line: &str) -> bool {
+    HARMLESS.iter().any(|h| line.contains(h))
+}
+
 /// The last error lines of the log at `path` (at most `CRIU_LOG_ERROR_LINES`), or nothing.
 pub fn error_lines(path: &Path) -> Vec<String> {
     let Ok(mut file) = std::fs::File::open(path) else {
@@ -33,7 +38,7 @@ pub fn select(text: &str) -> Vec<String> {
     let mut out: Vec<String> = text
         .lines()
         .filter(|l| l.contains("Error") || l.contains("error ("))
-        .filter(|l| !HARMLESS.iter().any(|h| l.contains(h)))
+        .filter(|l| !is_harmless(l))
         .map(|l| l.trim().to_string())
         .collect();
     let skip = out.len().saturating_sub(CRIU_LOG_ERROR_LINES);

@@ -276,7 +276,12 @@ impl Swrk {
                 req_name(resp.r#type)
             },
             errno: resp.cr_errno,
-            errmsg: resp.cr_errmsg.clone(),
+            // CRIU reports its first logged error, which on some kernels is the harmless
+            // RLIMIT_NOFILE one; the log's error lines say more then.
+            errmsg: resp
+                .cr_errmsg
+                .clone()
+                .filter(|m| !log_excerpt::is_harmless(m)),
             log: self.log.clone(),
             errors,
         }

@@ -109,8 +109,7 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
             drop(swrk);
             conn.close();
             return Err(e.context(format!(
-                "migration failed; pid {pid} keeps running on this host (CRIU log: {})",
-                work.path.join("dump.log").display()
+                "migration failed; pid {pid} keeps running on this host"
             )));
         }
     };

@@ -167,6 +167,12 @@ fn read_loop(
             Err(e) => Err(e),
         };
         let stop = item.is_err();
+        if stop {
+            // The connection is gone: the local CRIU must not wait on its page socket.
+            if let Some(fd) = sink.lock().ok().and_then(|s| s.clone()) {
+                let _ = rustix::net::shutdown(&*fd, rustix::net::Shutdown::Both);
+            }
+        }
         if q.send(item).is_err() || stop {
             return rx.wire_bytes;
         }

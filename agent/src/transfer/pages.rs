@@ -43,7 +43,12 @@ pub fn spawn_outbound(
                         return Err(WireError::Protocol(format!("reading CRIU's page stream: {e}")))
                     }
                 };
-                send_frame(&tx, Kind::PageData, buf.get(..n).unwrap_or_default())?;
+                if let Err(e) = send_frame(&tx, Kind::PageData, buf.get(..n).unwrap_or_default()) {
+                    // The peer is gone: make the local CRIU's writes fail instead of block, so
+                    // a dump fails (and its tasks resume) and a page server exits.
+                    let _ = rustix::net::shutdown(&*sock, rustix::net::Shutdown::Both);
+                    return Err(e);
+                }
                 total += n as u64;
                 counter.pages_out.fetch_add(n as u64, Ordering::Relaxed);
             }

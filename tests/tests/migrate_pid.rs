@@ -1,0 +1,227 @@
+//! End to end, real CRIU: `haul migrate pid` moves a process tree from the "src" network
+//! namespace to the "dst" one over a veth pair, with `haul serve` on the other side.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use haul_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const PORT: u16 = 7070;
+
+struct Setup {
+    _lab: Lab,
+    net: NetnsPair,
+    dir: TempDir,
+    haul: PathBuf,
+}
+
+fn setup(tag: &str) -> Option<Setup> {
+    let mut tools = Lab::NET_TOOLS.to_vec();
+    tools.push("criu");
+    let lab = Lab::require_or_skip(&tools).expect("lab requirements")?;
+    let net = NetnsPair::create(tag).unwrap();
+    let dir = TempDir::new(tag).unwrap();
+    let haul = haul_bin().unwrap();
+    Some(Setup {
+        _lab: lab,
+        net,
+        dir,
+        haul,
+    })
+}
+
+impl Setup {
+    fn keygen(&self, name: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        run(Command::new(&self.haul).arg("keygen").arg(&p)).unwrap();
+        p
+    }
+
+    fn dst(&self) -> String {
+        format!("{}:{PORT}", self.net.dst_addr())
+    }
+
+    fn serve(&self, key: &Path, work: &Path) -> ChildWithLog {
+        let mut cmd = self.net.cmd_in(Side::Dst, &self.haul);
+        cmd.args(["serve", "--listen", &self.dst(), "--key"])
+            .arg(key)
+            .arg("--work-dir")
+            .arg(work)
+            .arg("-v");
+        let s = ChildWithLog::spawn("serve", &mut cmd).unwrap();
+        s.wait_for_line("listening on", Duration::from_secs(10)).unwrap();
+        s
+    }
+
+    fn migrate(&self, pid: u32, key: &Path, extra: &[&str]) -> Output {
+        let mut cmd = self.net.cmd_in(Side::Src, &self.haul);
+        cmd.args(["migrate", "pid", &pid.to_string(), "--to", &self.dst(), "--key"])
+            .arg(key)
+            .arg("--work-dir")
+            .arg(self.dir.join("src-work"))
+            .args(extra);
+        let out = cmd.output().unwrap();
+        eprintln!(
+            "haul migrate: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn json_number(json: &str, field: &str) -> u64 {
+    let pat = format!("\"{field}\":");
+    let start = json.find(&pat).unwrap_or_else(|| panic!("{field} in {json}")) + pat.len();
+    json[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn process_tree_moves_between_hosts_and_keeps_running() {
+    let Some(s) = setup("pidmv") else { return };
+    let key = s.keygen("key");
+    let dst_work = s.dir.join("dst-work");
+    let serve = s.serve(&key, &dst_work);
+
+    let hb = s.dir.join("heartbeat");
+    let mib = 64;
+    let opts = WorkloadOpts {
+        mib,
+        ..WorkloadOpts::default()
+    };
+    let mut w = Workload::start_with(Some((&s.net, Side::Src)), &hb, &opts).unwrap();
+    Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
+    let poller = Poller::start(&hb);
+    let stats_json = s.dir.join("stats.json");
+
+    let out = s.migrate(w.pid(), &key, &["--stats-json", stats_json.to_str().unwrap()]);
+    assert!(out.status.success(), "migrate failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("migrated pid"), "no summary: {stderr}");
+    assert!(!stderr.contains("INSECURE"));
+
+    // The source's tasks are gone.
+    w.wait_exit(Duration::from_secs(5)).unwrap();
+    assert!(!w.is_alive(), "the source copy still runs");
+    let before = Heartbeat::read(&hb);
+
+    // Exactly one copy runs, on the destination, and it continues the heartbeat.
+    let pids = find_workload_pids(&hb);
+    assert_eq!(pids.len(), 1, "workload copies: {pids:?}");
+    let restored = PidGuard::new(pids[0]).unwrap();
+    Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
+    let stats = poller.stop_stats();
+    eprintln!("downtime seen from outside: {:?}", stats.max_gap);
+    assert_eq!(stats.counter_regressions, 0, "heartbeat went backwards: two copies?");
+    assert_eq!(stats.bad, None, "memory check failed after restore");
+    assert!(stats.last.unwrap().0 > before.map(|b| b.0).unwrap_or(0));
+    let ns = |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    assert_eq!(
+        ns(Path::new(&format!("/proc/{}/ns/net", restored.pid()))).unwrap(),
+        ns(&s.net.path(Side::Dst)).unwrap(),
+        "restored outside the destination's network namespace"
+    );
+
+    // The summary's numbers.
+    let json = std::fs::read_to_string(&stats_json).unwrap();
+    assert!(json_number(&json, "page_bytes") >= mib << 20, "{json}");
+    assert_eq!(json_number(&json, "restored_pid"), u64::from(restored.pid()));
+    assert!(json_number(&json, "frozen_ms") > 0);
+
+    // Nothing left behind in either work directory.
+    assert!(entries(&s.dir.join("src-work")).is_empty());
+    let left: Vec<_> = entries(&dst_work).into_iter().filter(|e| e != "logs").collect();
+    assert!(left.is_empty(), "destination left {left:?}");
+    assert!(serve.log_text().contains("done: pid"));
+    restored.kill().unwrap();
+    assert!(restored.wait_gone(Duration::from_secs(5)));
+}
+
+#[test]
+fn killed_destination_leaves_the_source_running() {
+    let Some(s) = setup("pidkill") else { return };
+    let key = s.keygen("key");
+    let mut serve = s.serve(&key, &s.dir.join("dst-work"));
+
+    let hb = s.dir.join("heartbeat");
+    let opts = WorkloadOpts {
+        mib: 512,
+        sweep_ms: 20_000,
+        ..WorkloadOpts::default()
+    };
+    let w = Workload::start_with(Some((&s.net, Side::Src)), &hb, &opts).unwrap();
+    Heartbeat::wait_advancing(&hb, Duration::from_secs(30)).unwrap();
+
+    // Migrate in the background; kill `haul serve` once the dump runs: pages stream then.
+    let mut cmd = s.net.cmd_in(Side::Src, &s.haul);
+    cmd.args(["migrate", "pid", &w.pid().to_string(), "--to", &s.dst(), "--key"])
+        .arg(&key)
+        .arg("--work-dir")
+        .arg(s.dir.join("src-work"));
+    let migrate = ChildWithLog::spawn("migrate", &mut cmd).unwrap();
+    migrate
+        .wait_for_line("freezing and dumping", Duration::from_secs(30))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    serve.guard().kill().unwrap();
+
+    let mut migrate = migrate;
+    let status = migrate
+        .guard()
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("haul migrate did not exit after the destination died");
+    let log = migrate.log_text();
+    assert!(!status.success(), "migrate claims success: {log}");
+    assert_eq!(status.code(), Some(6), "exit code should say 'rolled back': {log}");
+    assert!(log.contains("keeps running on this host"), "{log}");
+
+    // The workload still runs on the source, heartbeat advancing, memory intact.
+    assert!(w.is_alive(), "the source workload died");
+    Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
+    assert_eq!(find_workload_pids(&hb), vec![w.pid()], "a second copy exists");
+}
+
+#[test]
+fn wrong_key_is_refused_before_any_criu_work() {
+    let Some(s) = setup("pidkey") else { return };
+    let key = s.keygen("key");
+    let other = s.keygen("other-key");
+    let dst_work = s.dir.join("dst-work");
+    let serve = s.serve(&key, &dst_work);
+
+    let hb = s.dir.join("heartbeat");
+    let w = Workload::start(&s.net, Side::Src, 8, &hb).unwrap();
+    Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
+
+    let out = s.migrate(w.pid(), &other, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "exit code for authentication: {stderr}");
+    assert!(stderr.contains("keys differ"), "{stderr}");
+    let log = serve
+        .wait_for_line("failed authentication", Duration::from_secs(5))
+        .unwrap();
+    assert!(log.contains("refused"), "{log}");
+    // The destination started no CRIU and wrote nothing.
+    assert!(!serve.log_text().contains("criu swrk started"));
+    assert!(entries(&dst_work).is_empty(), "{:?}", entries(&dst_work));
+    // The source was never touched.
+    assert!(w.is_alive());
+    Heartbeat::wait_advancing(&hb, Duration::from_secs(5)).unwrap();
+}
