@@ -2,6 +2,7 @@
 //!
 //! Subcommands: `proto [--check]`, `test [--target T]`, `demo`, `lab` (install test tools).
 
+mod demo;
 mod lab;
 mod proto;
 mod test;
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
     let result = match cmd {
         "proto" => proto::run(rest),
         "test" => test::run(rest),
-        "demo" => test::demo(rest),
+        "demo" => demo::run_demo(rest),
         "lab" => lab::install(),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -11,8 +11,3 @@ pub fn run(_args: &[String]) -> Result<(), String> {
     util::run(util::cargo().args(["test", "--workspace", "--", "--test-threads=1"]))?;
     Ok(())
 }
-
-pub fn demo(_args: &[String]) -> Result<(), String> {
-    lab::install()?;
-    Err("demo: not implemented yet".into())
-}

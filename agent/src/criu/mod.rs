@@ -3,6 +3,8 @@
 //! each notification.
 
 mod error;
+#[cfg(test)]
+pub mod fake;
 pub mod log_excerpt;
 pub mod stats;
 mod swrk;

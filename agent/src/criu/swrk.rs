@@ -149,6 +149,8 @@ impl Swrk {
         let (_, len) = loop {
             match recv(&self.sock, &mut [0u8; 0][..], RecvFlags::PEEK | RecvFlags::TRUNC) {
                 Err(rustix::io::Errno::INTR) => continue,
+                // A peer that closed with our requests unread leaves ECONNRESET, not end of file.
+                Err(rustix::io::Errno::CONNRESET) => return Err(self.exited()),
                 other => break other.map_err(|err| CriuError::Io { op: "recv", err })?,
             }
         };
@@ -167,8 +169,11 @@ impl Swrk {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [IoSliceMut::new(&mut self.buf)];
-        let msg = recvmsg(&self.sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
-            .map_err(|err| CriuError::Io { op: "recvmsg", err })?;
+        let msg = match recvmsg(&self.sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(msg) => msg,
+            Err(rustix::io::Errno::CONNRESET) => return Err(self.exited()),
+            Err(err) => return Err(CriuError::Io { op: "recvmsg", err }),
+        };
         drop(control.drain());
         if msg.flags.contains(ReturnFlags::TRUNC) || msg.flags.contains(ReturnFlags::CTRUNC) {
             return Err(CriuError::BadResponse {

@@ -131,9 +131,8 @@ pub(crate) fn from_raw<'a>(
     raw: &BoundedSeq<&'a str, STDIO_FDS>,
     arena: &mut TextArena<'a>,
 ) -> Result<StdioDescriptors<'a>, DescriptorsError> {
-    let wrong_count = DescriptorsError::WrongCount { count: raw.total };
     if raw.total != STDIO_FDS {
-        return Err(wrong_count);
+        return Err(DescriptorsError::WrongCount { count: raw.total });
     }
     let mut targets = [""; STDIO_FDS];
     for (fd, (slot, &text)) in targets.iter_mut().zip(raw.items.iter()).enumerate() {

@@ -26,13 +26,6 @@ impl<T, const N: usize> Default for BoundedSeq<T, N> {
     }
 }
 
-impl<T, const N: usize> BoundedSeq<T, N> {
-    /// Whether items were skipped.
-    pub(crate) fn overflowed(&self) -> bool {
-        self.total > N
-    }
-}
-
 impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for BoundedSeq<T, N> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_option(SeqVisitor(PhantomData))
@@ -95,13 +88,6 @@ pub(crate) struct BoundedMap<'a, const N: usize> {
 impl<const N: usize> Default for BoundedMap<'_, N> {
     fn default() -> Self {
         Self { entries: heapless::Vec::new(), total: 0 }
-    }
-}
-
-impl<const N: usize> BoundedMap<'_, N> {
-    /// Whether entries were skipped.
-    pub(crate) fn overflowed(&self) -> bool {
-        self.total > N
     }
 }
 
@@ -207,11 +193,11 @@ mod tests {
     #[test]
     fn keeps_up_to_the_limit_and_counts_the_rest() -> Result<(), JsonError> {
         let at = parse(r#"{"list":["a","b"],"map":{"k":"v","":"w"}}"#)?;
-        assert_eq!((at.list.items.as_slice(), at.list.total, at.list.overflowed()), (&["a", "b"][..], 2, false));
-        assert_eq!((at.map.entries.as_slice(), at.map.overflowed()), (&[("k", "v"), ("", "w")][..], false));
+        assert_eq!((at.list.items.as_slice(), at.list.total), (&["a", "b"][..], 2));
+        assert_eq!((at.map.entries.as_slice(), at.map.total), (&[("k", "v"), ("", "w")][..], 2));
         let over = parse(r#"{"list":["a","b",{"x":[1]}],"map":{"a":"1","b":"2","c":{"d":null}}}"#)?;
-        assert_eq!((over.list.items.as_slice(), over.list.total, over.list.overflowed()), (&["a", "b"][..], 3, true));
-        assert_eq!((over.map.entries.len(), over.map.total, over.map.overflowed()), (2, 3, true));
+        assert_eq!((over.list.items.as_slice(), over.list.total), (&["a", "b"][..], 3));
+        assert_eq!((over.map.entries.len(), over.map.total), (2, 3));
         Ok(())
     }
 

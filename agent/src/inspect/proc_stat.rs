@@ -152,7 +152,8 @@ mod tests {
 
     #[test]
     fn takes_comm_up_to_the_last_parenthesis() -> TestResult {
-        let line = b"42 (a) b (c\nd) ) R 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 777 9\n";
+        // Fields 5 to 21 hold their own numbers here; field 22 is 777.
+        let line = b"42 (a) b (c\nd) ) R 0 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 777 23\n";
         let stat = parse_proc_stat(line)?;
         assert_eq!(stat.comm, OsStr::from_bytes(b"a) b (c\nd) "));
         assert_eq!((stat.pid, stat.state, stat.ppid, stat.start_time), (pid(42)?, b'R', None, 777));
