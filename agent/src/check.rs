@@ -44,7 +44,10 @@ pub fn run(criu_path: &Path, work_root: &Path, to: Option<&str>, key: Option<&Ke
                 }
                 Ok(v) => r.line(
                     "criu",
-                    Err(format!("criu {v} is too old: haul needs {} or newer", criu::MIN_VERSION)),
+                    Err(format!(
+                        "criu {v} is too old: haul needs {} or newer",
+                        criu::MIN_VERSION
+                    )),
                 ),
                 Err(e) => r.line("criu", Err(e.to_string())),
             }
@@ -52,10 +55,17 @@ pub fn run(criu_path: &Path, work_root: &Path, to: Option<&str>, key: Option<&Ke
                 Ok(f) => {
                     let mt = f.mem_track.unwrap_or(false);
                     let lp = f.lazy_pages.unwrap_or(false);
-                    r.line("kernel: checkpoint/restore", Ok("FEATURE_CHECK answered".into()));
+                    r.line(
+                        "kernel: checkpoint/restore",
+                        Ok("FEATURE_CHECK answered".into()),
+                    );
                     r.info(
                         "kernel: memory tracking (pre-copy)",
-                        if mt { "available" } else { "not available (no soft-dirty bit): pre-dump iterations cannot run" },
+                        if mt {
+                            "available"
+                        } else {
+                            "not available (no soft-dirty bit): pre-dump iterations cannot run"
+                        },
                     );
                     r.info(
                         "kernel: lazy pages (post-copy)",
@@ -67,7 +77,14 @@ pub fn run(criu_path: &Path, work_root: &Path, to: Option<&str>, key: Option<&Ke
         }
     }
     if let Some(to) = to {
-        remote(&mut r, criu_path, work_root, to, key, local.unwrap_or_default());
+        remote(
+            &mut r,
+            criu_path,
+            work_root,
+            to,
+            key,
+            local.unwrap_or_default(),
+        );
     }
     if r.failed {
         Err(Error::new(Kind::Setup, "some checks failed (see above)"))
@@ -76,51 +93,82 @@ pub fn run(criu_path: &Path, work_root: &Path, to: Option<&str>, key: Option<&Ke
     }
 }
 
-fn remote(r: &mut Report, criu_path: &Path, work_root: &Path, to: &str, key: Option<&Key>, local: Version) {
-    let (conn, welcome) = match crate::source::connect::open(to, key, Purpose::Check, local, "check") {
-        Ok(c) => c,
-        Err(e) => {
-            r.line("destination: connection and authentication", Err(e.to_string()));
-            return;
-        }
-    };
+fn remote(
+    r: &mut Report,
+    criu_path: &Path,
+    work_root: &Path,
+    to: &str,
+    key: Option<&Key>,
+    local: Version,
+) {
+    let (conn, welcome) =
+        match crate::source::connect::open(to, key, Purpose::Check, local, "check") {
+            Ok(c) => c,
+            Err(e) => {
+                r.line(
+                    "destination: connection and authentication",
+                    Err(e.to_string()),
+                );
+                return;
+            }
+        };
     r.line(
         "destination: connection and authentication",
         Ok(format!(
             "{to} ({}, haul {})",
-            if key.is_some() { "key verified, encrypted" } else { "INSECURE: no key" },
+            if key.is_some() {
+                "key verified, encrypted"
+            } else {
+                "INSECURE: no key"
+            },
             welcome.agent_version
         )),
     );
     let dst = welcome
         .criu
         .as_ref()
-        .map(|v| Version { major: v.major, minor: v.minor, sublevel: v.sublevel })
+        .map(|v| Version {
+            major: v.major,
+            minor: v.minor,
+            sublevel: v.sublevel,
+        })
         .unwrap_or_default();
     r.line(
         "destination: criu version",
         if dst < criu::MIN_VERSION {
-            Err(format!("criu {dst} on the destination is too old: haul needs {} or newer", criu::MIN_VERSION))
+            Err(format!(
+                "criu {dst} on the destination is too old: haul needs {} or newer",
+                criu::MIN_VERSION
+            ))
         } else if dst < local {
-            Err(format!("criu {dst} on the destination is older than criu {local} here"))
+            Err(format!(
+                "criu {dst} on the destination is older than criu {local} here"
+            ))
         } else {
             Ok(format!("{dst} (here {local})"))
         },
     );
     match cpuinfo_dump(criu_path, work_root) {
-        Err(e) => r.info("cpu compatibility", &format!("cannot describe this CPU: {e}")),
+        Err(e) => r.info(
+            "cpu compatibility",
+            &format!("cannot describe this CPU: {e}"),
+        ),
         Ok(img) => {
             let res = conn
                 .send(Msg::CpuCheck(CpuCheck { cpuinfo_img: img }))
                 .map_err(|e| e.to_string())
-                .and_then(|()| conn.recv_control(crate::limits::IDLE_TIMEOUT, "cpu check").map_err(|e| e.to_string()));
+                .and_then(|()| {
+                    conn.recv_control(crate::limits::IDLE_TIMEOUT, "cpu check")
+                        .map_err(|e| e.to_string())
+                });
             match res {
                 Ok(Msg::CpuCheckResult(c)) if !c.supported => {
                     r.info("cpu compatibility", &format!("not checked: {}", c.detail))
                 }
-                Ok(Msg::CpuCheckResult(c)) if c.compatible => {
-                    r.line("cpu compatibility", Ok("the destination's CRIU accepts this CPU".into()))
-                }
+                Ok(Msg::CpuCheckResult(c)) if c.compatible => r.line(
+                    "cpu compatibility",
+                    Ok("the destination's CRIU accepts this CPU".into()),
+                ),
                 Ok(Msg::CpuCheckResult(c)) => r.line("cpu compatibility", Err(c.detail)),
                 Ok(_) => r.line("cpu compatibility", Err("unexpected answer".into())),
                 Err(e) => r.line("cpu compatibility", Err(e)),
@@ -132,12 +180,17 @@ fn remote(r: &mut Report, criu_path: &Path, work_root: &Path, to: &str, key: Opt
 
 /// CPUINFO_DUMP into a temporary directory; returns cpuinfo.img.
 fn cpuinfo_dump(criu_path: &Path, work_root: &Path) -> std::result::Result<Vec<u8>, String> {
-    let dir = WorkDir::create(work_root, &crate::util::migration_id()).map_err(|e| e.to_string())?;
+    let dir =
+        WorkDir::create(work_root, &crate::util::migration_id()).map_err(|e| e.to_string())?;
     let res = (|| {
         let mut s = Swrk::spawn(criu_path, &[]).map_err(|e| e.to_string())?;
         s.call(&Swrk::request(
             CriuReqType::CpuinfoDump,
-            CriuOpts { images_dir_fd: dir.raw(), log_file: Some("cpuinfo.log".into()), ..Default::default() },
+            CriuOpts {
+                images_dir_fd: dir.raw(),
+                log_file: Some("cpuinfo.log".into()),
+                ..Default::default()
+            },
         ))
         .map_err(|e| e.to_string())?;
         crate::util::read_bounded(&dir.path.join("cpuinfo.img"), CPUINFO_MAX)
@@ -148,21 +201,38 @@ fn cpuinfo_dump(criu_path: &Path, work_root: &Path) -> std::result::Result<Vec<u
 
 /// Destination side of the CPU check.
 pub fn cpu_check_here(criu_path: &Path, work_root: &Path, img: &[u8]) -> CpuCheckResult {
-    let unsupported = |detail: String| CpuCheckResult { compatible: false, detail, supported: false };
+    let unsupported = |detail: String| CpuCheckResult {
+        compatible: false,
+        detail,
+        supported: false,
+    };
     let dir = match WorkDir::create(work_root, &crate::util::migration_id()) {
         Ok(d) => d,
         Err(e) => return unsupported(e.to_string()),
     };
     let res = (|| {
-        std::fs::write(dir.path.join("cpuinfo.img"), img).map_err(|e| unsupported(e.to_string()))?;
+        std::fs::write(dir.path.join("cpuinfo.img"), img)
+            .map_err(|e| unsupported(e.to_string()))?;
         let mut s = Swrk::spawn(criu_path, &[]).map_err(|e| unsupported(e.to_string()))?;
         s.set_log(dir.path.join("cpuinfo.log"));
         match s.call(&Swrk::request(
             CriuReqType::CpuinfoCheck,
-            CriuOpts { images_dir_fd: dir.raw(), log_file: Some("cpuinfo.log".into()), ..Default::default() },
+            CriuOpts {
+                images_dir_fd: dir.raw(),
+                log_file: Some("cpuinfo.log".into()),
+                ..Default::default()
+            },
         )) {
-            Ok(_) => Ok(CpuCheckResult { compatible: true, detail: String::new(), supported: true }),
-            Err(e) => Err(CpuCheckResult { compatible: false, detail: e.to_string(), supported: true }),
+            Ok(_) => Ok(CpuCheckResult {
+                compatible: true,
+                detail: String::new(),
+                supported: true,
+            }),
+            Err(e) => Err(CpuCheckResult {
+                compatible: false,
+                detail: e.to_string(),
+                supported: true,
+            }),
         }
     })();
     let _ = dir.remove();

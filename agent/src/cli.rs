@@ -37,7 +37,6 @@ pub enum Command {
     Check(Check),
 }
 
-
 /// Destination: accept migrations and restore them here with CRIU.
 #[derive(FromArgs, Debug)]
 #[argh(

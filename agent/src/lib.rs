@@ -10,6 +10,7 @@ pub mod criu;
 pub mod dest;
 pub mod error;
 // pub mod inspect;  (helper in progress)
+pub mod inspect;
 pub mod limits;
 pub mod logger;
 pub mod plan;

@@ -28,7 +28,7 @@ impl log::Log for Logger {
             Level::Trace => "TRACE",
         };
         use std::fmt::Write as _;
-        let _ = write!(line, " {lvl} {}\n", record.args());
+        let _ = writeln!(line, " {lvl} {}", record.args());
         // One write per record so lines from threads never interleave.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
@@ -99,7 +99,10 @@ mod tests {
     fn timestamps_are_utc_calendar_dates() {
         let mut s = String::new();
         // 2026-11-29T07:51:01.250Z
-        push_timestamp(&mut s, UNIX_EPOCH + Duration::from_millis(1_795_938_661_250));
+        push_timestamp(
+            &mut s,
+            UNIX_EPOCH + Duration::from_millis(1_795_938_661_250),
+        );
         assert_eq!(s, "2026-11-29T07:51:01.250Z");
         let mut s = String::new();
         push_timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day

@@ -10,7 +10,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let (args, verbose, quiet) = global_flags(std::env::args().collect());
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cli = match Cli::from_args(&strs[..1.min(strs.len())], strs.get(1..).unwrap_or_default()) {
+    let mut cli = match Cli::from_args(
+        &strs[..1.min(strs.len())],
+        strs.get(1..).unwrap_or_default(),
+    ) {
         Ok(c) => c,
         Err(early) => {
             let code = if early.status.is_ok() { 0 } else { 2 };
@@ -80,7 +83,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keygen(k) => {
             let key = Key::generate().map_err(Error::other)?;
             key.write_new(&k.file).map_err(Error::usage)?;
-            eprintln!("haul: wrote a new key to {} (mode 0600); copy it to the other host", k.file.display());
+            eprintln!(
+                "haul: wrote a new key to {} (mode 0600); copy it to the other host",
+                k.file.display()
+            );
             Ok(())
         }
         Command::Serve(s) => {

@@ -14,12 +14,15 @@ pub struct WorkDir {
 impl WorkDir {
     /// Creates `<root>/<name>` (mode 0700); `name` must be new.
     pub fn create(root: &Path, name: &str) -> Result<WorkDir> {
-        std::fs::create_dir_all(root).ctx(Kind::Setup, format!("creating work root {}", root.display()))?;
+        std::fs::create_dir_all(root).ctx(
+            Kind::Setup,
+            format!("creating work root {}", root.display()),
+        )?;
         let path = root.join(name);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .ctx(Kind::Setup, format!("creating work directory {}", path.display()))?;
+        std::fs::DirBuilder::new().mode(0o700).create(&path).ctx(
+            Kind::Setup,
+            format!("creating work directory {}", path.display()),
+        )?;
         let fd = rustix::fs::open(
             &path,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
@@ -85,7 +88,10 @@ pub fn remove_tree_checked(path: &Path) -> Result<()> {
         return Err(Error::other(format!(
             "not removing {}: {} is still mounted there (unmount it first)",
             path.display(),
-            mounts.first().map(|m| m.display().to_string()).unwrap_or_default()
+            mounts
+                .first()
+                .map(|m| m.display().to_string())
+                .unwrap_or_default()
         )));
     }
     std::fs::remove_dir_all(path).ctx(Kind::Other, format!("removing {}", path.display()))

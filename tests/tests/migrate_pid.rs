@@ -50,17 +50,25 @@ impl Setup {
             .arg(work)
             .arg("-v");
         let s = ChildWithLog::spawn("serve", &mut cmd).unwrap();
-        s.wait_for_line("listening on", Duration::from_secs(10)).unwrap();
+        s.wait_for_line("listening on", Duration::from_secs(10))
+            .unwrap();
         s
     }
 
     fn migrate(&self, pid: u32, key: &Path, extra: &[&str]) -> Output {
         let mut cmd = self.net.cmd_in(Side::Src, &self.haul);
-        cmd.args(["migrate", "pid", &pid.to_string(), "--to", &self.dst(), "--key"])
-            .arg(key)
-            .arg("--work-dir")
-            .arg(self.dir.join("src-work"))
-            .args(extra);
+        cmd.args([
+            "migrate",
+            "pid",
+            &pid.to_string(),
+            "--to",
+            &self.dst(),
+            "--key",
+        ])
+        .arg(key)
+        .arg("--work-dir")
+        .arg(self.dir.join("src-work"))
+        .args(extra);
         let out = cmd.output().unwrap();
         eprintln!(
             "haul migrate: {}\n{}",
@@ -83,7 +91,10 @@ fn entries(dir: &Path) -> Vec<String> {
 
 fn json_number(json: &str, field: &str) -> u64 {
     let pat = format!("\"{field}\":");
-    let start = json.find(&pat).unwrap_or_else(|| panic!("{field} in {json}")) + pat.len();
+    let start = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("{field} in {json}"))
+        + pat.len();
     json[start..]
         .chars()
         .take_while(|c| c.is_ascii_digit())
@@ -110,7 +121,11 @@ fn process_tree_moves_between_hosts_and_keeps_running() {
     let poller = Poller::start(&hb);
     let stats_json = s.dir.join("stats.json");
 
-    let out = s.migrate(w.pid(), &key, &["--stats-json", stats_json.to_str().unwrap()]);
+    let out = s.migrate(
+        w.pid(),
+        &key,
+        &["--stats-json", stats_json.to_str().unwrap()],
+    );
     assert!(out.status.success(), "migrate failed");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("migrated pid"), "no summary: {stderr}");
@@ -128,7 +143,10 @@ fn process_tree_moves_between_hosts_and_keeps_running() {
     Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
     let stats = poller.stop_stats();
     eprintln!("downtime seen from outside: {:?}", stats.max_gap);
-    assert_eq!(stats.counter_regressions, 0, "heartbeat went backwards: two copies?");
+    assert_eq!(
+        stats.counter_regressions, 0,
+        "heartbeat went backwards: two copies?"
+    );
     assert_eq!(stats.bad, None, "memory check failed after restore");
     assert!(stats.last.unwrap().0 > before.map(|b| b.0).unwrap_or(0));
     let ns = |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
@@ -141,12 +159,18 @@ fn process_tree_moves_between_hosts_and_keeps_running() {
     // The summary's numbers.
     let json = std::fs::read_to_string(&stats_json).unwrap();
     assert!(json_number(&json, "page_bytes") >= mib << 20, "{json}");
-    assert_eq!(json_number(&json, "restored_pid"), u64::from(restored.pid()));
+    assert_eq!(
+        json_number(&json, "restored_pid"),
+        u64::from(restored.pid())
+    );
     assert!(json_number(&json, "frozen_ms") > 0);
 
     // Nothing left behind in either work directory.
     assert!(entries(&s.dir.join("src-work")).is_empty());
-    let left: Vec<_> = entries(&dst_work).into_iter().filter(|e| e != "logs").collect();
+    let left: Vec<_> = entries(&dst_work)
+        .into_iter()
+        .filter(|e| e != "logs")
+        .collect();
     assert!(left.is_empty(), "destination left {left:?}");
     assert!(serve.log_text().contains("done: pid"));
     restored.kill().unwrap();
@@ -170,10 +194,17 @@ fn killed_destination_leaves_the_source_running() {
 
     // Migrate in the background; kill `haul serve` once the dump runs: pages stream then.
     let mut cmd = s.net.cmd_in(Side::Src, &s.haul);
-    cmd.args(["migrate", "pid", &w.pid().to_string(), "--to", &s.dst(), "--key"])
-        .arg(&key)
-        .arg("--work-dir")
-        .arg(s.dir.join("src-work"));
+    cmd.args([
+        "migrate",
+        "pid",
+        &w.pid().to_string(),
+        "--to",
+        &s.dst(),
+        "--key",
+    ])
+    .arg(&key)
+    .arg("--work-dir")
+    .arg(s.dir.join("src-work"));
     let migrate = ChildWithLog::spawn("migrate", &mut cmd).unwrap();
     migrate
         .wait_for_line("freezing and dumping", Duration::from_secs(30))
@@ -189,13 +220,21 @@ fn killed_destination_leaves_the_source_running() {
         .expect("haul migrate did not exit after the destination died");
     let log = migrate.log_text();
     assert!(!status.success(), "migrate claims success: {log}");
-    assert_eq!(status.code(), Some(6), "exit code should say 'rolled back': {log}");
+    assert_eq!(
+        status.code(),
+        Some(6),
+        "exit code should say 'rolled back': {log}"
+    );
     assert!(log.contains("keeps running on this host"), "{log}");
 
     // The workload still runs on the source, heartbeat advancing, memory intact.
     assert!(w.is_alive(), "the source workload died");
     Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
-    assert_eq!(find_workload_pids(&hb), vec![w.pid()], "a second copy exists");
+    assert_eq!(
+        find_workload_pids(&hb),
+        vec![w.pid()],
+        "a second copy exists"
+    );
 }
 
 #[test]
@@ -212,7 +251,11 @@ fn wrong_key_is_refused_before_any_criu_work() {
 
     let out = s.migrate(w.pid(), &other, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(4), "exit code for authentication: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "exit code for authentication: {stderr}"
+    );
     assert!(stderr.contains("keys differ"), "{stderr}");
     let log = serve
         .wait_for_line("failed authentication", Duration::from_secs(5))

@@ -15,7 +15,15 @@ const MIB: u64 = 256;
 
 pub fn run_demo(_args: &[String]) -> Result<(), String> {
     lab::install()?;
-    util::run(util::cargo().args(["build", "--release", "-p", "haul", "-p", "haul-e2e", "--bins"]))?;
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "haul",
+        "-p",
+        "haul-e2e",
+        "--bins",
+    ]))?;
     let release = util::root().join("target/release");
     std::env::set_var("HAUL_BIN", release.join("haul"));
     std::env::set_var("HAUL_WORKLOAD_BIN", release.join("haul-workload"));
@@ -60,13 +68,24 @@ pub fn run_demo(_args: &[String]) -> Result<(), String> {
     let poller = Poller::start(&hb);
 
     let mut mig = net.cmd_in(Side::Src, &haul);
-    mig.args(["migrate", "pid", &w.pid().to_string(), "--to", &dst, "--key"])
-        .arg(&key)
-        .arg("--work-dir")
-        .arg(dir.join("src-work"))
-        .stdout(std::process::Stdio::inherit())
-        .stderr(std::process::Stdio::inherit());
-    println!("demo: $ haul migrate pid {} --to {dst} --key {}", w.pid(), key.display());
+    mig.args([
+        "migrate",
+        "pid",
+        &w.pid().to_string(),
+        "--to",
+        &dst,
+        "--key",
+    ])
+    .arg(&key)
+    .arg("--work-dir")
+    .arg(dir.join("src-work"))
+    .stdout(std::process::Stdio::inherit())
+    .stderr(std::process::Stdio::inherit());
+    println!(
+        "demo: $ haul migrate pid {} --to {dst} --key {}",
+        w.pid(),
+        key.display()
+    );
     let status = mig.status().map_err(|err| format!("haul migrate: {err}"))?;
     if !status.success() {
         return Err(format!("haul migrate failed: {status}"));
@@ -83,7 +102,11 @@ pub fn run_demo(_args: &[String]) -> Result<(), String> {
          (largest gap seen from outside: {} ms, memory check: {})",
         restored.pid(),
         stats.max_gap.as_millis(),
-        if stats.bad.is_none() { "passing" } else { "FAILED" }
+        if stats.bad.is_none() {
+            "passing"
+        } else {
+            "FAILED"
+        }
     );
     drop(restored);
     drop(w);

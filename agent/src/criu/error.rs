@@ -8,13 +8,19 @@ pub enum CriuError {
     /// The criu binary was not found or could not be started.
     NotFound { tried: String, detail: String },
     /// A socket operation with CRIU failed.
-    Io { op: &'static str, err: rustix::io::Errno },
+    Io {
+        op: &'static str,
+        err: rustix::io::Errno,
+    },
     /// CRIU answered with a response larger than the bound.
     ResponseTooLarge { size: usize, limit: usize },
     /// CRIU's response was not a valid protobuf.
     BadResponse { detail: String },
     /// CRIU answered a different request type than asked.
-    UnexpectedResponse { asked: &'static str, got: &'static str },
+    UnexpectedResponse {
+        asked: &'static str,
+        got: &'static str,
+    },
     /// CRIU closed the socket or exited without answering.
     Exited {
         during: &'static str,

@@ -27,7 +27,11 @@ pub fn error_lines(path: &Path) -> Vec<String> {
         return Vec::new();
     }
     let mut buf = Vec::with_capacity(CRIU_LOG_TAIL);
-    if file.take(CRIU_LOG_TAIL as u64).read_to_end(&mut buf).is_err() {
+    if file
+        .take(CRIU_LOG_TAIL as u64)
+        .read_to_end(&mut buf)
+        .is_err()
+    {
         return Vec::new();
     }
     select(&String::from_utf8_lossy(&buf))
@@ -62,7 +66,9 @@ mod tests {
 
     #[test]
     fn keeps_only_the_last_lines() {
-        let log: String = (0..20).map(|i| format!("Error (x.c:{i}): e{i}\n")).collect();
+        let log: String = (0..20)
+            .map(|i| format!("Error (x.c:{i}): e{i}\n"))
+            .collect();
         let lines = select(&log);
         assert_eq!(lines.len(), CRIU_LOG_ERROR_LINES);
         assert!(lines[CRIU_LOG_ERROR_LINES - 1].ends_with("e19"));

@@ -75,7 +75,10 @@ impl Swrk {
             SocketFlags::CLOEXEC,
             None,
         )
-        .map_err(|err| CriuError::Io { op: "socketpair", err })?;
+        .map_err(|err| CriuError::Io {
+            op: "socketpair",
+            err,
+        })?;
         let mut cmd = Command::new(criu);
         cmd.arg("swrk")
             .arg(theirs.as_raw_fd().to_string())
@@ -87,10 +90,11 @@ impl Swrk {
         let mut fds = Vec::with_capacity(inherit.len() + 1);
         fds.push(theirs.as_fd());
         fds.extend_from_slice(inherit);
-        let child = crate::sys::spawn_inheriting(&mut cmd, &fds).map_err(|e| CriuError::NotFound {
-            tried: criu.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let child =
+            crate::sys::spawn_inheriting(&mut cmd, &fds).map_err(|e| CriuError::NotFound {
+                tried: criu.display().to_string(),
+                detail: e.to_string(),
+            })?;
         drop(theirs);
         log::debug!("criu swrk started (pid {})", child.id());
         Ok(Swrk {
@@ -147,7 +151,11 @@ impl Swrk {
     fn recv_raw(&mut self) -> Result<CriuResp, CriuError> {
         // Size the datagram first; an empty read with PEEK|TRUNC returns its full length.
         let (_, len) = loop {
-            match recv(&self.sock, &mut [0u8; 0][..], RecvFlags::PEEK | RecvFlags::TRUNC) {
+            match recv(
+                &self.sock,
+                &mut [0u8; 0][..],
+                RecvFlags::PEEK | RecvFlags::TRUNC,
+            ) {
                 Err(rustix::io::Errno::INTR) => continue,
                 // A peer that closed with our requests unread leaves ECONNRESET, not end of file.
                 Err(rustix::io::Errno::CONNRESET) => return Err(self.exited()),
@@ -174,7 +182,10 @@ impl Swrk {
             Err(rustix::io::Errno::CONNRESET) => return Err(self.exited()),
             Err(err) => return Err(CriuError::Io { op: "recvmsg", err }),
         };
-        drop(control.drain());
+        // Descriptors CRIU attached (orphan-pts-master) are closed: haul never uses them.
+        for msg in control.drain() {
+            drop(msg);
+        }
         if msg.flags.contains(ReturnFlags::TRUNC) || msg.flags.contains(ReturnFlags::CTRUNC) {
             return Err(CriuError::BadResponse {
                 detail: "datagram or its descriptors were truncated".into(),
@@ -184,11 +195,7 @@ impl Swrk {
         let resp = CriuResp::decode(body).map_err(|e| CriuError::BadResponse {
             detail: e.to_string(),
         })?;
-        log::debug!(
-            "criu -> {} success={}",
-            req_name(resp.r#type),
-            resp.success
-        );
+        log::debug!("criu -> {} success={}", req_name(resp.r#type), resp.success);
         Ok(resp)
     }
 

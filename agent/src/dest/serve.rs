@@ -39,15 +39,20 @@ pub struct Limits {
 
 /// Serves until the process is stopped.
 pub fn serve(listen: &str, cfg: SessionConfig) -> Result<()> {
-    let listener = TcpListener::bind(listen).map_err(|e| {
-        Error::usage(format!("cannot listen on {listen}: {e}"))
-    })?;
+    let listener = TcpListener::bind(listen)
+        .map_err(|e| Error::usage(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().ctx(Kind::Other, "listener address")?;
-    std::fs::create_dir_all(&cfg.work_root)
-        .ctx(Kind::Setup, format!("creating work directory {}", cfg.work_root.display()))?;
+    std::fs::create_dir_all(&cfg.work_root).ctx(
+        Kind::Setup,
+        format!("creating work directory {}", cfg.work_root.display()),
+    )?;
     log::info!(
         "listening on {addr} ({}), work directory {}",
-        if cfg.key.is_some() { "key required" } else { "INSECURE: no key" },
+        if cfg.key.is_some() {
+            "key required"
+        } else {
+            "INSECURE: no key"
+        },
         cfg.work_root.display()
     );
     let cfg = Arc::new(cfg);
@@ -68,7 +73,9 @@ pub fn serve(listen: &str, cfg: SessionConfig) -> Result<()> {
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "?".into());
         let Some(pending) = Slot::take(&limits.pending, PENDING_HANDSHAKES) else {
-            log::warn!("{peer}: refused: {PENDING_HANDSHAKES} connections already in the handshake");
+            log::warn!(
+                "{peer}: refused: {PENDING_HANDSHAKES} connections already in the handshake"
+            );
             continue;
         };
         let cfg = cfg.clone();

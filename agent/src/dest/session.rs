@@ -51,7 +51,11 @@ pub fn run(stream: TcpStream, peer: &str, cfg: &SessionConfig, limits: &Limits, 
         }
     };
     let Some(_slot) = Slot::take(&limits.migrations, CONCURRENT_MIGRATIONS) else {
-        refuse(&conn, "admission", &format!("{CONCURRENT_MIGRATIONS} migrations already running; try again later"));
+        refuse(
+            &conn,
+            "admission",
+            &format!("{CONCURRENT_MIGRATIONS} migrations already running; try again later"),
+        );
         log::warn!("{peer}: refused: too many migrations");
         conn.close();
         return;
@@ -59,7 +63,10 @@ pub fn run(stream: TcpStream, peer: &str, cfg: &SessionConfig, limits: &Limits, 
     let result = match Purpose::try_from(hello.purpose) {
         Ok(Purpose::MigratePid) => migrate(&conn, &hello, cfg, peer),
         Ok(Purpose::Check) => check(&conn, cfg),
-        _ => Err(Error::other(format!("unsupported purpose {}", hello.purpose))),
+        _ => Err(Error::other(format!(
+            "unsupported purpose {}",
+            hello.purpose
+        ))),
     };
     match result {
         Ok(()) => {}
@@ -138,8 +145,10 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         return Err(Error::new(Kind::Auth, "protocol version differs"));
     }
     // CRIU page server first: its socket end is inherited, so spawn with it.
-    let (ps_ours, ps_criu) = pages::socket_pair().map_err(|e| Error::other(format!("socketpair: {e}")))?;
-    let mut swrk = Swrk::spawn(&cfg.criu, &[ps_criu.as_fd()]).map_err(|e| Error::setup(e.to_string()))?;
+    let (ps_ours, ps_criu) =
+        pages::socket_pair().map_err(|e| Error::other(format!("socketpair: {e}")))?;
+    let mut swrk =
+        Swrk::spawn(&cfg.criu, &[ps_criu.as_fd()]).map_err(|e| Error::setup(e.to_string()))?;
     let version = swrk.version().map_err(|e| Error::setup(e.to_string()))?;
     conn.send(Msg::Welcome(Welcome {
         agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -158,12 +167,21 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
     match conn.recv_control(IDLE_TIMEOUT, "prepare") {
         Ok(Msg::Prepare(_)) => {}
         Ok(Msg::Abort(a)) => return Err(Error::other(format!("source aborted: {}", a.reason))),
-        Ok(other) => return Err(Error::other(format!("expected Prepare, got {}", msg_name(&other)))),
+        Ok(other) => {
+            return Err(Error::other(format!(
+                "expected Prepare, got {}",
+                msg_name(&other)
+            )))
+        }
         Err(e) => return Err(wire(e, "prepare")),
     }
     let id = crate::util::migration_id();
     let work = WorkDir::create(&cfg.work_root, &id)?;
-    log::info!("{peer}: migration {id} (source's {}): receiving into {}", hello.migration_id, work.path.display());
+    log::info!(
+        "{peer}: migration {id} (source's {}): receiving into {}",
+        hello.migration_id,
+        work.path.display()
+    );
     let outcome = receive_and_restore(conn, cfg, &work, &mut swrk, ps_ours, ps_criu);
     match outcome {
         Ok(Outcome::Done(done)) => {
@@ -247,13 +265,18 @@ fn receive_and_restore(
 
     // Start the restoring CRIU now, so it is ready when the images are.
     let mut restorer = Swrk::spawn(&cfg.criu, &[]).map_err(|e| Error::setup(e.to_string()))?;
-    conn.send(Msg::Prepared(Prepared {})).map_err(|e| wire(e, "prepared"))?;
+    conn.send(Msg::Prepared(Prepared {}))
+        .map_err(|e| wire(e, "prepared"))?;
 
     let mut sink = ImageSink::new(
-        rustix::io::fcntl_dupfd_cloexec(&work.fd, 3).map_err(|e| Error::other(format!("dup: {e}")))?,
+        rustix::io::fcntl_dupfd_cloexec(&work.fd, 3)
+            .map_err(|e| Error::other(format!("dup: {e}")))?,
     );
     loop {
-        match conn.recv(IDLE_TIMEOUT, "image transfer").map_err(|e| wire(e, "receiving images"))? {
+        match conn
+            .recv(IDLE_TIMEOUT, "image transfer")
+            .map_err(|e| wire(e, "receiving images"))?
+        {
             Incoming::FileData(d) => sink.data(&d).map_err(|e| wire(e, "images"))?,
             Incoming::Control(Msg::FileBegin(b)) => sink.begin(b).map_err(|e| wire(e, "images"))?,
             Incoming::Control(Msg::FileEnd(e)) => sink.end(e).map_err(|e| wire(e, "images"))?,
@@ -262,10 +285,16 @@ fn receive_and_restore(
                 break;
             }
             Incoming::Control(Msg::Abort(a)) => {
-                return Err(Error::other(format!("source aborted during {}: {}", a.stage, a.reason)))
+                return Err(Error::other(format!(
+                    "source aborted during {}: {}",
+                    a.stage, a.reason
+                )))
             }
             Incoming::Control(other) => {
-                return Err(Error::other(format!("unexpected {} while receiving images", msg_name(&other))))
+                return Err(Error::other(format!(
+                    "unexpected {} while receiving images",
+                    msg_name(&other)
+                )))
             }
         }
     }
@@ -286,12 +315,17 @@ fn receive_and_restore(
 
     restorer.set_log(work.path.join("restore.log"));
     restorer
-        .send(&Swrk::request(CriuReqType::Restore, crate::plan::pid::restore(work.raw())))
+        .send(&Swrk::request(
+            CriuReqType::Restore,
+            crate::plan::pid::restore(work.raw()),
+        ))
         .map_err(|e| Error::other(e.to_string()))?;
     let mut restored_pid = 0;
     let mut committed = false;
     loop {
-        let ev = restorer.next_event().map_err(|e| Error::other(e.to_string()))?;
+        let ev = restorer
+            .next_event()
+            .map_err(|e| Error::other(e.to_string()))?;
         match ev {
             Event::Notify { script, pid } if script == "post-restore" => {
                 restored_pid = pid;
@@ -299,7 +333,9 @@ fn receive_and_restore(
                     .map_err(|e| wire(e, "ready"))?;
                 match conn.recv_control(COMMIT_TIMEOUT, "commit") {
                     Ok(Msg::Commit(_)) => {
-                        restorer.notify_reply(true).map_err(|e| Error::other(e.to_string()))?;
+                        restorer
+                            .notify_reply(true)
+                            .map_err(|e| Error::other(e.to_string()))?;
                         committed = true;
                     }
                     Ok(Msg::Abort(a)) => {
@@ -311,7 +347,10 @@ fn receive_and_restore(
                     }
                     Ok(other) => {
                         let _ = restorer.notify_reply(false);
-                        return Err(Error::other(format!("expected Commit, got {}", msg_name(&other))));
+                        return Err(Error::other(format!(
+                            "expected Commit, got {}",
+                            msg_name(&other)
+                        )));
                     }
                     Err(e) => {
                         // The source may or may not have stopped its tasks: never run a second
@@ -321,7 +360,9 @@ fn receive_and_restore(
                     }
                 }
             }
-            Event::Notify { .. } => restorer.notify_reply(true).map_err(|e| Error::other(e.to_string()))?,
+            Event::Notify { .. } => restorer
+                .notify_reply(true)
+                .map_err(|e| Error::other(e.to_string()))?,
             Event::Done(resp) => {
                 if let Some(r) = resp.restore {
                     restored_pid = r.pid;
@@ -332,7 +373,9 @@ fn receive_and_restore(
     }
     restorer.finish();
     if !committed {
-        return Err(Error::other("criu finished the restore without post-restore"));
+        return Err(Error::other(
+            "criu finished the restore without post-restore",
+        ));
     }
     let rs = stats::restore(&work.path).unwrap_or_default();
     let done = Done {
@@ -342,7 +385,7 @@ fn receive_and_restore(
         pages_restored: rs.pages_restored.unwrap_or(0),
         page_bytes_received: received,
     };
-    conn.send(Msg::Done(done.clone())).map_err(|e| wire(e, "done"))?;
+    conn.send(Msg::Done(done)).map_err(|e| wire(e, "done"))?;
     Ok(Outcome::Done(done))
 }
 

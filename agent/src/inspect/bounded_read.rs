@@ -22,7 +22,9 @@ impl<const N: usize> FileBuf<N> {
 
     /// Allocates the buffer (zeroed, on the heap: `N` may be too large for a thread's stack).
     pub fn new() -> Self {
-        Self { bytes: vec![0; N].into_boxed_slice() }
+        Self {
+            bytes: vec![0; N].into_boxed_slice(),
+        }
     }
 
     /// Reads the whole file at `path`; see [`read_into`].
@@ -51,7 +53,10 @@ impl<const N: usize> DecodeBuf<N> {
 
     /// Allocates both buffers on the heap.
     pub fn new() -> Self {
-        Self { file: FileBuf::new(), text: vec![0; N].into_boxed_slice() }
+        Self {
+            file: FileBuf::new(),
+            text: vec![0; N].into_boxed_slice(),
+        }
     }
 
     /// Reads the whole file at `path` (see [`read_into`]); returns its bytes and the text
@@ -149,7 +154,10 @@ pub enum FileError<E> {
 impl<E> FileError<E> {
     /// Attaches the file's path to a parser's error.
     pub fn parse(path: &Path, error: E) -> Self {
-        FileError::Parse { path: path.to_path_buf(), error }
+        FileError::Parse {
+            path: path.to_path_buf(),
+            error,
+        }
     }
 }
 
@@ -177,7 +185,10 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for FileError<E> {}
 /// there is one, the file is over the bound and the error tells its size (from fstat(2) for a
 /// regular file, else by reading on, up to [`OVERSIZE_PROBE_MAX`] bytes).
 pub fn read_into<'b>(path: &Path, buf: &'b mut [u8]) -> Result<&'b [u8], ReadError> {
-    let io_error = |e| ReadError { path: path.to_path_buf(), kind: ReadErrorKind::Io(e) };
+    let io_error = |e| ReadError {
+        path: path.to_path_buf(),
+        kind: ReadErrorKind::Io(e),
+    };
     let mut file = File::open(path).map_err(io_error)?;
     let bound = buf.len();
     let mut filled = 0;
@@ -281,7 +292,12 @@ pub struct Lines<'a> {
 /// A last line without `\n` is still a line; nothing after a final `\n` is. A line over the
 /// bound yields one error and ends the iteration.
 pub fn lines(bytes: &[u8], bound: usize) -> Lines<'_> {
-    Lines { rest: bytes, number: 0, bound, failed: false }
+    Lines {
+        rest: bytes,
+        number: 0,
+        bound,
+        failed: false,
+    }
 }
 
 impl<'a> Iterator for Lines<'a> {
@@ -302,9 +318,16 @@ impl<'a> Iterator for Lines<'a> {
         self.number = self.number.saturating_add(1);
         if line.len() > self.bound {
             self.failed = true;
-            return Some(Err(LineTooLong { line: self.number, len: line.len(), bound: self.bound }));
+            return Some(Err(LineTooLong {
+                line: self.number,
+                len: line.len(),
+                bound: self.bound,
+            }));
         }
-        Some(Ok(Line { number: self.number, bytes: line }))
+        Some(Ok(Line {
+            number: self.number,
+            bytes: line,
+        }))
     }
 }
 
@@ -327,14 +350,22 @@ mod tests {
         let dir = TempDir::new("bounded-over")?;
         let path = dir.write("f", &[b'x'; 17])?;
         let mut buf = [0u8; 16];
-        let err = read_into(&path, &mut buf).err().ok_or("17 bytes fit a 16-byte buffer")?;
+        let err = read_into(&path, &mut buf)
+            .err()
+            .ok_or("17 bytes fit a 16-byte buffer")?;
         assert!(matches!(
             err.kind,
-            ReadErrorKind::TooLarge { size: FileSize::Exact(17), bound: 16 }
+            ReadErrorKind::TooLarge {
+                size: FileSize::Exact(17),
+                bound: 16
+            }
         ));
         let msg = err.to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
-        assert!(msg.contains("17 bytes") && msg.contains("bound of 16 bytes"), "{msg}");
+        assert!(
+            msg.contains("17 bytes") && msg.contains("bound of 16 bytes"),
+            "{msg}"
+        );
         Ok(())
     }
 
@@ -359,8 +390,12 @@ mod tests {
         let mut buf = [0u8; 4];
         assert_eq!(read_into(&path, &mut buf)?, &[][..]);
         let missing = dir.path().join("missing");
-        let err = read_into(&missing, &mut buf).err().ok_or("a missing file was read")?;
-        assert!(matches!(err.kind, ReadErrorKind::Io(ref e) if e.kind() == io::ErrorKind::NotFound));
+        let err = read_into(&missing, &mut buf)
+            .err()
+            .ok_or("a missing file was read")?;
+        assert!(
+            matches!(err.kind, ReadErrorKind::Io(ref e) if e.kind() == io::ErrorKind::NotFound)
+        );
         assert!(err.to_string().contains("missing"));
         Ok(())
     }
@@ -385,10 +420,22 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Ok(Line { number: 1, bytes: b"a" }),
-                Ok(Line { number: 2, bytes: b"" }),
-                Ok(Line { number: 3, bytes: b"bc" }),
-                Ok(Line { number: 4, bytes: b"last" }),
+                Ok(Line {
+                    number: 1,
+                    bytes: b"a"
+                }),
+                Ok(Line {
+                    number: 2,
+                    bytes: b""
+                }),
+                Ok(Line {
+                    number: 3,
+                    bytes: b"bc"
+                }),
+                Ok(Line {
+                    number: 4,
+                    bytes: b"last"
+                }),
             ]
         );
         assert_eq!(lines(b"x\n", 4).count(), 1);
@@ -397,13 +444,34 @@ mod tests {
 
     #[test]
     fn a_line_at_the_bound_passes_and_one_byte_over_fails() {
-        assert_eq!(lines(b"abcd\n", 4).next(), Some(Ok(Line { number: 1, bytes: b"abcd" })));
+        assert_eq!(
+            lines(b"abcd\n", 4).next(),
+            Some(Ok(Line {
+                number: 1,
+                bytes: b"abcd"
+            }))
+        );
         let got: Vec<_> = lines(b"ok\nabcde\nnever", 4).collect();
         assert_eq!(
             got,
-            vec![Ok(Line { number: 1, bytes: b"ok" }), Err(LineTooLong { line: 2, len: 5, bound: 4 })]
+            vec![
+                Ok(Line {
+                    number: 1,
+                    bytes: b"ok"
+                }),
+                Err(LineTooLong {
+                    line: 2,
+                    len: 5,
+                    bound: 4
+                })
+            ]
         );
-        let msg = LineTooLong { line: 2, len: 5, bound: 4 }.to_string();
+        let msg = LineTooLong {
+            line: 2,
+            len: 5,
+            bound: 4,
+        }
+        .to_string();
         assert!(msg.contains("line 2") && msg.contains("5 bytes") && msg.contains("4 bytes"));
     }
 }

@@ -50,7 +50,10 @@ impl fmt::Display for ContainerIdError {
         match self {
             ContainerIdError::Empty => f.write_str("it is empty"),
             ContainerIdError::TooLong { len } => {
-                write!(f, "it is {len} bytes long, over the limit of {CONTAINER_ID_MAX} bytes")
+                write!(
+                    f,
+                    "it is {len} bytes long, over the limit of {CONTAINER_ID_MAX} bytes"
+                )
             }
             ContainerIdError::BadByte { byte, at } => write!(
                 f,
@@ -132,7 +135,11 @@ mod tests {
     fn accepts_what_runc_1_1_5_accepts() {
         // "x,y" and "..." were accepted by runc 1.1.5 on this machine (see the module docs).
         for id in ["ctp", "esc", "x,y", "...", ".a", "a..b", "A-Z_a+z.0-9", "-"] {
-            assert_eq!(ContainerId::new(id).map(|c| c.to_string()), Ok(id.to_owned()), "{id}");
+            assert_eq!(
+                ContainerId::new(id).map(|c| c.to_string()),
+                Ok(id.to_owned()),
+                "{id}"
+            );
         }
         let max = "a".repeat(CONTAINER_ID_MAX);
         assert!(ContainerId::new(&max).is_ok());
@@ -143,18 +150,35 @@ mod tests {
         assert_eq!(ContainerId::new(""), Err(ContainerIdError::Empty));
         assert_eq!(ContainerId::new("."), Err(ContainerIdError::Dots));
         assert_eq!(ContainerId::new(".."), Err(ContainerIdError::Dots));
-        assert_eq!(ContainerId::new("a b"), Err(ContainerIdError::BadByte { byte: b' ', at: 1 }));
-        assert_eq!(ContainerId::new("../x"), Err(ContainerIdError::BadByte { byte: b'/', at: 2 }));
-        assert_eq!(ContainerId::new("a\n"), Err(ContainerIdError::BadByte { byte: b'\n', at: 1 }));
-        assert_eq!(ContainerId::new("a\0"), Err(ContainerIdError::BadByte { byte: 0, at: 1 }));
-        assert_eq!(ContainerId::new("é"), Err(ContainerIdError::BadByte { byte: 0xc3, at: 0 }));
+        assert_eq!(
+            ContainerId::new("a b"),
+            Err(ContainerIdError::BadByte { byte: b' ', at: 1 })
+        );
+        assert_eq!(
+            ContainerId::new("../x"),
+            Err(ContainerIdError::BadByte { byte: b'/', at: 2 })
+        );
+        assert_eq!(
+            ContainerId::new("a\n"),
+            Err(ContainerIdError::BadByte { byte: b'\n', at: 1 })
+        );
+        assert_eq!(
+            ContainerId::new("a\0"),
+            Err(ContainerIdError::BadByte { byte: 0, at: 1 })
+        );
+        assert_eq!(
+            ContainerId::new("é"),
+            Err(ContainerIdError::BadByte { byte: 0xc3, at: 0 })
+        );
         for bad in ["a:b", "a*", "a=b", "a@b", "a/b"] {
             assert!(ContainerId::new(bad).is_err(), "{bad}");
         }
         let long = "a".repeat(CONTAINER_ID_MAX + 1);
         assert_eq!(
             ContainerId::new(&long),
-            Err(ContainerIdError::TooLong { len: CONTAINER_ID_MAX + 1 })
+            Err(ContainerIdError::TooLong {
+                len: CONTAINER_ID_MAX + 1
+            })
         );
         let msg = ContainerIdError::BadByte { byte: b'\n', at: 1 }.to_string();
         assert!(msg.contains("\\n") && msg.contains("offset 1"), "{msg}");

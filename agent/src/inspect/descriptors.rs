@@ -33,7 +33,10 @@ pub struct StdioDescriptors<'a> {
 impl<'a> StdioDescriptors<'a> {
     /// Fd numbers with their link targets and what they are.
     pub fn iter(&self) -> impl Iterator<Item = (usize, &'a str, FdTarget<'a>)> + '_ {
-        self.targets.iter().enumerate().map(|(fd, &raw)| (fd, raw, FdTarget::classify(raw)))
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(fd, &raw)| (fd, raw, FdTarget::classify(raw)))
     }
 
     /// The pipes among fds 0-2: fd number, link target (the `inherit_fd` key runc uses on
@@ -175,8 +178,14 @@ mod tests {
         let fds = read_descriptors(&dir, &mut buf)?;
         assert_eq!(fds.targets, ["/dev/null", "pipe:[23204]", "pipe:[23204]"]);
         let pipes: Vec<_> = fds.pipes().collect();
-        assert_eq!(pipes, vec![(1, "pipe:[23204]", 23204), (2, "pipe:[23204]", 23204)]);
-        assert_eq!(FdTarget::classify(fds.targets[0]), FdTarget::Path("/dev/null"));
+        assert_eq!(
+            pipes,
+            vec![(1, "pipe:[23204]", 23204), (2, "pipe:[23204]", 23204)]
+        );
+        assert_eq!(
+            FdTarget::classify(fds.targets[0]),
+            FdTarget::Path("/dev/null")
+        );
         Ok(())
     }
 
@@ -184,9 +193,19 @@ mod tests {
     fn classifies_link_targets() {
         assert_eq!(FdTarget::classify("pipe:[230688]"), FdTarget::Pipe(230_688));
         assert_eq!(FdTarget::classify("socket:[17]"), FdTarget::Socket(17));
-        assert_eq!(FdTarget::classify("/dev/pts/0"), FdTarget::Path("/dev/pts/0"));
+        assert_eq!(
+            FdTarget::classify("/dev/pts/0"),
+            FdTarget::Path("/dev/pts/0")
+        );
         assert_eq!(FdTarget::classify(""), FdTarget::Unreadable);
-        for other in ["anon_inode:[eventfd]", "pipe:[]", "pipe:[12", "pipe:[+1]", "pipe:[1]x", "pipe:[99999999999999999999]"] {
+        for other in [
+            "anon_inode:[eventfd]",
+            "pipe:[]",
+            "pipe:[12",
+            "pipe:[+1]",
+            "pipe:[1]x",
+            "pipe:[99999999999999999999]",
+        ] {
             assert_eq!(FdTarget::classify(other), FdTarget::Other(other), "{other}");
         }
     }
@@ -196,7 +215,10 @@ mod tests {
         let json = br#"["/dev/null","/srv/edge\u0026co/out.log","socket:[5]"]"#;
         let mut text = [0u8; 64];
         let fds = parse_descriptors(json, &mut text)?;
-        assert_eq!(fds.targets, ["/dev/null", "/srv/edge&co/out.log", "socket:[5]"]);
+        assert_eq!(
+            fds.targets,
+            ["/dev/null", "/srv/edge&co/out.log", "socket:[5]"]
+        );
         Ok(())
     }
 
@@ -207,11 +229,26 @@ mod tests {
         assert_eq!(two, Err(DescriptorsError::WrongCount { count: 2 }));
         let four = parse_descriptors(br#"["a","b","c","d"]"#, &mut text);
         assert_eq!(four, Err(DescriptorsError::WrongCount { count: 4 }));
-        assert!(matches!(parse_descriptors(b"[1,2,3]", &mut text), Err(DescriptorsError::Json(_))));
-        assert!(matches!(parse_descriptors(b"{}", &mut text), Err(DescriptorsError::Json(_))));
+        assert!(matches!(
+            parse_descriptors(b"[1,2,3]", &mut text),
+            Err(DescriptorsError::Json(_))
+        ));
+        assert!(matches!(
+            parse_descriptors(b"{}", &mut text),
+            Err(DescriptorsError::Json(_))
+        ));
         let bad = parse_descriptors(br#"["a","b\q","c"]"#, &mut text);
-        assert_eq!(bad, Err(DescriptorsError::Text { fd: 1, problem: TextProblem::BadEscape }));
+        assert_eq!(
+            bad,
+            Err(DescriptorsError::Text {
+                fd: 1,
+                problem: TextProblem::BadEscape
+            })
+        );
         let msg = DescriptorsError::WrongCount { count: 4 }.to_string();
-        assert!(msg.contains("4 entries") && msg.contains("exactly 3"), "{msg}");
+        assert!(
+            msg.contains("4 entries") && msg.contains("exactly 3"),
+            "{msg}"
+        );
     }
 }

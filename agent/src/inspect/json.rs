@@ -22,7 +22,10 @@ pub(crate) struct BoundedSeq<T, const N: usize> {
 
 impl<T, const N: usize> Default for BoundedSeq<T, N> {
     fn default() -> Self {
-        Self { items: heapless::Vec::new(), total: 0 }
+        Self {
+            items: heapless::Vec::new(),
+            total: 0,
+        }
     }
 }
 
@@ -87,7 +90,10 @@ pub(crate) struct BoundedMap<'a, const N: usize> {
 
 impl<const N: usize> Default for BoundedMap<'_, N> {
     fn default() -> Self {
-        Self { entries: heapless::Vec::new(), total: 0 }
+        Self {
+            entries: heapless::Vec::new(),
+            total: 0,
+        }
     }
 }
 
@@ -193,10 +199,19 @@ mod tests {
     #[test]
     fn keeps_up_to_the_limit_and_counts_the_rest() -> Result<(), JsonError> {
         let at = parse(r#"{"list":["a","b"],"map":{"k":"v","":"w"}}"#)?;
-        assert_eq!((at.list.items.as_slice(), at.list.total), (&["a", "b"][..], 2));
-        assert_eq!((at.map.entries.as_slice(), at.map.total), (&[("k", "v"), ("", "w")][..], 2));
+        assert_eq!(
+            (at.list.items.as_slice(), at.list.total),
+            (&["a", "b"][..], 2)
+        );
+        assert_eq!(
+            (at.map.entries.as_slice(), at.map.total),
+            (&[("k", "v"), ("", "w")][..], 2)
+        );
         let over = parse(r#"{"list":["a","b",{"x":[1]}],"map":{"a":"1","b":"2","c":{"d":null}}}"#)?;
-        assert_eq!((over.list.items.as_slice(), over.list.total), (&["a", "b"][..], 3));
+        assert_eq!(
+            (over.list.items.as_slice(), over.list.total),
+            (&["a", "b"][..], 3)
+        );
         assert_eq!((over.map.entries.len(), over.map.total), (2, 3));
         Ok(())
     }
@@ -214,8 +229,14 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_errors_in_words() {
-        assert_eq!(parse(r#"{"list":{"a":"b"}}"#).err(), Some(JsonError("a value has the wrong type")));
-        assert_eq!(parse(r#"{"map":{"a":1}}"#).err(), Some(JsonError("a value has the wrong type")));
+        assert_eq!(
+            parse(r#"{"list":{"a":"b"}}"#).err(),
+            Some(JsonError("a value has the wrong type"))
+        );
+        assert_eq!(
+            parse(r#"{"map":{"a":1}}"#).err(),
+            Some(JsonError("a value has the wrong type"))
+        );
         assert!(parse(r#"{"list":["a""#).is_err());
         assert!(parse(r#"{"list":[]} x"#).is_err());
     }

@@ -58,7 +58,10 @@ pub(crate) fn decode<'a>(
         raw
     };
     if text.len() > limit {
-        return Err(TextProblem::TooLong { len: text.len(), limit });
+        return Err(TextProblem::TooLong {
+            len: text.len(),
+            limit,
+        });
     }
     if text.as_bytes().contains(&0) {
         return Err(TextProblem::Nul);
@@ -81,7 +84,9 @@ pub(crate) fn unescape(raw: &[u8], out: &mut [u8]) -> Result<usize, TextProblem>
         let Some((_, after_backslash)) = tail.split_first() else {
             return Ok(written);
         };
-        let (&kind, after_kind) = after_backslash.split_first().ok_or(TextProblem::BadEscape)?;
+        let (&kind, after_kind) = after_backslash
+            .split_first()
+            .ok_or(TextProblem::BadEscape)?;
         let (ch, after) = match kind {
             b'"' => ('"', after_kind),
             b'\\' => ('\\', after_kind),
@@ -130,8 +135,12 @@ fn hex4(s: &[u8]) -> Result<(u32, &[u8]), TextProblem> {
 
 /// Appends `bytes` to `out` at `*written`.
 fn put(out: &mut [u8], written: &mut usize, bytes: &[u8]) -> Result<(), TextProblem> {
-    let end = written.checked_add(bytes.len()).ok_or(TextProblem::NoRoom)?;
-    out.get_mut(*written..end).ok_or(TextProblem::NoRoom)?.copy_from_slice(bytes);
+    let end = written
+        .checked_add(bytes.len())
+        .ok_or(TextProblem::NoRoom)?;
+    out.get_mut(*written..end)
+        .ok_or(TextProblem::NoRoom)?
+        .copy_from_slice(bytes);
     *written = end;
     Ok(())
 }
@@ -149,27 +158,51 @@ mod tests {
     #[test]
     fn decodes_what_go_escapes() {
         // Real runc 1.1.5 output (fixtures/runc-1.1.5-escapes/state.json).
-        assert_eq!(decoded(r"/tmp/haul-runc/edge\u0026co").as_deref(), Ok("/tmp/haul-runc/edge&co"));
+        assert_eq!(
+            decoded(r"/tmp/haul-runc/edge\u0026co").as_deref(),
+            Ok("/tmp/haul-runc/edge&co")
+        );
         assert_eq!(
             decoded(r#"say \"hi\" \u003cnow\u003e \u0026 then"#).as_deref(),
             Ok(r#"say "hi" <now> & then"#)
         );
-        assert_eq!(decoded(r"a\\b\/c\b\f\n\r\t").as_deref(), Ok("a\\b/c\u{8}\u{c}\n\r\t"));
-        assert_eq!(decoded(r"\u2028\u00e9\ud83d\ude00").as_deref(), Ok("\u{2028}é😀"));
+        assert_eq!(
+            decoded(r"a\\b\/c\b\f\n\r\t").as_deref(),
+            Ok("a\\b/c\u{8}\u{c}\n\r\t")
+        );
+        assert_eq!(
+            decoded(r"\u2028\u00e9\ud83d\ude00").as_deref(),
+            Ok("\u{2028}é😀")
+        );
         assert_eq!(decoded("plain, borrowed").as_deref(), Ok("plain, borrowed"));
     }
 
     #[test]
     fn refuses_bad_escapes_nul_and_long_text() {
-        for bad in [r"\", r"\x", r"\u12", r"\u12g4", r"\ud83d", r"\ud83d\u0041", r"\ude00", r"\u+123"] {
+        for bad in [
+            r"\",
+            r"\x",
+            r"\u12",
+            r"\u12g4",
+            r"\ud83d",
+            r"\ud83d\u0041",
+            r"\ude00",
+            r"\u+123",
+        ] {
             assert_eq!(decoded(bad), Err(TextProblem::BadEscape), "{bad}");
         }
         assert_eq!(decoded(r"a\u0000b"), Err(TextProblem::Nul));
         assert_eq!(decoded("a\0b"), Err(TextProblem::Nul));
         let long = "x".repeat(65);
-        assert_eq!(decoded(&long), Err(TextProblem::TooLong { len: 65, limit: 64 }));
+        assert_eq!(
+            decoded(&long),
+            Err(TextProblem::TooLong { len: 65, limit: 64 })
+        );
         assert_eq!(decoded(&"x".repeat(64)).map(|s| s.len()), Ok(64));
-        assert_eq!(decoded(&format!(r"{}\u0026", "x".repeat(63))).map(|s| s.len()), Ok(64));
+        assert_eq!(
+            decoded(&format!(r"{}\u0026", "x".repeat(63))).map(|s| s.len()),
+            Ok(64)
+        );
     }
 
     #[test]

@@ -48,8 +48,8 @@ mod text_arena;
 mod test_support;
 
 pub use bounded_read::{
-    lines, read_into, DecodeBuf, FileBuf, FileError, FileSize, Line, LineTooLong, Lines,
-    ReadError, ReadErrorKind,
+    lines, read_into, DecodeBuf, FileBuf, FileError, FileSize, Line, LineTooLong, Lines, ReadError,
+    ReadErrorKind,
 };
 pub use container_id::{ContainerId, ContainerIdError};
 pub use descriptors::{
@@ -68,6 +68,6 @@ pub use proc_cgroup::{
 pub use proc_pid::ProcPid;
 pub use proc_stat::{parse_proc_stat, read_proc_stat, ProcStat, ProcStatBuf, ProcStatError};
 pub use runc_state::{
-    parse_state, read_state, CgroupPath, Field, Mount, Namespace, RuncState, StateBuf,
-    StateError, StateParseError, STATE_FILE,
+    parse_state, read_state, CgroupPath, Field, Mount, Namespace, RuncState, StateBuf, StateError,
+    StateParseError, STATE_FILE,
 };

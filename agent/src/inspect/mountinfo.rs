@@ -85,7 +85,10 @@ impl<'a> MountOptions<'a> {
     /// The options one by one, escapes kept (`lowerdir=/a\040b`; decode a value with
     /// [`unescape_octal`]).
     pub fn iter(&self) -> impl Iterator<Item = &'a OsStr> {
-        self.raw.split(|&b| b == b',').filter(|o| !o.is_empty()).map(OsStr::from_bytes)
+        self.raw
+            .split(|&b| b == b',')
+            .filter(|o| !o.is_empty())
+            .map(OsStr::from_bytes)
     }
 
     /// Whether the list has `option` (`ro`, `cpu`, `name=systemd`) as a whole entry.
@@ -96,7 +99,10 @@ impl<'a> MountOptions<'a> {
     /// The value of `key=value`, escapes kept.
     pub fn value(&self, key: &str) -> Option<&'a OsStr> {
         self.iter().find_map(|o| {
-            let rest = o.as_bytes().strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+            let rest = o
+                .as_bytes()
+                .strip_prefix(key.as_bytes())?
+                .strip_prefix(b"=")?;
             Some(OsStr::from_bytes(rest))
         })
     }
@@ -121,7 +127,10 @@ impl fmt::Display for MountInfoProblem {
             MountInfoProblem::Missing(field) => write!(f, "no {field} field"),
             MountInfoProblem::BadNumber(field) => write!(f, "the {field} field is not a number"),
             MountInfoProblem::BadEscape(field) => {
-                write!(f, "the {field} field has a backslash not followed by 3 octal digits")
+                write!(
+                    f,
+                    "the {field} field has a backslash not followed by 3 octal digits"
+                )
             }
             MountInfoProblem::NoRoom => f.write_str("no room left in the text buffer"),
         }
@@ -181,8 +190,12 @@ impl<'a> Iterator for MountInfoIter<'a> {
         }
         let result = match self.lines.next()? {
             Err(e) => Err(MountInfoError::LineTooLong(e)),
-            Ok(line) => parse_line(line.bytes, &mut self.arena)
-                .map_err(|problem| MountInfoError::Malformed { line: line.number, problem }),
+            Ok(line) => parse_line(line.bytes, &mut self.arena).map_err(|problem| {
+                MountInfoError::Malformed {
+                    line: line.number,
+                    problem,
+                }
+            }),
         };
         self.failed = result.is_err();
         Some(result)
@@ -212,7 +225,10 @@ impl<'a> Fields<'a> {
 }
 
 /// Parses one line.
-fn parse_line<'a>(line: &'a [u8], arena: &mut TextArena<'a>) -> Result<MountInfo<'a>, MountInfoProblem> {
+fn parse_line<'a>(
+    line: &'a [u8],
+    arena: &mut TextArena<'a>,
+) -> Result<MountInfo<'a>, MountInfoProblem> {
     let mut fields = Fields { rest: Some(line) };
     let number = |field: &[u8], name| parse_u32(field).ok_or(MountInfoProblem::BadNumber(name));
 
@@ -342,7 +358,11 @@ impl<'a> Iterator for MountInfoFile<'a> {
     type Item = Result<MountInfo<'a>, FileError<MountInfoError>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        Some(self.mounts.next()?.map_err(|e| FileError::parse(&self.path, e)))
+        Some(
+            self.mounts
+                .next()?
+                .map_err(|e| FileError::parse(&self.path, e)),
+        )
     }
 }
 
@@ -354,7 +374,10 @@ pub fn read_mountinfo<'b>(
 ) -> Result<MountInfoFile<'b>, ReadError> {
     let path = pid.file(proc_root, "mountinfo");
     let (bytes, text) = buf.read(&path)?;
-    Ok(MountInfoFile { mounts: parse_mountinfo(bytes, text), path })
+    Ok(MountInfoFile {
+        mounts: parse_mountinfo(bytes, text),
+        path,
+    })
 }
 
 #[cfg(test)]
@@ -370,7 +393,10 @@ mod tests {
         parse_mountinfo(bytes, text).collect()
     }
 
-    fn at<'m>(mounts: &'m [MountInfo<'static>], mount_point: &str) -> Result<&'m MountInfo<'static>, String> {
+    fn at<'m>(
+        mounts: &'m [MountInfo<'static>],
+        mount_point: &str,
+    ) -> Result<&'m MountInfo<'static>, String> {
         mounts
             .iter()
             .find(|m| m.mount_point == Path::new(mount_point))
@@ -382,33 +408,58 @@ mod tests {
         let mounts = parse_all(&fixture("runc-1.1.5-cgroupv1-hybrid/proc-self-mountinfo")?)?;
         assert_eq!(mounts.len(), 19);
         let root = at(&mounts, "/")?;
-        assert_eq!((root.mount_id, root.parent_id, root.major, root.minor), (27, 1, 254, 0));
-        assert_eq!((root.fs_type, root.source), (OsStr::new("ext4"), OsStr::new("/dev/vda")));
+        assert_eq!(
+            (root.mount_id, root.parent_id, root.major, root.minor),
+            (27, 1, 254, 0)
+        );
+        assert_eq!(
+            (root.fs_type, root.source),
+            (OsStr::new("ext4"), OsStr::new("/dev/vda"))
+        );
         assert!(root.super_options.contains("discard"));
-        assert_eq!(root.super_options.value("resuid"), Some(OsStr::new("65534")));
+        assert_eq!(
+            root.super_options.value("resuid"),
+            Some(OsStr::new("65534"))
+        );
         let unified = at(&mounts, "/sys/fs/cgroup/unified")?;
         assert_eq!(unified.fs_type, OsStr::new("cgroup2"));
-        let v1: Vec<_> = mounts.iter().filter(|m| m.fs_type == OsStr::new("cgroup")).collect();
+        let v1: Vec<_> = mounts
+            .iter()
+            .filter(|m| m.fs_type == OsStr::new("cgroup"))
+            .collect();
         assert_eq!(v1.len(), 9);
-        let memory = v1.iter().find(|m| m.super_options.contains("memory")).ok_or("no memory")?;
+        let memory = v1
+            .iter()
+            .find(|m| m.super_options.contains("memory"))
+            .ok_or("no memory")?;
         assert_eq!(memory.mount_point, Path::new("/sys/fs/cgroup/memory"));
-        assert!(at(&mounts, "/sys/fs/cgroup/systemd")?.super_options.contains("name=systemd"));
+        assert!(at(&mounts, "/sys/fs/cgroup/systemd")?
+            .super_options
+            .contains("name=systemd"));
         assert_eq!(root.propagation, Propagation::default());
         Ok(())
     }
 
     #[test]
     fn parses_the_container_init() -> TestResult {
-        let mounts = parse_all(&fixture("runc-1.1.5-cgroupv1-hybrid/proc-container-init-mountinfo")?)?;
+        let mounts = parse_all(&fixture(
+            "runc-1.1.5-cgroupv1-hybrid/proc-container-init-mountinfo",
+        )?)?;
         assert_eq!(mounts.len(), 26);
         let data = at(&mounts, "/data")?;
         assert_eq!(data.root, Path::new("/srv/bundles/ctp/hostdata"));
         assert_eq!((data.mount_id, data.parent_id), (82, 65));
         let memory = at(&mounts, "/sys/fs/cgroup/memory")?;
-        assert_eq!(memory.root, Path::new("/system.slice/edge-runtime.service/ctp"));
+        assert_eq!(
+            memory.root,
+            Path::new("/system.slice/edge-runtime.service/ctp")
+        );
         assert!(memory.mount_options.contains("ro") && memory.super_options.contains("rw"));
         let keys = at(&mounts, "/proc/keys")?;
-        assert_eq!((keys.root, keys.fs_type), (Path::new("/null"), OsStr::new("tmpfs")));
+        assert_eq!(
+            (keys.root, keys.fs_type),
+            (Path::new("/null"), OsStr::new("tmpfs"))
+        );
         Ok(())
     }
 
@@ -417,35 +468,68 @@ mod tests {
         let mounts = parse_all(&fixture("mountinfo-octal-escapes/proc-self-mountinfo")?)?;
         let space = at(&mounts, "/tmp/haul-esc/mnt/with space")?;
         assert_eq!(space.source, OsStr::new("src with space"));
-        assert_eq!(at(&mounts, "/tmp/haul-esc/mnt/tab\there")?.source, OsStr::new("tabsrc"));
-        assert_eq!(at(&mounts, "/tmp/haul-esc/mnt/new\nline")?.source, OsStr::new("nlsrc"));
-        assert_eq!(at(&mounts, "/tmp/haul-esc/mnt/back\\slash")?.source, OsStr::new("back\\src"));
+        assert_eq!(
+            at(&mounts, "/tmp/haul-esc/mnt/tab\there")?.source,
+            OsStr::new("tabsrc")
+        );
+        assert_eq!(
+            at(&mounts, "/tmp/haul-esc/mnt/new\nline")?.source,
+            OsStr::new("nlsrc")
+        );
+        assert_eq!(
+            at(&mounts, "/tmp/haul-esc/mnt/back\\slash")?.source,
+            OsStr::new("back\\src")
+        );
         let bind = at(&mounts, "/tmp/haul-esc/mnt/bind target")?;
-        assert_eq!((bind.root, bind.minor), (Path::new("/sub dir"), space.minor));
+        assert_eq!(
+            (bind.root, bind.minor),
+            (Path::new("/sub dir"), space.minor)
+        );
 
         let overlay = at(&mounts, "/tmp/haul-esc/mnt/merged")?;
-        let lower = overlay.super_options.value("lowerdir").ok_or("no lowerdir")?;
+        let lower = overlay
+            .super_options
+            .value("lowerdir")
+            .ok_or("no lowerdir")?;
         assert_eq!(lower, OsStr::new("/tmp/haul-esc/mnt/lower\\040dir"));
         let mut out = [0u8; 64];
         let n = unescape_octal(lower.as_bytes(), &mut out).ok_or("bad escape")?;
         assert_eq!(out.get(..n), Some(&b"/tmp/haul-esc/mnt/lower dir"[..]));
 
-        let shared = Propagation { shared: Some(2), ..Propagation::default() };
-        assert_eq!(at(&mounts, "/tmp/haul-esc/mnt/tab\there")?.propagation, shared);
+        let shared = Propagation {
+            shared: Some(2),
+            ..Propagation::default()
+        };
+        assert_eq!(
+            at(&mounts, "/tmp/haul-esc/mnt/tab\there")?.propagation,
+            shared
+        );
         assert_eq!(at(&mounts, "/tmp/haul-esc/mnt/peer")?.propagation, shared);
-        let slave = Propagation { master: Some(2), ..Propagation::default() };
+        let slave = Propagation {
+            master: Some(2),
+            ..Propagation::default()
+        };
         assert_eq!(at(&mounts, "/tmp/haul-esc/mnt/slave")?.propagation, slave);
-        assert!(at(&mounts, "/tmp/haul-esc/mnt/unbindable")?.propagation.unbindable);
+        assert!(
+            at(&mounts, "/tmp/haul-esc/mnt/unbindable")?
+                .propagation
+                .unbindable
+        );
         Ok(())
     }
 
     #[test]
     fn parses_a_bind_mount_with_spaces_in_a_runc_container() -> TestResult {
-        let mounts = parse_all(&fixture("runc-1.1.5-escapes/proc-container-init-mountinfo")?)?;
+        let mounts = parse_all(&fixture(
+            "runc-1.1.5-escapes/proc-container-init-mountinfo",
+        )?)?;
         let data = at(&mounts, "/data dir")?;
         assert_eq!(data.root, Path::new("/tmp/haul-runc/host data"));
         // mountinfo does not escape `&`.
-        assert_eq!(at(&mounts, "/")?.root, Path::new("/tmp/haul-runc/edge&co/rootfs"));
+        assert_eq!(
+            at(&mounts, "/")?.root,
+            Path::new("/tmp/haul-runc/edge&co/rootfs")
+        );
         Ok(())
     }
 
@@ -467,11 +551,19 @@ mod tests {
 
     #[test]
     fn accepts_empty_fields_unknown_tags_and_missing_super_options() -> TestResult {
-        let mounts = parse_all(b"1 0 0:1 / /x rw future:7 propagate_from:3 - tmpfs  rw\n2 1 0:2 / /y rw - proc proc\n")?;
+        let mounts = parse_all(
+            b"1 0 0:1 / /x rw future:7 propagate_from:3 - tmpfs  rw\n2 1 0:2 / /y rw - proc proc\n",
+        )?;
         let x = mounts.first().ok_or("no /x")?;
-        assert_eq!((x.source, x.propagation.propagate_from), (OsStr::new(""), Some(3)));
+        assert_eq!(
+            (x.source, x.propagation.propagate_from),
+            (OsStr::new(""), Some(3))
+        );
         let y = mounts.get(1).ok_or("no /y")?;
-        assert_eq!((y.source, y.super_options.raw()), (OsStr::new("proc"), OsStr::new("")));
+        assert_eq!(
+            (y.source, y.super_options.raw()),
+            (OsStr::new("proc"), OsStr::new(""))
+        );
         assert_eq!(y.super_options.iter().count(), 0);
         Ok(())
     }
@@ -480,18 +572,54 @@ mod tests {
     fn refuses_malformed_lines_and_stops() {
         let malformed = |line, problem| Err(MountInfoError::Malformed { line, problem });
         use MountInfoProblem::*;
-        assert_eq!(parse_all(b"1 0 0:1 / /x rw tmpfs tmpfs rw"), malformed(1, Missing("`-` separator")));
-        assert_eq!(parse_all(b"1 0 0:1 / /x rw -"), malformed(1, Missing("filesystem type")));
-        assert_eq!(parse_all(b"1 0 0:1 / /x"), malformed(1, Missing("mount options")));
-        assert_eq!(parse_all(b"x 0 0:1 / /x rw - t s o"), malformed(1, BadNumber("mount ID")));
-        assert_eq!(parse_all(b"1 0 01 / /x rw - t s o"), malformed(1, BadNumber("major:minor")));
-        assert_eq!(parse_all(b"1 0 0:1:2 / /x rw - t s o"), malformed(1, BadNumber("major:minor")));
-        assert_eq!(parse_all(b"1 0 0:1 / /x rw shared:x - t s o"), malformed(1, BadNumber("shared:N")));
-        assert_eq!(parse_all(b"1 0 0:1 / /a\\04 rw - t s o"), malformed(1, BadEscape("mount point")));
-        assert_eq!(parse_all(b"1 0 0:1 / /a\\400 rw - t s o"), malformed(1, BadEscape("mount point")));
-        assert_eq!(parse_all(b"1 0 0:1 /\\x12 /a rw - t s o"), malformed(1, BadEscape("root")));
-        assert_eq!(parse_all(b"1 0 0:1 / /a rw - t s o\\9"), malformed(1, BadEscape("super options")));
-        assert_eq!(parse_all(b"1 0 0:1 / /a rw - t s o\n\n"), malformed(2, BadNumber("mount ID")));
+        assert_eq!(
+            parse_all(b"1 0 0:1 / /x rw tmpfs tmpfs rw"),
+            malformed(1, Missing("`-` separator"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 0:1 / /x rw -"),
+            malformed(1, Missing("filesystem type"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 0:1 / /x"),
+            malformed(1, Missing("mount options"))
+        );
+        assert_eq!(
+            parse_all(b"x 0 0:1 / /x rw - t s o"),
+            malformed(1, BadNumber("mount ID"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 01 / /x rw - t s o"),
+            malformed(1, BadNumber("major:minor"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 0:1:2 / /x rw - t s o"),
+            malformed(1, BadNumber("major:minor"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 0:1 / /x rw shared:x - t s o"),
+            malformed(1, BadNumber("shared:N"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 0:1 / /a\\04 rw - t s o"),
+            malformed(1, BadEscape("mount point"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 0:1 / /a\\400 rw - t s o"),
+            malformed(1, BadEscape("mount point"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 0:1 /\\x12 /a rw - t s o"),
+            malformed(1, BadEscape("root"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 0:1 / /a rw - t s o\\9"),
+            malformed(1, BadEscape("super options"))
+        );
+        assert_eq!(
+            parse_all(b"1 0 0:1 / /a rw - t s o\n\n"),
+            malformed(2, BadNumber("mount ID"))
+        );
         assert_eq!(parse_all(b"1"), malformed(1, Missing("parent ID")));
         let mut bytes = b"1 0 0:1 / /a rw - t s o\nbad\n".to_vec();
         bytes.extend_from_slice(b"2 0 0:1 / /b rw - t s o\n");
@@ -499,7 +627,11 @@ mod tests {
         let results: Vec<_> = parse_mountinfo(&bytes, text).collect();
         assert_eq!(results.len(), 2, "the iteration stops at the first error");
         assert!(matches!(results.as_slice(), [Ok(_), Err(_)]));
-        let msg = MountInfoError::Malformed { line: 2, problem: Missing("parent ID") }.to_string();
+        let msg = MountInfoError::Malformed {
+            line: 2,
+            problem: Missing("parent ID"),
+        }
+        .to_string();
         assert_eq!(msg, "line 2: no parent ID field");
     }
 
@@ -509,9 +641,18 @@ mod tests {
         let tail = b" rw - tmpfs tmpfs rw";
         let fill = MOUNTINFO_LINE_MAX - head.len() - tail.len();
         let line = [&head[..], &vec![b'a'; fill], &tail[..], b"\n"].concat();
-        assert_eq!(parse_all(&line)?.first().map(|m| m.mount_point.as_os_str().len()), Some(fill + 1));
+        assert_eq!(
+            parse_all(&line)?
+                .first()
+                .map(|m| m.mount_point.as_os_str().len()),
+            Some(fill + 1)
+        );
         let long = [&head[..], &vec![b'a'; fill + 1], &tail[..], b"\n"].concat();
-        let too_long = LineTooLong { line: 1, len: MOUNTINFO_LINE_MAX + 1, bound: MOUNTINFO_LINE_MAX };
+        let too_long = LineTooLong {
+            line: 1,
+            len: MOUNTINFO_LINE_MAX + 1,
+            bound: MOUNTINFO_LINE_MAX,
+        };
         assert_eq!(parse_all(&long), Err(MountInfoError::LineTooLong(too_long)));
         Ok(())
     }
@@ -539,7 +680,13 @@ mod tests {
         let err = read_mountinfo(proc_root.path(), ProcPid::Current, &mut buf)
             .err()
             .ok_or("a mountinfo over the bound was read")?;
-        assert!(matches!(err.kind, ReadErrorKind::TooLarge { bound: MOUNTINFO_MAX, .. }));
+        assert!(matches!(
+            err.kind,
+            ReadErrorKind::TooLarge {
+                bound: MOUNTINFO_MAX,
+                ..
+            }
+        ));
         assert_eq!(err.path, path);
         Ok(())
     }
@@ -547,15 +694,25 @@ mod tests {
     #[test]
     fn reads_from_a_proc_root_and_names_the_file_in_errors() -> TestResult {
         let proc_root = TempDir::new("mountinfo-root")?;
-        proc_root.write("1/mountinfo", b"1 0 0:1 / / rw - ext4 /dev/vda rw\nbroken\n")?;
+        proc_root.write(
+            "1/mountinfo",
+            b"1 0 0:1 / / rw - ext4 /dev/vda rw\nbroken\n",
+        )?;
         let mut buf = MountInfoBuf::new();
         let pid = ProcPid::Pid(rustix::process::Pid::INIT);
         let mut mounts = read_mountinfo(proc_root.path(), pid, &mut buf)?;
         assert_eq!(mounts.path(), proc_root.path().join("1/mountinfo"));
         assert!(mounts.next().is_some_and(|m| m.is_ok()));
-        let err = mounts.next().ok_or("no second line")?.err().ok_or("`broken` parsed")?;
+        let err = mounts
+            .next()
+            .ok_or("no second line")?
+            .err()
+            .ok_or("`broken` parsed")?;
         let msg = err.to_string();
-        assert!(msg.ends_with("1/mountinfo: line 2: the mount ID field is not a number"), "{msg}");
+        assert!(
+            msg.ends_with("1/mountinfo: line 2: the mount ID field is not a number"),
+            "{msg}"
+        );
         drop(mounts);
 
         let own = read_mountinfo(Path::new("/proc"), ProcPid::Current, &mut buf)?;
@@ -569,6 +726,12 @@ mod tests {
         let bytes = b"1 0 0:1 / /a\\040b rw - t s o\n";
         let mut text = [0u8; 3];
         let got: Vec<_> = parse_mountinfo(bytes, &mut text).collect();
-        assert_eq!(got, vec![Err(MountInfoError::Malformed { line: 1, problem: MountInfoProblem::NoRoom })]);
+        assert_eq!(
+            got,
+            vec![Err(MountInfoError::Malformed {
+                line: 1,
+                problem: MountInfoProblem::NoRoom
+            })]
+        );
     }
 }

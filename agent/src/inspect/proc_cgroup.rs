@@ -118,15 +118,22 @@ impl std::error::Error for ProcCgroupError {}
 
 /// Parses the content of a /proc/PID/cgroup file.
 pub fn parse_proc_cgroup(bytes: &[u8]) -> Result<ProcCgroup<'_>, ProcCgroupError> {
-    let mut out = ProcCgroup { lines: heapless::Vec::new() };
+    let mut out = ProcCgroup {
+        lines: heapless::Vec::new(),
+    };
     let mut all = lines(bytes, PROC_CGROUP_LINE_MAX);
     while let Some(line) = all.next() {
         let line = line.map_err(ProcCgroupError::LineTooLong)?;
-        let parsed = parse_line(line.bytes)
-            .map_err(|problem| ProcCgroupError::Malformed { line: line.number, problem })?;
+        let parsed = parse_line(line.bytes).map_err(|problem| ProcCgroupError::Malformed {
+            line: line.number,
+            problem,
+        })?;
         if out.lines.push(parsed).is_err() {
             let count = line.number.saturating_add(all.count());
-            return Err(ProcCgroupError::TooManyLines { count, limit: MAX_CGROUP_HIERARCHIES });
+            return Err(ProcCgroupError::TooManyLines {
+                count,
+                limit: MAX_CGROUP_HIERARCHIES,
+            });
         }
     }
     Ok(out)
@@ -144,7 +151,11 @@ fn parse_line(line: &[u8]) -> Result<CgroupLine<'_>, &'static str> {
     if !path.starts_with(b"/") {
         return Err("the cgroup path does not start with `/`");
     }
-    Ok(CgroupLine { hierarchy_id, controllers, path: Path::new(OsStr::from_bytes(path)) })
+    Ok(CgroupLine {
+        hierarchy_id,
+        controllers,
+        path: Path::new(OsStr::from_bytes(path)),
+    })
 }
 
 /// Reads and parses `<proc_root>/<pid>/cgroup`.
@@ -171,8 +182,14 @@ mod tests {
         assert_eq!(cg.unified(), Some(Path::new("/ctp")));
         let memory = cg.controller("memory").ok_or("no memory line")?;
         assert_eq!(memory.hierarchy_id, 4);
-        assert_eq!(memory.path, Path::new("/system.slice/edge-runtime.service/ctp"));
-        assert_eq!(cg.controller("name=systemd").map(|l| l.hierarchy_id), Some(9));
+        assert_eq!(
+            memory.path,
+            Path::new("/system.slice/edge-runtime.service/ctp")
+        );
+        assert_eq!(
+            cg.controller("name=systemd").map(|l| l.hierarchy_id),
+            Some(9)
+        );
         assert!(cg.controller("hugetlb").is_none());
         assert!(!cg.is_cgroup2_only());
         Ok(())
@@ -183,7 +200,10 @@ mod tests {
         let bytes = fixture("cgroup2-only-synthetic/proc-self-cgroup")?;
         let cg = parse_proc_cgroup(&bytes)?;
         assert!(cg.is_cgroup2_only());
-        assert_eq!(cg.unified(), Some(Path::new("/system.slice/edge-runtime.service")));
+        assert_eq!(
+            cg.unified(),
+            Some(Path::new("/system.slice/edge-runtime.service"))
+        );
         let bytes = fixture("cgroup2-only-synthetic/proc-container-init-cgroup")?;
         let cg = parse_proc_cgroup(&bytes)?;
         assert_eq!(cg.unified(), Some(Path::new("/system.slice/ctp")));
@@ -194,7 +214,10 @@ mod tests {
     fn splits_at_the_first_two_colons_and_keeps_co_mounted_controllers() -> TestResult {
         let cg = parse_proc_cgroup(b"3:cpu,cpuacct:/a:b\n0::/x (deleted)\n")?;
         let cpu = cg.controller("cpuacct").ok_or("no cpuacct")?;
-        assert_eq!(cpu.controllers().collect::<Vec<_>>(), vec!["cpu", "cpuacct"]);
+        assert_eq!(
+            cpu.controllers().collect::<Vec<_>>(),
+            vec!["cpu", "cpuacct"]
+        );
         assert_eq!(cpu.path, Path::new("/a:b"));
         assert_eq!(cg.unified(), Some(Path::new("/x (deleted)")));
         assert_eq!(parse_proc_cgroup(b"")?.lines.len(), 0);
@@ -204,11 +227,26 @@ mod tests {
     #[test]
     fn refuses_malformed_lines() {
         let malformed = |line, problem| Err(ProcCgroupError::Malformed { line, problem });
-        assert_eq!(parse_proc_cgroup(b"0::/\n1:cpu\n"), malformed(2, "not `hierarchy-ID:controller-list:cgroup-path`"));
-        assert_eq!(parse_proc_cgroup(b"x::/\n"), malformed(1, "the hierarchy id is not a number"));
-        assert_eq!(parse_proc_cgroup(b"1:cpu:rel\n"), malformed(1, "the cgroup path does not start with `/`"));
-        assert_eq!(parse_proc_cgroup(b"1:\xff:/\n"), malformed(1, "the controller list is not UTF-8"));
-        assert_eq!(parse_proc_cgroup(b"\n"), malformed(1, "not `hierarchy-ID:controller-list:cgroup-path`"));
+        assert_eq!(
+            parse_proc_cgroup(b"0::/\n1:cpu\n"),
+            malformed(2, "not `hierarchy-ID:controller-list:cgroup-path`")
+        );
+        assert_eq!(
+            parse_proc_cgroup(b"x::/\n"),
+            malformed(1, "the hierarchy id is not a number")
+        );
+        assert_eq!(
+            parse_proc_cgroup(b"1:cpu:rel\n"),
+            malformed(1, "the cgroup path does not start with `/`")
+        );
+        assert_eq!(
+            parse_proc_cgroup(b"1:\xff:/\n"),
+            malformed(1, "the controller list is not UTF-8")
+        );
+        assert_eq!(
+            parse_proc_cgroup(b"\n"),
+            malformed(1, "not `hierarchy-ID:controller-list:cgroup-path`")
+        );
     }
 
     #[test]
@@ -216,7 +254,9 @@ mod tests {
         let at = format!("0::/{}\n", "a".repeat(PROC_CGROUP_LINE_MAX - 4));
         assert_eq!(parse_proc_cgroup(at.as_bytes())?.lines.len(), 1);
         let over = format!("0::/{}\n", "a".repeat(PROC_CGROUP_LINE_MAX - 3));
-        let err = parse_proc_cgroup(over.as_bytes()).err().ok_or("long line accepted")?;
+        let err = parse_proc_cgroup(over.as_bytes())
+            .err()
+            .ok_or("long line accepted")?;
         assert_eq!(
             err,
             ProcCgroupError::LineTooLong(LineTooLong {
@@ -225,25 +265,43 @@ mod tests {
                 bound: PROC_CGROUP_LINE_MAX
             })
         );
-        let full: String = (1..=MAX_CGROUP_HIERARCHIES).map(|i| format!("{i}:c{i}:/\n")).collect();
-        assert_eq!(parse_proc_cgroup(full.as_bytes())?.lines.len(), MAX_CGROUP_HIERARCHIES);
+        let full: String = (1..=MAX_CGROUP_HIERARCHIES)
+            .map(|i| format!("{i}:c{i}:/\n"))
+            .collect();
+        assert_eq!(
+            parse_proc_cgroup(full.as_bytes())?.lines.len(),
+            MAX_CGROUP_HIERARCHIES
+        );
         let too_many = format!("{full}99:x:/\n0::/\n");
-        let err = parse_proc_cgroup(too_many.as_bytes()).err().ok_or("33 lines accepted")?;
+        let err = parse_proc_cgroup(too_many.as_bytes())
+            .err()
+            .ok_or("33 lines accepted")?;
         assert_eq!(
             err,
-            ProcCgroupError::TooManyLines { count: MAX_CGROUP_HIERARCHIES + 2, limit: MAX_CGROUP_HIERARCHIES }
+            ProcCgroupError::TooManyLines {
+                count: MAX_CGROUP_HIERARCHIES + 2,
+                limit: MAX_CGROUP_HIERARCHIES
+            }
         );
-        assert!(err.to_string().contains("more than 32 cgroup hierarchies (34 found"));
+        assert!(err
+            .to_string()
+            .contains("more than 32 cgroup hierarchies (34 found"));
         Ok(())
     }
 
     #[test]
     fn reads_from_a_proc_root() -> TestResult {
         let dir = TempDir::new("proc-cgroup")?;
-        dir.write("self/cgroup", &fixture("runc-1.1.5-cgroupv1-hybrid/proc-self-cgroup")?)?;
+        dir.write(
+            "self/cgroup",
+            &fixture("runc-1.1.5-cgroupv1-hybrid/proc-self-cgroup")?,
+        )?;
         let mut buf = ProcCgroupBuf::new();
         let cg = read_proc_cgroup(dir.path(), ProcPid::Current, &mut buf)?;
-        assert_eq!(cg.controller("memory").map(|l| l.path), Some(Path::new("/system.slice/edge-runtime.service")));
+        assert_eq!(
+            cg.controller("memory").map(|l| l.path),
+            Some(Path::new("/system.slice/edge-runtime.service"))
+        );
         drop(cg);
         let own = read_proc_cgroup(Path::new("/proc"), ProcPid::Current, &mut buf)?;
         assert!(!own.lines.is_empty());

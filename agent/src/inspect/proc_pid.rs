@@ -30,7 +30,10 @@ mod tests {
     #[test]
     fn names_files_under_a_proc_root() {
         let root = Path::new("/proc");
-        assert_eq!(ProcPid::Current.file(root, "cgroup"), Path::new("/proc/self/cgroup"));
+        assert_eq!(
+            ProcPid::Current.file(root, "cgroup"),
+            Path::new("/proc/self/cgroup")
+        );
         let pid = ProcPid::Pid(Pid::INIT);
         assert_eq!(pid.file(Path::new("/fx"), "stat"), Path::new("/fx/1/stat"));
     }

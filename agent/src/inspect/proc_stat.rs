@@ -82,9 +82,17 @@ impl std::error::Error for ProcStatError {}
 pub fn parse_proc_stat(bytes: &[u8]) -> Result<ProcStat<'_>, ProcStatError> {
     let bad = |number, name| ProcStatError::BadField { number, name };
     let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    let open = line.iter().position(|&b| b == b'(').ok_or(ProcStatError::NoComm)?;
-    let close = line.iter().rposition(|&b| b == b')').ok_or(ProcStatError::NoComm)?;
-    let comm = line.get(open.saturating_add(1)..close).ok_or(ProcStatError::NoComm)?;
+    let open = line
+        .iter()
+        .position(|&b| b == b'(')
+        .ok_or(ProcStatError::NoComm)?;
+    let close = line
+        .iter()
+        .rposition(|&b| b == b')')
+        .ok_or(ProcStatError::NoComm)?;
+    let comm = line
+        .get(open.saturating_add(1)..close)
+        .ok_or(ProcStatError::NoComm)?;
     let pid = line
         .get(..open)
         .and_then(|s| s.strip_suffix(b" "))
@@ -93,7 +101,10 @@ pub fn parse_proc_stat(bytes: &[u8]) -> Result<ProcStat<'_>, ProcStatError> {
         .and_then(Pid::from_raw)
         .ok_or(bad(1, "pid"))?;
     let after = line.get(close.saturating_add(1)..).unwrap_or_default();
-    let mut fields = after.strip_prefix(b" ").ok_or(bad(3, "state"))?.split(|&b| b == b' ');
+    let mut fields = after
+        .strip_prefix(b" ")
+        .ok_or(bad(3, "state"))?
+        .split(|&b| b == b' ');
     let state = match fields.next() {
         Some(&[state]) => state,
         _ => return Err(bad(3, "state")),
@@ -104,8 +115,17 @@ pub fn parse_proc_stat(bytes: &[u8]) -> Result<ProcStat<'_>, ProcStatError> {
         .and_then(|p| i32::try_from(p).ok())
         .ok_or(bad(4, "ppid"))?;
     // Fields 5 to 21 are skipped; the 18th field from here is 22.
-    let start_time = fields.nth(17).and_then(parse_u64).ok_or(bad(22, "starttime"))?;
-    Ok(ProcStat { pid, comm: OsStr::from_bytes(comm), state, ppid: Pid::from_raw(ppid), start_time })
+    let start_time = fields
+        .nth(17)
+        .and_then(parse_u64)
+        .ok_or(bad(22, "starttime"))?;
+    Ok(ProcStat {
+        pid,
+        comm: OsStr::from_bytes(comm),
+        state,
+        ppid: Pid::from_raw(ppid),
+        start_time,
+    })
 }
 
 /// Reads and parses `<proc_root>/<pid>/stat`, and checks that it is of process `pid`.
@@ -119,7 +139,10 @@ pub fn read_proc_stat<'b>(
     let stat = parse_proc_stat(bytes).map_err(|e| FileError::parse(&path, e))?;
     if let ProcPid::Pid(expected) = pid {
         if stat.pid != expected {
-            let mismatch = ProcStatError::PidMismatch { expected, found: stat.pid };
+            let mismatch = ProcStatError::PidMismatch {
+                expected,
+                found: stat.pid,
+            };
             return Err(FileError::parse(&path, mismatch));
         }
     }
@@ -156,7 +179,10 @@ mod tests {
         let line = b"42 (a) b (c\nd) ) R 0 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 777 23\n";
         let stat = parse_proc_stat(line)?;
         assert_eq!(stat.comm, OsStr::from_bytes(b"a) b (c\nd) "));
-        assert_eq!((stat.pid, stat.state, stat.ppid, stat.start_time), (pid(42)?, b'R', None, 777));
+        assert_eq!(
+            (stat.pid, stat.state, stat.ppid, stat.start_time),
+            (pid(42)?, b'R', None, 777)
+        );
         Ok(())
     }
 
@@ -172,7 +198,11 @@ mod tests {
         assert_eq!(parse_proc_stat(b"1 (sh)S 0"), bad(3, "state"));
         assert_eq!(parse_proc_stat(b"1 (sh) S -1"), bad(4, "ppid"));
         assert_eq!(parse_proc_stat(b"1 (sh) S 0 1 2"), bad(22, "starttime"));
-        let msg = ProcStatError::BadField { number: 22, name: "starttime" }.to_string();
+        let msg = ProcStatError::BadField {
+            number: 22,
+            name: "starttime",
+        }
+        .to_string();
         assert!(msg.contains("22") && msg.contains("starttime"));
     }
 
@@ -188,9 +218,15 @@ mod tests {
         let err = read_proc_stat(dir.path(), ProcPid::Pid(pid(12)?), &mut buf)
             .err()
             .ok_or("stat of 7769 accepted as 12")?;
-        assert!(err.to_string().contains("describes process 7769, not 12"), "{err}");
+        assert!(
+            err.to_string().contains("describes process 7769, not 12"),
+            "{err}"
+        );
         let own = read_proc_stat(Path::new("/proc"), ProcPid::Current, &mut buf)?;
-        assert_eq!(own.pid.as_raw_nonzero().get(), i32::try_from(std::process::id())?);
+        assert_eq!(
+            own.pid.as_raw_nonzero().get(),
+            i32::try_from(std::process::id())?
+        );
         Ok(())
     }
 }

@@ -88,12 +88,18 @@ pub struct RuncState<'a> {
 impl<'a> RuncState<'a> {
     /// The container's cgroup directory for `controller` (`""`: the unified hierarchy).
     pub fn cgroup_path(&self, controller: &str) -> Option<&'a str> {
-        self.cgroup_paths.iter().find(|c| c.controller == controller).map(|c| c.path)
+        self.cgroup_paths
+            .iter()
+            .find(|c| c.controller == controller)
+            .map(|c| c.path)
     }
 
     /// The path of init's namespace of `kind` (`NEWNET`, `NEWPID`, ...).
     pub fn namespace_path(&self, kind: &str) -> Option<&'a str> {
-        self.namespace_paths.iter().find(|n| n.kind == kind).map(|n| n.path)
+        self.namespace_paths
+            .iter()
+            .find(|n| n.kind == kind)
+            .map(|n| n.path)
     }
 }
 
@@ -154,11 +160,19 @@ pub struct Field {
 
 impl Field {
     const fn at(name: &'static str) -> Self {
-        Field { name, index: None, member: None }
+        Field {
+            name,
+            index: None,
+            member: None,
+        }
     }
 
     const fn item(name: &'static str, index: usize, member: Option<&'static str>) -> Self {
-        Field { name, index: Some(index), member }
+        Field {
+            name,
+            index: Some(index),
+            member,
+        }
     }
 }
 
@@ -221,14 +235,20 @@ impl fmt::Display for StateParseError {
                 write!(f, "has init_process_pid {pid}, which is not a process id")
             }
             StateParseError::TooMany { what, count, limit } => {
-                write!(f, "has more than {limit} {what} ({count} found, limit {limit})")
+                write!(
+                    f,
+                    "has more than {limit} {what} ({count} found, limit {limit})"
+                )
             }
             StateParseError::Descriptors(DescriptorsError::WrongCount { count }) => write!(
                 f,
                 "has {count} external_descriptors; runc records exactly {STDIO_FDS} (fds 0-2)"
             ),
             StateParseError::Descriptors(DescriptorsError::Text { fd, problem }) => {
-                write!(f, "has an external_descriptors entry for fd {fd} that {problem}")
+                write!(
+                    f,
+                    "has an external_descriptors entry for fd {fd} that {problem}"
+                )
             }
             StateParseError::Descriptors(DescriptorsError::Json(e)) => {
                 write!(f, "has malformed external_descriptors: {e}")
@@ -261,11 +281,19 @@ impl fmt::Display for StateError {
             StateError::Parse { path, .. } => path,
         };
         // The state directory is named after the container.
-        let id = path.parent().and_then(Path::file_name).unwrap_or_default().to_string_lossy();
+        let id = path
+            .parent()
+            .and_then(Path::file_name)
+            .unwrap_or_default()
+            .to_string_lossy();
         match self {
             StateError::Read(e) => write!(f, "cannot read the state of container {id}: {e}"),
             StateError::Parse { path, error } => {
-                write!(f, "state.json of container {id} ({}) {error}", path.display())
+                write!(
+                    f,
+                    "state.json of container {id} ({}) {error}",
+                    path.display()
+                )
             }
         }
     }
@@ -289,7 +317,10 @@ pub fn read_state<'b>(
 ) -> Result<RuncState<'b>, StateError> {
     let path = runc_root.join(id.as_str()).join(STATE_FILE);
     let (json, text) = buf.read(&path).map_err(StateError::Read)?;
-    let parse_error = |error| StateError::Parse { path: path.clone(), error };
+    let parse_error = |error| StateError::Parse {
+        path: path.clone(),
+        error,
+    };
     let state = parse_state(json, text).map_err(parse_error)?;
     if state.id != *id {
         return Err(parse_error(StateParseError::IdMismatch));
@@ -299,40 +330,58 @@ pub fn read_state<'b>(
 
 /// Parses state.json, decoding escaped strings into `text` (give it as many bytes as `json`
 /// has and it never runs out).
-pub fn parse_state<'a>(json: &'a [u8], text: &'a mut [u8]) -> Result<RuncState<'a>, StateParseError> {
+pub fn parse_state<'a>(
+    json: &'a [u8],
+    text: &'a mut [u8],
+) -> Result<RuncState<'a>, StateParseError> {
     let (raw, _) = serde_json_core::from_slice::<RawState<'a>>(json)
         .map_err(|e| StateParseError::Json(JsonError::from_serde(&e)))?;
-    let mut keep = Keeper { arena: TextArena::new(text) };
+    let mut keep = Keeper {
+        arena: TextArena::new(text),
+    };
 
     let raw_id = raw.id.ok_or(StateParseError::Missing(Field::at("id")))?;
     let id = keep.text(raw_id, Field::at("id"), CONTAINER_ID_MAX)?;
     let id = ContainerId::new(id).map_err(StateParseError::BadId)?;
-    let pid = raw.init_process_pid.ok_or(StateParseError::Missing(Field::at("init_process_pid")))?;
+    let pid = raw
+        .init_process_pid
+        .ok_or(StateParseError::Missing(Field::at("init_process_pid")))?;
     // Pid::from_raw asserts (in debug builds) that its argument is not negative.
     let init_pid = i32::try_from(pid)
         .ok()
         .filter(|&p| p > 0)
         .and_then(Pid::from_raw)
         .ok_or(StateParseError::BadPid(pid))?;
-    let init_start_time =
-        raw.init_process_start.ok_or(StateParseError::Missing(Field::at("init_process_start")))?;
-    let config = raw.config.ok_or(StateParseError::Missing(Field::at("config")))?;
+    let init_start_time = raw
+        .init_process_start
+        .ok_or(StateParseError::Missing(Field::at("init_process_start")))?;
+    let config = raw
+        .config
+        .ok_or(StateParseError::Missing(Field::at("config")))?;
 
     check_len("config.mounts", config.mounts.total, MAX_MOUNTS)?;
-    check_len("config.mask_paths", config.mask_paths.total, MAX_MASKED_PATHS)?;
+    check_len(
+        "config.mask_paths",
+        config.mask_paths.total,
+        MAX_MASKED_PATHS,
+    )?;
     check_len("config.devices", config.devices.total, MAX_DEVICES)?;
     check_len("config.namespaces", config.namespaces.total, MAX_NAMESPACES)?;
     check_len("cgroup_paths", raw.cgroup_paths.total, MAX_CGROUP_PATHS)?;
     check_len("namespace_paths", raw.namespace_paths.total, MAX_NAMESPACES)?;
 
-    let rootfs = config.rootfs.ok_or(StateParseError::Missing(Field::at("config.rootfs")))?;
+    let rootfs = config
+        .rootfs
+        .ok_or(StateParseError::Missing(Field::at("config.rootfs")))?;
     let rootfs = keep.text(rootfs, Field::at("config.rootfs"), PATH_MAX)?;
     let bundle = match config.labels.bundle {
         Some(raw) => Some(keep.text(raw, Field::at("config.labels (bundle=)"), PATH_MAX)?),
         None => None,
     };
     let criu_config = match config.labels.criu_config {
-        Some(raw) => Some(keep.text(raw, Field::at("config.labels (org.criu.config=)"), PATH_MAX)?),
+        Some(raw) => {
+            Some(keep.text(raw, Field::at("config.labels (org.criu.config=)"), PATH_MAX)?)
+        }
         None => None,
     };
 
@@ -350,7 +399,8 @@ pub fn parse_state<'a>(json: &'a [u8], text: &'a mut [u8]) -> Result<RuncState<'
     }
     let mut masked_paths = heapless::Vec::new();
     for (i, &p) in config.mask_paths.items.iter().enumerate() {
-        let _ = masked_paths.push(keep.text(p, Field::item("config.mask_paths", i, None), PATH_MAX)?);
+        let _ =
+            masked_paths.push(keep.text(p, Field::item("config.mask_paths", i, None), PATH_MAX)?);
     }
     let mut devices = heapless::Vec::new();
     for (i, d) in config.devices.items.iter().enumerate() {
@@ -423,7 +473,12 @@ struct Keeper<'a> {
 }
 
 impl<'a> Keeper<'a> {
-    fn text(&mut self, raw: &'a str, field: Field, limit: usize) -> Result<&'a str, StateParseError> {
+    fn text(
+        &mut self,
+        raw: &'a str,
+        field: Field,
+        limit: usize,
+    ) -> Result<&'a str, StateParseError> {
         json_text::decode(raw, &mut self.arena, limit)
             .map_err(|problem| StateParseError::Text { field, problem })
     }
@@ -562,31 +617,63 @@ mod tests {
     fn parses_the_hybrid_fixture() -> TestResult {
         let s = parse(&fixture("runc-1.1.5-cgroupv1-hybrid/state.json")?)?;
         assert_eq!(s.id.as_str(), "ctp");
-        assert_eq!((s.init_pid.as_raw_nonzero().get(), s.init_start_time), (7769, 98019));
+        assert_eq!(
+            (s.init_pid.as_raw_nonzero().get(), s.init_start_time),
+            (7769, 98019)
+        );
         assert_eq!(s.rootfs, "/srv/bundles/ctp/rootfs");
         assert_eq!((s.bundle, s.criu_config), (Some("/srv/bundles/ctp"), None));
 
         assert_eq!(s.mounts.len(), 8);
-        let data = s.mounts.iter().find(|m| m.destination == "/data").ok_or("no /data mount")?;
+        let data = s
+            .mounts
+            .iter()
+            .find(|m| m.destination == "/data")
+            .ok_or("no /data mount")?;
         // MS_BIND | MS_REC.
         assert_eq!(
             *data,
-            Mount { source: "/srv/bundles/ctp/hostdata", destination: "/data", device: "bind", flags: 0x5000 }
+            Mount {
+                source: "/srv/bundles/ctp/hostdata",
+                destination: "/data",
+                device: "bind",
+                flags: 0x5000
+            }
         );
         assert!(data.is_bind());
         assert_eq!(s.mounts.iter().filter(|m| m.is_bind()).count(), 1);
-        let cgroup = s.mounts.iter().find(|m| m.is_cgroup()).ok_or("no cgroup mount")?;
-        assert_eq!((cgroup.destination, cgroup.flags), ("/sys/fs/cgroup", 2_097_167));
+        let cgroup = s
+            .mounts
+            .iter()
+            .find(|m| m.is_cgroup())
+            .ok_or("no cgroup mount")?;
+        assert_eq!(
+            (cgroup.destination, cgroup.flags),
+            ("/sys/fs/cgroup", 2_097_167)
+        );
 
         assert_eq!(s.masked_paths.len(), 10);
         assert_eq!(s.masked_paths.first().copied(), Some("/proc/acpi"));
         assert_eq!(s.masked_paths.last().copied(), Some("/proc/scsi"));
         assert_eq!(
             s.devices.as_slice(),
-            ["/dev/null", "/dev/random", "/dev/full", "/dev/tty", "/dev/zero", "/dev/urandom"]
+            [
+                "/dev/null",
+                "/dev/random",
+                "/dev/full",
+                "/dev/tty",
+                "/dev/zero",
+                "/dev/urandom"
+            ]
         );
         assert_eq!(s.namespaces.len(), 5);
-        assert_eq!(s.namespaces.first(), Some(&Namespace { kind: "NEWPID", path: "" }));
+        assert_eq!(
+            s.namespaces.first(),
+            Some(&Namespace {
+                kind: "NEWPID",
+                path: ""
+            })
+        );
 
         assert_eq!(s.cgroup_paths.len(), 10);
         assert_eq!(s.cgroup_path(""), Some("/sys/fs/cgroup/unified/ctp"));
@@ -594,7 +681,10 @@ mod tests {
             s.cgroup_path("memory"),
             Some("/sys/fs/cgroup/memory/system.slice/edge-runtime.service/ctp")
         );
-        assert_eq!(s.cgroup_path("name=systemd"), Some("/sys/fs/cgroup/systemd/ctp"));
+        assert_eq!(
+            s.cgroup_path("name=systemd"),
+            Some("/sys/fs/cgroup/systemd/ctp")
+        );
         assert_eq!(s.cgroup_path("freezer"), Some("/sys/fs/cgroup/freezer/ctp"));
         assert_eq!(s.cgroup_path("hugetlb"), None);
         assert_eq!(s.namespace_paths.len(), 7);
@@ -602,15 +692,26 @@ mod tests {
         assert_eq!(s.namespace_path("NEWNS"), Some("/proc/7769/ns/mnt"));
 
         let fds = s.external_descriptors.ok_or("no external_descriptors")?;
-        assert_eq!(fds.targets, ["/dev/null", "pipe:[21245]", "/srv/bundles/ctp/err.log"]);
-        assert_eq!(fds.pipes().collect::<Vec<_>>(), vec![(1, "pipe:[21245]", 21245)]);
+        assert_eq!(
+            fds.targets,
+            ["/dev/null", "pipe:[21245]", "/srv/bundles/ctp/err.log"]
+        );
+        assert_eq!(
+            fds.pipes().collect::<Vec<_>>(),
+            vec![(1, "pipe:[21245]", 21245)]
+        );
         Ok(())
     }
 
     #[test]
     fn parses_the_state_after_restore() -> TestResult {
-        let s = parse(&fixture("runc-1.1.5-cgroupv1-hybrid/state-after-restore.json")?)?;
-        assert_eq!((s.init_pid.as_raw_nonzero().get(), s.init_start_time), (8704, 99429));
+        let s = parse(&fixture(
+            "runc-1.1.5-cgroupv1-hybrid/state-after-restore.json",
+        )?)?;
+        assert_eq!(
+            (s.init_pid.as_raw_nonzero().get(), s.init_start_time),
+            (8704, 99429)
+        );
         assert_eq!(s.namespace_path("NEWPID"), Some("/proc/8704/ns/pid"));
         let fds = s.external_descriptors.ok_or("no external_descriptors")?;
         assert_eq!(fds.targets, ["/dev/null", "pipe:[23780]", "pipe:[23780]"]);
@@ -625,12 +726,25 @@ mod tests {
         assert_eq!(s.bundle, Some("/tmp/haul-runc/edge&co"));
         // The annotation org.criu.config="" disables runc's default CRIU configuration file.
         assert_eq!(s.criu_config, Some(""));
-        let data = s.mounts.iter().find(|m| m.is_bind()).ok_or("no bind mount")?;
-        assert_eq!((data.source, data.destination), ("/tmp/haul-runc/host data", "/data dir"));
+        let data = s
+            .mounts
+            .iter()
+            .find(|m| m.is_bind())
+            .ok_or("no bind mount")?;
+        assert_eq!(
+            (data.source, data.destination),
+            ("/tmp/haul-runc/host data", "/data dir")
+        );
         assert_eq!(s.init_start_time, 38097);
         let fds = s.external_descriptors.ok_or("no external_descriptors")?;
-        assert_eq!(fds.targets, ["/dev/null", "pipe:[14031]", "/tmp/haul-runc/err.log"]);
-        assert_eq!(FdTarget::classify(fds.targets[2]), FdTarget::Path("/tmp/haul-runc/err.log"));
+        assert_eq!(
+            fds.targets,
+            ["/dev/null", "pipe:[14031]", "/tmp/haul-runc/err.log"]
+        );
+        assert_eq!(
+            FdTarget::classify(fds.targets[2]),
+            FdTarget::Path("/tmp/haul-runc/err.log")
+        );
         assert_eq!(
             s.cgroup_path("memory"),
             Some("/sys/fs/cgroup/memory/system.slice/edge-runtime.service/esc")
@@ -641,16 +755,31 @@ mod tests {
     #[test]
     fn parses_a_cgroup2_only_state() -> TestResult {
         let s = parse(&fixture("cgroup2-only-synthetic/state.json")?)?;
-        assert_eq!(s.cgroup_paths.as_slice(), [CgroupPath { controller: "", path: "/sys/fs/cgroup/system.slice/ctp" }]);
+        assert_eq!(
+            s.cgroup_paths.as_slice(),
+            [CgroupPath {
+                controller: "",
+                path: "/sys/fs/cgroup/system.slice/ctp"
+            }]
+        );
         Ok(())
     }
 
     #[test]
     fn reads_from_a_runc_root() -> TestResult {
         let root = TempDir::new("runc-root")?;
-        root.write("ctp/state.json", &fixture("runc-1.1.5-cgroupv1-hybrid/state.json")?)?;
-        root.write("x,y/state.json", &fixture("runc-1.1.5-escapes/state-comma-id.json")?)?;
-        root.write("other/state.json", &fixture("runc-1.1.5-cgroupv1-hybrid/state.json")?)?;
+        root.write(
+            "ctp/state.json",
+            &fixture("runc-1.1.5-cgroupv1-hybrid/state.json")?,
+        )?;
+        root.write(
+            "x,y/state.json",
+            &fixture("runc-1.1.5-escapes/state-comma-id.json")?,
+        )?;
+        root.write(
+            "other/state.json",
+            &fixture("runc-1.1.5-cgroupv1-hybrid/state.json")?,
+        )?;
         let mut buf = StateBuf::new();
 
         let s = read_state(root.path(), &ContainerId::new("ctp")?, &mut buf)?;
@@ -663,15 +792,26 @@ mod tests {
         let err = read_state(root.path(), &ContainerId::new("other")?, &mut buf)
             .err()
             .ok_or("the state of ctp was accepted as other's")?;
-        assert!(matches!(err, StateError::Parse { error: StateParseError::IdMismatch, .. }));
+        assert!(matches!(
+            err,
+            StateError::Parse {
+                error: StateParseError::IdMismatch,
+                ..
+            }
+        ));
         let msg = err.to_string();
         assert!(msg.starts_with("state.json of container other ("), "{msg}");
-        assert!(msg.ends_with("has an `id` that differs from its directory's name"), "{msg}");
+        assert!(
+            msg.ends_with("has an `id` that differs from its directory's name"),
+            "{msg}"
+        );
 
         let err = read_state(root.path(), &ContainerId::new("gone")?, &mut buf)
             .err()
             .ok_or("a missing state was read")?;
-        assert!(err.to_string().starts_with("cannot read the state of container gone: cannot read "));
+        assert!(err
+            .to_string()
+            .starts_with("cannot read the state of container gone: cannot read "));
         Ok(())
     }
 
@@ -693,14 +833,22 @@ mod tests {
         let err = read_state(root.path(), &ContainerId::new("ctp")?, &mut buf)
             .err()
             .ok_or("a state.json over the bound was read")?;
-        let StateError::Read(read) = &err else { return Err(format!("unexpected {err:?}").into()) };
+        let StateError::Read(read) = &err else {
+            return Err(format!("unexpected {err:?}").into());
+        };
         assert!(matches!(
             read.kind,
-            ReadErrorKind::TooLarge { size: FileSize::Exact(65537), bound: STATE_JSON_MAX }
+            ReadErrorKind::TooLarge {
+                size: FileSize::Exact(65537),
+                bound: STATE_JSON_MAX
+            }
         ));
         let msg = err.to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
-        assert!(msg.contains("65537 bytes") && msg.contains("65536 bytes"), "{msg}");
+        assert!(
+            msg.contains("65537 bytes") && msg.contains("65536 bytes"),
+            "{msg}"
+        );
         assert!(msg.contains("container ctp"), "{msg}");
 
         // The same bound holds with an unknown field as padding.
@@ -718,12 +866,24 @@ mod tests {
         // limit, and the JSON of its i-th item.
         type Case = (&'static str, &'static str, usize, fn(usize) -> String);
         let cases: [Case; 6] = [
-            ("config.mounts", "mounts", MAX_MOUNTS, |_| r#"{"source":"s","destination":"/d","device":"tmpfs","flags":0}"#.to_owned()),
-            ("config.mask_paths", "mask_paths", MAX_MASKED_PATHS, |i| format!(r#""/m{i}""#)),
-            ("config.devices", "devices", MAX_DEVICES, |i| format!(r#"{{"path":"/dev/d{i}"}}"#)),
-            ("config.namespaces", "namespaces", MAX_NAMESPACES, |i| format!(r#"{{"type":"T{i}","path":""}}"#)),
-            ("cgroup_paths", "", MAX_CGROUP_PATHS, |i| format!(r#""c{i}":"/p""#)),
-            ("namespace_paths", "", MAX_NAMESPACES, |i| format!(r#""N{i}":"/p""#)),
+            ("config.mounts", "mounts", MAX_MOUNTS, |_| {
+                r#"{"source":"s","destination":"/d","device":"tmpfs","flags":0}"#.to_owned()
+            }),
+            ("config.mask_paths", "mask_paths", MAX_MASKED_PATHS, |i| {
+                format!(r#""/m{i}""#)
+            }),
+            ("config.devices", "devices", MAX_DEVICES, |i| {
+                format!(r#"{{"path":"/dev/d{i}"}}"#)
+            }),
+            ("config.namespaces", "namespaces", MAX_NAMESPACES, |i| {
+                format!(r#"{{"type":"T{i}","path":""}}"#)
+            }),
+            ("cgroup_paths", "", MAX_CGROUP_PATHS, |i| {
+                format!(r#""c{i}":"/p""#)
+            }),
+            ("namespace_paths", "", MAX_NAMESPACES, |i| {
+                format!(r#""N{i}":"/p""#)
+            }),
         ];
         for (what, member, limit, item) in cases {
             for count in [limit, limit + 1] {
@@ -739,11 +899,20 @@ mod tests {
                 if count == limit {
                     assert!(got.is_ok(), "{what} at its limit: {got:?}");
                 } else {
-                    assert_eq!(got, Err(StateParseError::TooMany { what, count, limit }), "{what}");
+                    assert_eq!(
+                        got,
+                        Err(StateParseError::TooMany { what, count, limit }),
+                        "{what}"
+                    );
                 }
             }
         }
-        let msg = StateParseError::TooMany { what: "config.mounts", count: 70, limit: 64 }.to_string();
+        let msg = StateParseError::TooMany {
+            what: "config.mounts",
+            count: 70,
+            limit: 64,
+        }
+        .to_string();
         assert_eq!(msg, "has more than 64 config.mounts (70 found, limit 64)");
         Ok(())
     }
@@ -760,21 +929,49 @@ mod tests {
             .ok_or("70 mounts accepted")?;
         let msg = err.to_string();
         assert!(msg.starts_with("state.json of container ctp ("), "{msg}");
-        assert!(msg.ends_with(") has more than 64 config.mounts (70 found, limit 64)"), "{msg}");
+        assert!(
+            msg.ends_with(") has more than 64 config.mounts (70 found, limit 64)"),
+            "{msg}"
+        );
         Ok(())
     }
 
     #[test]
     fn paths_are_limited_to_path_max_after_decoding() -> TestResult {
-        let at = minimal(&format!(r#","mounts":[{{"source":"/{}"}}]"#, "a".repeat(PATH_MAX - 1)));
-        assert_eq!(parse(at.as_bytes())?.mounts.first().map(|m| m.source.len()), Some(PATH_MAX));
+        let at = minimal(&format!(
+            r#","mounts":[{{"source":"/{}"}}]"#,
+            "a".repeat(PATH_MAX - 1)
+        ));
+        assert_eq!(
+            parse(at.as_bytes())?.mounts.first().map(|m| m.source.len()),
+            Some(PATH_MAX)
+        );
         // An escape makes the raw text longer than PATH_MAX, but not the path.
-        let escaped = minimal(&format!(r#","mounts":[{{"source":"/{}\u0026"}}]"#, "a".repeat(PATH_MAX - 2)));
-        assert_eq!(parse(escaped.as_bytes())?.mounts.first().map(|m| m.source.len()), Some(PATH_MAX));
-        let over = minimal(&format!(r#","mounts":[{{"device":"bind"}},{{"source":"/{}"}}]"#, "a".repeat(PATH_MAX)));
+        let escaped = minimal(&format!(
+            r#","mounts":[{{"source":"/{}\u0026"}}]"#,
+            "a".repeat(PATH_MAX - 2)
+        ));
+        assert_eq!(
+            parse(escaped.as_bytes())?
+                .mounts
+                .first()
+                .map(|m| m.source.len()),
+            Some(PATH_MAX)
+        );
+        let over = minimal(&format!(
+            r#","mounts":[{{"device":"bind"}},{{"source":"/{}"}}]"#,
+            "a".repeat(PATH_MAX)
+        ));
         let err = parse(over.as_bytes()).err().ok_or("a long path was kept")?;
-        let field = Field { name: "config.mounts", index: Some(1), member: Some("source") };
-        let problem = TextProblem::TooLong { len: PATH_MAX + 1, limit: PATH_MAX };
+        let field = Field {
+            name: "config.mounts",
+            index: Some(1),
+            member: Some("source"),
+        };
+        let problem = TextProblem::TooLong {
+            len: PATH_MAX + 1,
+            limit: PATH_MAX,
+        };
         assert_eq!(err, StateParseError::Text { field, problem });
         assert_eq!(
             err.to_string(),
@@ -783,7 +980,10 @@ mod tests {
         let nul = minimal(r#","mask_paths":["/a\u0000b"]"#);
         assert_eq!(
             parse(nul.as_bytes()),
-            Err(StateParseError::Text { field: Field::item("config.mask_paths", 0, None), problem: TextProblem::Nul })
+            Err(StateParseError::Text {
+                field: Field::item("config.mask_paths", 0, None),
+                problem: TextProblem::Nul
+            })
         );
         Ok(())
     }
@@ -794,12 +994,16 @@ mod tests {
             r#","labels":["bundle=/first","note=\"quoted\" \u0026 \\","org.criu.config=/etc/c.conf","bundle=/srv/a\u0026b"]"#,
         );
         let s = parse(json.as_bytes())?;
-        assert_eq!((s.bundle, s.criu_config), (Some("/srv/a&b"), Some("/etc/c.conf")));
+        assert_eq!(
+            (s.bundle, s.criu_config),
+            (Some("/srv/a&b"), Some("/etc/c.conf"))
+        );
         let s = parse(minimal(r#","labels":null"#).as_bytes())?;
         assert_eq!((s.bundle, s.criu_config), (None, None));
         // Annotations are never decoded, so a bad escape in one does not matter.
         let many: Vec<String> = (0..100).map(|i| format!(r#""k{i}=v\q""#)).collect();
-        let s = parse(minimal(&format!(r#","labels":[{},"bundle=/b"]"#, many.join(","))).as_bytes())?;
+        let s =
+            parse(minimal(&format!(r#","labels":[{},"bundle=/b"]"#, many.join(","))).as_bytes())?;
         assert_eq!(s.bundle, Some("/b"));
         Ok(())
     }
@@ -807,21 +1011,59 @@ mod tests {
     #[test]
     fn required_fields_and_values_are_checked() {
         let missing = |name| Err(StateParseError::Missing(Field::at(name)));
-        assert_eq!(parse(br#"{"init_process_pid":1,"init_process_start":1,"config":{"rootfs":"/"}}"#), missing("id"));
-        assert_eq!(parse(br#"{"id":"a","init_process_start":1,"config":{"rootfs":"/"}}"#), missing("init_process_pid"));
-        assert_eq!(parse(br#"{"id":"a","init_process_pid":1,"config":{"rootfs":"/"}}"#), missing("init_process_start"));
-        assert_eq!(parse(br#"{"id":"a","init_process_pid":1,"init_process_start":1}"#), missing("config"));
-        assert_eq!(parse(br#"{"id":"a","init_process_pid":1,"init_process_start":1,"config":null}"#), missing("config"));
-        assert_eq!(parse(br#"{"id":"a","init_process_pid":1,"init_process_start":1,"config":{}}"#), missing("config.rootfs"));
+        assert_eq!(
+            parse(br#"{"init_process_pid":1,"init_process_start":1,"config":{"rootfs":"/"}}"#),
+            missing("id")
+        );
+        assert_eq!(
+            parse(br#"{"id":"a","init_process_start":1,"config":{"rootfs":"/"}}"#),
+            missing("init_process_pid")
+        );
+        assert_eq!(
+            parse(br#"{"id":"a","init_process_pid":1,"config":{"rootfs":"/"}}"#),
+            missing("init_process_start")
+        );
+        assert_eq!(
+            parse(br#"{"id":"a","init_process_pid":1,"init_process_start":1}"#),
+            missing("config")
+        );
+        assert_eq!(
+            parse(br#"{"id":"a","init_process_pid":1,"init_process_start":1,"config":null}"#),
+            missing("config")
+        );
+        assert_eq!(
+            parse(br#"{"id":"a","init_process_pid":1,"init_process_start":1,"config":{}}"#),
+            missing("config.rootfs")
+        );
         for (pid, text) in [(0, "0"), (-5, "-5"), (1 << 40, "1099511627776")] {
-            let json = format!(r#"{{"id":"a","init_process_pid":{text},"init_process_start":1,"config":{{"rootfs":"/"}}}}"#);
+            let json = format!(
+                r#"{{"id":"a","init_process_pid":{text},"init_process_start":1,"config":{{"rootfs":"/"}}}}"#
+            );
             assert_eq!(parse(json.as_bytes()), Err(StateParseError::BadPid(pid)));
         }
-        let bad_id = br#"{"id":"../x","init_process_pid":1,"init_process_start":1,"config":{"rootfs":"/"}}"#;
-        assert_eq!(parse(bad_id), Err(StateParseError::BadId(ContainerIdError::BadByte { byte: b'/', at: 2 })));
-        let two = minimal("").replace(r#""config""#, r#""external_descriptors":["/dev/null","x"],"config""#);
-        assert_eq!(parse(two.as_bytes()), Err(StateParseError::Descriptors(DescriptorsError::WrongCount { count: 2 })));
-        assert_eq!(parse(minimal("").as_bytes()).map(|s| s.external_descriptors), Ok(None));
+        let bad_id =
+            br#"{"id":"../x","init_process_pid":1,"init_process_start":1,"config":{"rootfs":"/"}}"#;
+        assert_eq!(
+            parse(bad_id),
+            Err(StateParseError::BadId(ContainerIdError::BadByte {
+                byte: b'/',
+                at: 2
+            }))
+        );
+        let two = minimal("").replace(
+            r#""config""#,
+            r#""external_descriptors":["/dev/null","x"],"config""#,
+        );
+        assert_eq!(
+            parse(two.as_bytes()),
+            Err(StateParseError::Descriptors(DescriptorsError::WrongCount {
+                count: 2
+            }))
+        );
+        assert_eq!(
+            parse(minimal("").as_bytes()).map(|s| s.external_descriptors),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -830,11 +1072,23 @@ mod tests {
         let truncated = real.get(..real.len() / 2).ok_or("short fixture")?;
         let err = parse(truncated).err().ok_or("truncated JSON accepted")?;
         assert!(matches!(err, StateParseError::Json(_)));
-        assert!(err.to_string().starts_with("is not the JSON runc writes: "), "{err}");
-        assert!(matches!(parse(br#"{"id":1}"#), Err(StateParseError::Json(_))));
-        assert!(matches!(parse(br#"{"id":"a","id":"b"}"#), Err(StateParseError::Json(_))));
+        assert!(
+            err.to_string().starts_with("is not the JSON runc writes: "),
+            "{err}"
+        );
+        assert!(matches!(
+            parse(br#"{"id":1}"#),
+            Err(StateParseError::Json(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"id":"a","id":"b"}"#),
+            Err(StateParseError::Json(_))
+        ));
         assert!(matches!(parse(b""), Err(StateParseError::Json(_))));
-        assert!(matches!(parse(br#"{"config":{"mounts":[{"flags":-1}]}}"#), Err(StateParseError::Json(_))));
+        assert!(matches!(
+            parse(br#"{"config":{"mounts":[{"flags":-1}]}}"#),
+            Err(StateParseError::Json(_))
+        ));
         Ok(())
     }
 }

@@ -62,6 +62,9 @@ mod tests {
         let full = arena.write((), |out| out.get_mut(..1).map(|_| 1).ok_or(()));
         let mut one = [0u8; 1];
         let lying = TextArena::new(&mut one).write((), |_| Ok(2));
-        assert_eq!((a, b, full, lying), (Ok(&b"ab"[..]), Ok(&b"cde"[..]), Err(()), Err(())));
+        assert_eq!(
+            (a, b, full, lying),
+            (Ok(&b"ab"[..]), Ok(&b"cde"[..]), Err(()), Err(()))
+        );
     }
 }

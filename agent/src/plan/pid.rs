@@ -59,9 +59,15 @@ mod tests {
         assert_eq!(o.pid, Some(1234));
         assert_eq!(o.images_dir_fd, 7);
         assert_eq!(o.ps.as_ref().and_then(|p| p.fd), Some(9));
-        assert!(o.ps.as_ref().is_some_and(|p| p.address.is_none() && p.port.is_none()));
+        assert!(o
+            .ps
+            .as_ref()
+            .is_some_and(|p| p.address.is_none() && p.port.is_none()));
         assert_eq!(o.notify_scripts, Some(true));
-        assert!(o.leave_running.is_none(), "the source must not keep running after commit");
+        assert!(
+            o.leave_running.is_none(),
+            "the source must not keep running after commit"
+        );
         assert_eq!(o.log_file.as_deref(), Some("dump.log"));
     }
 

@@ -28,7 +28,11 @@ pub fn open(
 ) -> Result<(Conn, Welcome)> {
     let addrs: Vec<_> = to
         .to_socket_addrs()
-        .map_err(|e| Error::usage(format!("bad destination address {to:?}: {e} (use ADDR:PORT)")))?
+        .map_err(|e| {
+            Error::usage(format!(
+                "bad destination address {to:?}: {e} (use ADDR:PORT)"
+            ))
+        })?
         .collect();
     let mut last = None;
     let mut stream = None;
@@ -46,7 +50,8 @@ pub fn open(
             Kind::Refused,
             format!(
                 "cannot connect to {to}: {}; is `haul serve` running there and the port open?",
-                last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())
+                last.map(|e| e.to_string())
+                    .unwrap_or_else(|| "no address".into())
             ),
         )
     })?;

@@ -11,12 +11,12 @@ use crate::criu::{self, stats, Event, Swrk};
 use crate::error::{Context, Error, Kind, Result};
 use crate::limits::IDLE_TIMEOUT;
 use crate::summary::Summary;
+use crate::transfer::WireError;
 use crate::transfer::{images, pages, Key};
 use crate::workdir::WorkDir;
 use haul_proto::criu::CriuReqType;
 use haul_proto::haul::{control::Msg, Abort, Commit, Prepare, Purpose};
 use std::os::fd::AsFd;
-use crate::transfer::WireError;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -49,7 +49,8 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
 
     // CRIU is started before anything freezes, with its end of the page socket.
     let (ps_ours, ps_criu) = pages::socket_pair().ctx(Kind::Other, "page socketpair")?;
-    let mut swrk = Swrk::spawn(o.criu, &[ps_criu.as_fd()]).map_err(|e| Error::setup(e.to_string()))?;
+    let mut swrk =
+        Swrk::spawn(o.criu, &[ps_criu.as_fd()]).map_err(|e| Error::setup(e.to_string()))?;
     // CRIU has its own copy under the same number; ours must go, or the page stream never ends.
     let ps_criu_no = std::os::fd::AsRawFd::as_raw_fd(&ps_criu);
     drop(ps_criu);
@@ -123,7 +124,10 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
             Ok(Msg::Done(d)) => Ok(d),
             Ok(Msg::Abort(a)) => Err(Error::other(format!("{}: {}", a.stage, a.reason))),
             Ok(other) => Err(Error::other(format!("unexpected {other:?} after commit"))),
-            Err(e) => Err(wire_to_error(e, "waiting for the destination's confirmation")),
+            Err(e) => Err(wire_to_error(
+                e,
+                "waiting for the destination's confirmation",
+            )),
         });
     let done = match done {
         Ok(d) => d,
@@ -218,16 +222,27 @@ fn run_dump(
                 // Tasks are frozen, pages are on the destination, images are written here.
                 let page_bytes = match relay.take().map(|h| h.join()) {
                     Some(Ok(Ok(n))) => n,
-                    Some(Ok(Err(e))) => return Err(wire_to_error(e, "streaming pages").with_kind(Kind::RolledBack)),
+                    Some(Ok(Err(e))) => {
+                        return Err(wire_to_error(e, "streaming pages").with_kind(Kind::RolledBack))
+                    }
                     _ => return Err(Error::new(Kind::RolledBack, "page relay thread failed")),
                 };
-                phase(quiet, &format!("pages sent ({:.1} MiB); sending images", page_bytes as f64 / 1048576.0));
+                phase(
+                    quiet,
+                    &format!(
+                        "pages sent ({:.1} MiB); sending images",
+                        page_bytes as f64 / 1048576.0
+                    ),
+                );
                 let (files, bytes) = images::send_dir(conn, dir, sent)
                     .map_err(|e| Error::new(Kind::RolledBack, format!("sending images: {e}")))?;
                 phase(quiet, "restoring on the destination");
                 match conn.recv_control(IDLE_TIMEOUT, "restore") {
                     Ok(Msg::Ready(r)) => {
-                        log::info!("destination holds the restored tasks (pid {})", r.restored_pid)
+                        log::info!(
+                            "destination holds the restored tasks (pid {})",
+                            r.restored_pid
+                        )
                     }
                     Ok(Msg::Abort(a)) => {
                         let _ = swrk.notify_reply(false);
@@ -238,11 +253,15 @@ fn run_dump(
                     }
                     Ok(other) => {
                         let _ = swrk.notify_reply(false);
-                        return Err(Error::new(Kind::RolledBack, format!("unexpected {other:?} during restore")));
+                        return Err(Error::new(
+                            Kind::RolledBack,
+                            format!("unexpected {other:?} during restore"),
+                        ));
                     }
                     Err(e) => {
                         let _ = swrk.notify_reply(false);
-                        return Err(wire_to_error(e, "waiting for the destination to restore").with_kind(Kind::RolledBack));
+                        return Err(wire_to_error(e, "waiting for the destination to restore")
+                            .with_kind(Kind::RolledBack));
                     }
                 }
                 swrk.notify_reply(true)
@@ -262,7 +281,9 @@ fn run_dump(
 /// True when `/proc/<pid>` exists (a zombie counts as gone: its memory is released).
 pub fn process_exists(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Ok(s) => !s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
         Err(_) => false,
     }
 }

@@ -21,7 +21,11 @@ pub fn phase(quiet: bool, text: &str) {
 
 impl Progress {
     /// Reports `bytes` (a live counter) until stopped.
-    pub fn start(quiet: bool, label: &'static str, bytes: Arc<crate::transfer::mux::Counters>) -> Progress {
+    pub fn start(
+        quiet: bool,
+        label: &'static str,
+        bytes: Arc<crate::transfer::mux::Counters>,
+    ) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
         if quiet {
             return Progress { stop, handle: None };
@@ -32,7 +36,11 @@ impl Progress {
             .name("haul-progress".into())
             .spawn(move || {
                 let start = Instant::now();
-                let tick = if tty { Duration::from_millis(200) } else { Duration::from_secs(2) };
+                let tick = if tty {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::from_secs(2)
+                };
                 let mut printed = false;
                 let mut last = 0;
                 while !s.load(Ordering::Relaxed) {

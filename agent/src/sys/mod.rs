@@ -50,8 +50,8 @@ mod tests {
 
     #[test]
     fn only_the_chosen_descriptor_is_inherited() {
-        let (keep_r, _keep_w) = rustix::pipe::pipe().unwrap();
-        let (other_r, _other_w) = rustix::pipe::pipe().unwrap();
+        let (keep_r, _keep_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let (other_r, _other_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let script = format!(
             "test -e /proc/self/fd/{} && ! test -e /proc/self/fd/{}",
             keep_r.as_raw_fd(),
@@ -59,8 +59,7 @@ mod tests {
         );
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", &script]).stdin(Stdio::null());
-        let mut child = spawn_inheriting(&mut cmd, &[keep_r.as_fd()])
-            .unwrap();
+        let mut child = spawn_inheriting(&mut cmd, &[keep_r.as_fd()]).unwrap();
         let status = child.wait().unwrap();
         assert!(status.success(), "child saw the wrong descriptors");
     }

@@ -5,7 +5,10 @@ use std::fmt;
 #[derive(Debug)]
 pub enum WireError {
     /// A socket operation failed.
-    Io { op: &'static str, err: std::io::Error },
+    Io {
+        op: &'static str,
+        err: std::io::Error,
+    },
     /// The peer closed the connection.
     Closed { during: &'static str },
     /// No data within the allowed time.
@@ -37,7 +40,10 @@ impl fmt::Display for WireError {
                 write!(f, "peer sent nothing for {secs} s during {during}")
             }
             WireError::FrameTooLarge { len, limit } => {
-                write!(f, "peer announced a frame of {len} bytes; the limit is {limit}")
+                write!(
+                    f,
+                    "peer announced a frame of {len} bytes; the limit is {limit}"
+                )
             }
             WireError::FrameTooShort { len } => write!(f, "peer sent a frame of only {len} bytes"),
             WireError::Decrypt => write!(f, "a frame failed authentication (tampered or forged)"),

@@ -150,11 +150,18 @@ impl RecvHalf {
                 limit: FRAME_MAX,
             });
         }
-        let min = if self.cipher.is_some() { FRAME_TAG + 1 } else { 1 };
+        let min = if self.cipher.is_some() {
+            FRAME_TAG + 1
+        } else {
+            1
+        };
         if len < min {
             return Err(WireError::FrameTooShort { len });
         }
-        let body = self.wire.get_mut(..len).ok_or(WireError::FrameTooShort { len })?;
+        let body = self
+            .wire
+            .get_mut(..len)
+            .ok_or(WireError::FrameTooShort { len })?;
         self.stream
             .read_exact(body)
             .map_err(|e| WireError::from_read(e, during, self.timeout_secs))?;
@@ -169,7 +176,9 @@ impl RecvHalf {
             }
             None => body,
         };
-        let (&k, payload) = plain.split_first().ok_or(WireError::FrameTooShort { len })?;
+        let (&k, payload) = plain
+            .split_first()
+            .ok_or(WireError::FrameTooShort { len })?;
         Ok((Kind::from_u8(k)?, payload))
     }
 }

@@ -22,7 +22,16 @@ const HANDSHAKE_MSG_MAX: usize = 128;
 
 fn preamble(secure: bool) -> [u8; 8] {
     let v = PROTOCOL_VERSION.to_be_bytes();
-    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], u8::from(secure), 0]
+    [
+        MAGIC[0],
+        MAGIC[1],
+        MAGIC[2],
+        MAGIC[3],
+        v[0],
+        v[1],
+        u8::from(secure),
+        0,
+    ]
 }
 
 fn describe(p: &[u8; 8]) -> Result<(u16, bool), WireError> {
@@ -53,7 +62,10 @@ fn write_msg(s: &mut TcpStream, msg: &[u8]) -> Result<(), WireError> {
         .map_err(|err| WireError::Io { op: "write", err })
 }
 
-fn read_msg<'b>(s: &mut TcpStream, buf: &'b mut [u8; HANDSHAKE_MSG_MAX]) -> Result<&'b [u8], WireError> {
+fn read_msg<'b>(
+    s: &mut TcpStream,
+    buf: &'b mut [u8; HANDSHAKE_MSG_MAX],
+) -> Result<&'b [u8], WireError> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).map_err(io_err("authentication"))?;
     let len = u32::from_be_bytes(len) as usize;
@@ -81,11 +93,15 @@ fn builder<'a>(key: &'a Key, prologue: &'a [u8]) -> Result<snow::Builder<'a>, Wi
 fn halves(stream: TcpStream, cipher: Cipher) -> Result<(SendHalf, RecvHalf), WireError> {
     stream
         .set_read_timeout(Some(IDLE_TIMEOUT))
-        .map_err(|err| WireError::Io { op: "set timeout", err })?;
+        .map_err(|err| WireError::Io {
+            op: "set timeout",
+            err,
+        })?;
     let _ = stream.set_nodelay(true);
-    let rx = stream
-        .try_clone()
-        .map_err(|err| WireError::Io { op: "clone socket", err })?;
+    let rx = stream.try_clone().map_err(|err| WireError::Io {
+        op: "clone socket",
+        err,
+    })?;
     Ok((
         SendHalf::new(stream, cipher.clone()),
         RecvHalf::new(rx, cipher, IDLE_TIMEOUT.as_secs()),
@@ -93,10 +109,16 @@ fn halves(stream: TcpStream, cipher: Cipher) -> Result<(SendHalf, RecvHalf), Wir
 }
 
 /// Source side (Noise initiator). `key = None` is plaintext and needs `--insecure`.
-pub fn connect(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, RecvHalf), WireError> {
+pub fn connect(
+    mut stream: TcpStream,
+    key: Option<&Key>,
+) -> Result<(SendHalf, RecvHalf), WireError> {
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(|err| WireError::Io { op: "set timeout", err })?;
+        .map_err(|err| WireError::Io {
+            op: "set timeout",
+            err,
+        })?;
     let ours = preamble(key.is_some());
     stream
         .write_all(&ours)
@@ -156,7 +178,10 @@ pub fn connect(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, Re
 pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, RecvHalf), WireError> {
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(|err| WireError::Io { op: "set timeout", err })?;
+        .map_err(|err| WireError::Io {
+            op: "set timeout",
+            err,
+        })?;
     let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut theirs = [0u8; 8];
     stream
@@ -213,13 +238,9 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    fn pair(
-        client_key: Option<Key>,
-        server_key: Option<Key>,
-    ) -> (
-        Result<(SendHalf, RecvHalf), WireError>,
-        Result<(SendHalf, RecvHalf), WireError>,
-    ) {
+    type Side = Result<(SendHalf, RecvHalf), WireError>;
+
+    fn pair(client_key: Option<Key>, server_key: Option<Key>) -> (Side, Side) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
@@ -249,7 +270,10 @@ mod tests {
 
     #[test]
     fn wrong_key_is_refused_on_both_sides() {
-        let (c, s) = pair(Some(Key::generate().unwrap()), Some(Key::generate().unwrap()));
+        let (c, s) = pair(
+            Some(Key::generate().unwrap()),
+            Some(Key::generate().unwrap()),
+        );
         let ce = c.err().unwrap().to_string();
         let se = s.err().unwrap().to_string();
         assert!(ce.contains("keys differ"), "{ce}");
@@ -259,7 +283,11 @@ mod tests {
     #[test]
     fn insecure_against_keyed_is_refused_with_the_reason() {
         let (c, s) = pair(None, Some(Key::generate().unwrap()));
-        assert!(c.err().unwrap().to_string().contains("destination runs with a key"));
+        assert!(c
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("destination runs with a key"));
         assert!(s.is_err());
     }
 
@@ -285,7 +313,8 @@ mod tests {
         s.write_all(&preamble(false)).unwrap();
         let mut p = [0u8; 8];
         s.read_exact(&mut p).unwrap();
-        s.write_all(&(crate::limits::FRAME_MAX as u32 + 1).to_be_bytes()).unwrap();
+        s.write_all(&(crate::limits::FRAME_MAX as u32 + 1).to_be_bytes())
+            .unwrap();
         let e = t.join().unwrap();
         assert!(e.contains("limit is 65535"), "{e}");
     }

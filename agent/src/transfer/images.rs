@@ -42,7 +42,9 @@ pub fn send_dir(
         .map_err(|e| e.to_string())?;
         let mut size = 0u64;
         loop {
-            let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             if n == 0 {
                 break;
             }
@@ -62,14 +64,21 @@ pub fn send_dir(
 
 /// Checks a file name from the peer: a plain, short, printable name.
 pub fn check_name(name: &str) -> Result<(), WireError> {
-    let bad = |why: &str| Err(WireError::Protocol(format!("file name {name:?} refused: {why}")));
+    let bad = |why: &str| {
+        Err(WireError::Protocol(format!(
+            "file name {name:?} refused: {why}"
+        )))
+    };
     if name.is_empty() || name == "." || name == ".." {
         return bad("not a file name");
     }
     if name.len() > FILE_NAME_MAX {
         return bad(&format!("longer than {FILE_NAME_MAX} bytes"));
     }
-    if name.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_control()) {
+    if name
+        .bytes()
+        .any(|b| b == b'/' || b == 0 || b.is_ascii_control())
+    {
         return bad("contains '/', NUL or a control character");
     }
     Ok(())
@@ -176,8 +185,12 @@ mod tests {
     }
 
     fn sink(d: &Path) -> ImageSink {
-        let fd = rustix::fs::open(d, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .unwrap();
+        let fd = rustix::fs::open(
+            d,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
         ImageSink::new(fd)
     }
 
@@ -195,17 +208,35 @@ mod tests {
     fn receives_files_and_refuses_duplicates_and_symlinks() {
         let d = tempdir("recv");
         let mut s = sink(&d);
-        s.begin(FileBegin { name: "core-1.img".into(), mode: 0o644 }).unwrap();
+        s.begin(FileBegin {
+            name: "core-1.img".into(),
+            mode: 0o644,
+        })
+        .unwrap();
         s.data(b"abc").unwrap();
         s.end(FileEnd { size: 3 }).unwrap();
         assert_eq!(std::fs::read(d.join("core-1.img")).unwrap(), b"abc");
         // Duplicate.
-        assert!(s.begin(FileBegin { name: "core-1.img".into(), mode: 0 }).is_err());
+        assert!(s
+            .begin(FileBegin {
+                name: "core-1.img".into(),
+                mode: 0
+            })
+            .is_err());
         // A planted symlink is not followed.
         std::os::unix::fs::symlink("/etc/passwd", d.join("evil.img")).unwrap();
-        assert!(s.begin(FileBegin { name: "evil.img".into(), mode: 0 }).is_err());
+        assert!(s
+            .begin(FileBegin {
+                name: "evil.img".into(),
+                mode: 0
+            })
+            .is_err());
         // Size mismatch.
-        s.begin(FileBegin { name: "x.img".into(), mode: 0 }).unwrap();
+        s.begin(FileBegin {
+            name: "x.img".into(),
+            mode: 0,
+        })
+        .unwrap();
         s.data(b"12").unwrap();
         assert!(s.end(FileEnd { size: 3 }).is_err());
         assert!(s.done(&ImagesDone { files: 9, bytes: 0 }).is_err());

@@ -148,14 +148,18 @@ fn read_loop(
                 match fd {
                     Some(fd) => match write_all(&fd, body) {
                         Ok(()) => {
-                            counters.pages_in.fetch_add(body.len() as u64, Ordering::Relaxed);
+                            counters
+                                .pages_in
+                                .fetch_add(body.len() as u64, Ordering::Relaxed);
                             continue;
                         }
                         Err(err) => Err(WireError::Protocol(format!(
                             "local CRIU page server stopped taking pages: {err}"
                         ))),
                     },
-                    None => Err(WireError::Protocol("page data before the page server".into())),
+                    None => Err(WireError::Protocol(
+                        "page data before the page server".into(),
+                    )),
                 }
             }
             Ok((Kind::PageEof, _)) => {

@@ -40,7 +40,9 @@ pub fn spawn_outbound(
                     Ok(n) => n,
                     Err(rustix::io::Errno::INTR) => continue,
                     Err(e) => {
-                        return Err(WireError::Protocol(format!("reading CRIU's page stream: {e}")))
+                        return Err(WireError::Protocol(format!(
+                            "reading CRIU's page stream: {e}"
+                        )))
                     }
                 };
                 if let Err(e) = send_frame(&tx, Kind::PageData, buf.get(..n).unwrap_or_default()) {
@@ -55,7 +57,10 @@ pub fn spawn_outbound(
             send_frame(&tx, Kind::PageEof, &[])?;
             Ok(total)
         })
-        .map_err(|err| WireError::Io { op: "spawn relay thread", err })
+        .map_err(|err| WireError::Io {
+            op: "spawn relay thread",
+            err,
+        })
 }
 
 /// Total bytes so far.
