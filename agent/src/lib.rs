@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod limits;
 pub mod logger;
 pub mod plan;
+pub mod register;
 pub mod source;
 pub mod summary;
 pub mod sys;

@@ -61,17 +61,22 @@ pub fn init(level: LevelFilter) {
 /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 fn push_timestamp(out: &mut String, now: SystemTime) {
     let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
+    push_date_time(out, d.as_secs());
+    use std::fmt::Write as _;
+    let _ = write!(out, ".{:03}Z", d.subsec_millis());
+}
+
+/// Appends `YYYY-MM-DDTHH:MM:SS` (UTC) for seconds since the epoch.
+pub fn push_date_time(out: &mut String, secs: u64) {
     let (y, m, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     use std::fmt::Write as _;
     let _ = write!(
         out,
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         (rem / 60) % 60,
-        rem % 60,
-        d.subsec_millis()
+        rem % 60
     );
 }
 

@@ -2,6 +2,7 @@
 //! No I/O here, so every option set is unit-tested and shown by `haul inspect`.
 
 pub mod pid;
+pub mod runc;
 
 /// CRIU log verbosity haul asks for (runc uses 4 as well: enough to diagnose mount and
 /// cgroup failures).

@@ -133,7 +133,9 @@ impl Patcher<'_, '_> {
                     match esc {
                         Some(b'u') => {
                             // Keys haul looks for are ASCII; keep the escape text as is.
-                            text.extend_from_slice(self.s.get(self.i..self.i + 6).unwrap_or_default());
+                            text.extend_from_slice(
+                                self.s.get(self.i..self.i + 6).unwrap_or_default(),
+                            );
                             self.i += 6;
                         }
                         Some(c) => {
@@ -191,7 +193,9 @@ impl Patcher<'_, '_> {
                 let ok = lit == b"true"
                     || lit == b"false"
                     || lit == b"null"
-                    || lit.iter().all(|c| c.is_ascii_digit() || b"+-.eE".contains(c));
+                    || lit
+                        .iter()
+                        .all(|c| c.is_ascii_digit() || b"+-.eE".contains(c));
                 if !ok {
                     return Err(self.err("bad literal"));
                 }
@@ -370,7 +374,17 @@ mod tests {
 
     #[test]
     fn malformed_input_is_an_error_not_a_panic() {
-        for bad in ["", "{", r#"{"a":}"#, r#"{"a":1,}"#, r#"{"a" 1}"#, "[1,2", r#""abc"#, "{}x", "nul"] {
+        for bad in [
+            "",
+            "{",
+            r#"{"a":}"#,
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            "[1,2",
+            r#""abc"#,
+            "{}x",
+            "nul",
+        ] {
             assert!(patch(bad, &[]).is_err(), "{bad:?}");
         }
         let deep = "[".repeat(100) + &"]".repeat(100);

@@ -51,7 +51,8 @@ mod tests {
     #[test]
     fn only_the_chosen_descriptor_is_inherited() {
         let (keep_r, _keep_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
-        let (other_r, _other_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let (other_r, _other_w) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let script = format!(
             "test -e /proc/self/fd/{} && ! test -e /proc/self/fd/{}",
             keep_r.as_raw_fd(),

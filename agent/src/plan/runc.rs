@@ -1,0 +1,322 @@
+//! Options for a runc container: external mounts (binds, cgroup v1 hierarchies, masked files,
+//! devices), the frozen cgroup, the root, and on restore the re-plumbed stdio pipes.
+//!
+//! Pure functions over a small view of the container (`Container`) and of the host's cgroup
+//! hierarchies (`Hierarchy`), so both option sets can be shown by `haul inspect` and tested on
+//! fixtures.
+
+use super::LOG_LEVEL;
+use haul_proto::criu::{
+    CgroupRoot, CriuCgMode, CriuOpts, CriuPageServerInfo, ExtMountMap, InheritFd,
+};
+
+/// `CLONE_NEWNET`: runc restores the network namespace empty ("runc doesn't manage network
+/// devices"); haul does the same.
+pub const CLONE_NEWNET: u32 = 0x4000_0000;
+
+/// What the plans need to know about the container.
+#[derive(Debug, Clone, Default)]
+pub struct Container {
+    pub init_pid: i32,
+    pub rootfs: String,
+    /// Bind mounts: (destination inside the container, source on the host).
+    pub binds: Vec<(String, String)>,
+    /// Destinations of `cgroup` mounts inside the container (usually `/sys/fs/cgroup`).
+    pub cgroup_mounts: Vec<String>,
+    /// Masked paths that exist in the container and are not directories (runc bind-mounts
+    /// /dev/null over them).
+    pub masked_files: Vec<String>,
+    /// Device node paths from the config.
+    pub devices: Vec<String>,
+    /// The container's freezer cgroup directory (cgroup v1), if any.
+    pub freezer: Option<String>,
+    /// Link targets of init's fds 0-2 (runc's descriptors.json).
+    pub stdio: [String; 3],
+}
+
+/// A cgroup v1 hierarchy mounted on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// Host mount point, e.g. `/sys/fs/cgroup/memory`.
+    pub mount_point: String,
+    /// Directory for the container in this hierarchy on this host.
+    pub container_dir: String,
+}
+
+impl Hierarchy {
+    /// The name runc gives the bind inside the container: the mount point's last component.
+    pub fn name(&self) -> &str {
+        self.mount_point.rsplit('/').next().unwrap_or("")
+    }
+}
+
+/// A note shown by `haul inspect` about what the plan does or leaves to CRIU.
+pub type Notes = Vec<String>;
+
+fn ext(key: &str, val: &str) -> ExtMountMap {
+    ExtMountMap {
+        key: key.into(),
+        val: val.into(),
+    }
+}
+
+/// External mounts on dump: every key maps to itself (or /dev/null for masked files).
+pub fn dump_ext_mounts(
+    c: &Container,
+    hierarchies: &[Hierarchy],
+    notes: &mut Notes,
+) -> Vec<ExtMountMap> {
+    let mut out = Vec::new();
+    for (dest, _) in &c.binds {
+        out.push(ext(dest, dest));
+    }
+    for m in &c.cgroup_mounts {
+        if hierarchies.is_empty() {
+            notes.push(format!(
+                "{m}: a cgroup2 mount, not a bind: CRIU dumps and restores it itself"
+            ));
+        }
+        for h in hierarchies {
+            let key = format!("{}/{}", m.trim_end_matches('/'), h.name());
+            out.push(ext(&key, &key));
+        }
+    }
+    for p in &c.masked_files {
+        out.push(ext(p, "/dev/null"));
+    }
+    for d in &c.devices {
+        out.push(ext(d, d));
+    }
+    out
+}
+
+/// DUMP of the container: pages through `ps_fd`, held at post-dump, cgroup already frozen.
+pub fn dump(
+    c: &Container,
+    hierarchies: &[Hierarchy],
+    images_dir_fd: i32,
+    ps_fd: i32,
+) -> (CriuOpts, Notes) {
+    let mut notes = Notes::new();
+    let ext_mnt = dump_ext_mounts(c, hierarchies, &mut notes);
+    let opts = CriuOpts {
+        images_dir_fd,
+        pid: Some(c.init_pid),
+        root: Some(c.rootfs.clone()),
+        log_level: Some(LOG_LEVEL),
+        log_file: Some("dump.log".into()),
+        ps: Some(CriuPageServerInfo {
+            fd: Some(ps_fd),
+            ..Default::default()
+        }),
+        notify_scripts: Some(true),
+        manage_cgroups: Some(true),
+        manage_cgroups_mode: Some(CriuCgMode::Ignore as i32),
+        freeze_cgroup: c.freezer.clone(),
+        file_locks: Some(true),
+        ext_unix_sk: Some(true),
+        tcp_established: Some(true),
+        orphan_pts_master: Some(true),
+        empty_ns: Some(CLONE_NEWNET),
+        ext_mnt,
+        ..Default::default()
+    };
+    if c.freezer.is_none() {
+        notes.push("no v1 freezer cgroup: CRIU freezes the tasks with ptrace".into());
+    }
+    (opts, notes)
+}
+
+/// Where things are on the destination.
+#[derive(Debug, Clone, Default)]
+pub struct Destination {
+    /// Bind sources on this host, by destination inside the container.
+    pub binds: Vec<(String, String)>,
+    /// This host's hierarchies with the new container's directories.
+    pub hierarchies: Vec<Hierarchy>,
+    /// The rootfs bind-mounted on a private temporary mount point.
+    pub root_mount: String,
+    /// (key `pipe:[N]`, fd number inherited by CRIU) for each stdio pipe.
+    pub inherit: Vec<(String, i32)>,
+}
+
+/// RESTORE of the container on the destination.
+pub fn restore(c: &Container, d: &Destination, images_dir_fd: i32) -> (CriuOpts, Notes) {
+    let mut notes = Notes::new();
+    let mut ext_mnt = Vec::new();
+    for (dest, src) in &c.binds {
+        let here = d
+            .binds
+            .iter()
+            .find(|(k, _)| k == dest)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(src);
+        ext_mnt.push(ext(dest, here));
+    }
+    for m in &c.cgroup_mounts {
+        if d.hierarchies.is_empty() {
+            notes.push(format!("{m}: cgroup2: restored by CRIU itself"));
+        }
+        for h in &d.hierarchies {
+            ext_mnt.push(ext(
+                &format!("{}/{}", m.trim_end_matches('/'), h.name()),
+                &h.container_dir,
+            ));
+        }
+    }
+    for p in &c.masked_files {
+        ext_mnt.push(ext(p, "/dev/null"));
+    }
+    for dev in &c.devices {
+        ext_mnt.push(ext(dev, dev));
+    }
+    let opts = CriuOpts {
+        images_dir_fd,
+        root: Some(d.root_mount.clone()),
+        log_level: Some(LOG_LEVEL),
+        log_file: Some("restore.log".into()),
+        notify_scripts: Some(true),
+        rst_sibling: Some(true),
+        evasive_devices: Some(true),
+        manage_cgroups: Some(true),
+        manage_cgroups_mode: Some(CriuCgMode::Ignore as i32),
+        file_locks: Some(true),
+        ext_unix_sk: Some(true),
+        tcp_established: Some(true),
+        orphan_pts_master: Some(true),
+        empty_ns: Some(CLONE_NEWNET),
+        ext_mnt,
+        inherit_fd: d
+            .inherit
+            .iter()
+            .map(|(key, fd)| InheritFd {
+                key: key.clone(),
+                fd: *fd,
+            })
+            .collect(),
+        cg_root: Vec::<CgroupRoot>::new(),
+        ..Default::default()
+    };
+    (opts, notes)
+}
+
+/// Distinct `pipe:[N]` keys among the stdio targets, with the fds that use each.
+pub fn stdio_pipes(stdio: &[String; 3]) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    for (fd, t) in stdio.iter().enumerate() {
+        if t.starts_with("pipe:[") && t.ends_with(']') {
+            match out.iter_mut().find(|(k, _)| k == t) {
+                Some((_, fds)) => fds.push(fd),
+                None => out.push((t.clone(), vec![fd])),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container() -> Container {
+        Container {
+            init_pid: 7769,
+            rootfs: "/srv/bundles/ctp/rootfs".into(),
+            binds: vec![
+                ("/data".into(), "/srv/bundles/ctp/hostdata".into()),
+                ("/etc/app.conf".into(), "/srv/bundles/ctp/app.conf".into()),
+            ],
+            cgroup_mounts: vec!["/sys/fs/cgroup".into()],
+            masked_files: vec!["/proc/kcore".into()],
+            devices: vec!["/dev/null".into()],
+            freezer: Some("/sys/fs/cgroup/freezer/ctp".into()),
+            stdio: [
+                "/dev/null".into(),
+                "pipe:[23204]".into(),
+                "pipe:[23204]".into(),
+            ],
+        }
+    }
+
+    fn hierarchies(dir: &str) -> Vec<Hierarchy> {
+        ["memory", "systemd"]
+            .iter()
+            .map(|n| Hierarchy {
+                mount_point: format!("/sys/fs/cgroup/{n}"),
+                container_dir: format!("/sys/fs/cgroup/{n}/{dir}"),
+            })
+            .collect()
+    }
+
+    fn find<'a>(m: &'a [ExtMountMap], key: &str) -> Option<&'a str> {
+        m.iter().find(|e| e.key == key).map(|e| e.val.as_str())
+    }
+
+    #[test]
+    fn dump_maps_every_external_mount_to_itself() {
+        let (o, notes) = dump(&container(), &hierarchies("ctp"), 5, 9);
+        let m = &o.ext_mnt;
+        assert_eq!(find(m, "/data"), Some("/data"));
+        assert_eq!(find(m, "/etc/app.conf"), Some("/etc/app.conf"));
+        assert_eq!(
+            find(m, "/sys/fs/cgroup/memory"),
+            Some("/sys/fs/cgroup/memory")
+        );
+        assert_eq!(
+            find(m, "/sys/fs/cgroup/systemd"),
+            Some("/sys/fs/cgroup/systemd")
+        );
+        assert_eq!(find(m, "/proc/kcore"), Some("/dev/null"));
+        assert_eq!(find(m, "/dev/null"), Some("/dev/null"));
+        assert_eq!(
+            o.freeze_cgroup.as_deref(),
+            Some("/sys/fs/cgroup/freezer/ctp")
+        );
+        assert_eq!(o.root.as_deref(), Some("/srv/bundles/ctp/rootfs"));
+        assert_eq!(o.manage_cgroups_mode, Some(CriuCgMode::Ignore as i32));
+        assert_eq!(o.empty_ns, Some(CLONE_NEWNET));
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn restore_maps_binds_and_cgroups_to_this_host_and_replumbs_pipes() {
+        let d = Destination {
+            binds: vec![("/data".into(), "/mnt/other/hostdata".into())],
+            hierarchies: hierarchies("web2"),
+            root_mount: "/var/lib/haul/m1/root".into(),
+            inherit: vec![("pipe:[23204]".into(), 11)],
+        };
+        let (o, _) = restore(&container(), &d, 5);
+        let m = &o.ext_mnt;
+        assert_eq!(find(m, "/data"), Some("/mnt/other/hostdata"));
+        assert_eq!(find(m, "/etc/app.conf"), Some("/srv/bundles/ctp/app.conf"));
+        assert_eq!(
+            find(m, "/sys/fs/cgroup/memory"),
+            Some("/sys/fs/cgroup/memory/web2")
+        );
+        assert_eq!(find(m, "/proc/kcore"), Some("/dev/null"));
+        assert_eq!(o.inherit_fd.len(), 1);
+        assert_eq!(o.inherit_fd[0].key, "pipe:[23204]");
+        assert_eq!(o.inherit_fd[0].fd, 11);
+        assert_eq!(o.rst_sibling, Some(true));
+        assert_eq!(o.evasive_devices, Some(true));
+        assert_eq!(o.root.as_deref(), Some("/var/lib/haul/m1/root"));
+    }
+
+    #[test]
+    fn cgroup2_mounts_are_left_to_criu_and_said_so() {
+        let (o, notes) = dump(&container(), &[], 5, 9);
+        assert!(find(&o.ext_mnt, "/sys/fs/cgroup/memory").is_none());
+        assert!(notes
+            .iter()
+            .any(|n| n.contains("CRIU dumps and restores it itself")));
+    }
+
+    #[test]
+    fn one_pipe_for_stdout_and_stderr_is_one_inherit_entry() {
+        let p = stdio_pipes(&container().stdio);
+        assert_eq!(p, vec![("pipe:[23204]".to_string(), vec![1, 2])]);
+        let p = stdio_pipes(&["pipe:[1]".into(), "/dev/null".into(), "pipe:[2]".into()]);
+        assert_eq!(p.len(), 2);
+    }
+}
