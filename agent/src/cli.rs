@@ -35,6 +35,8 @@ pub enum Command {
     Migrate(Migrate),
     Keygen(Keygen),
     Check(Check),
+    Inspect(Inspect),
+    StdioRelay(StdioRelay),
 }
 
 /// Destination: accept migrations and restore them here with CRIU.
@@ -68,6 +70,18 @@ pub struct Serve {
     /// keep images after a successful restore (debugging)
     #[argh(switch)]
     pub keep_images: bool,
+    /// runc state root for restored containers (default /run/runc)
+    #[argh(option, default = "PathBuf::from(\"/run/runc\")")]
+    pub runc_root: PathBuf,
+    /// where bundles go with --fs copy (default /var/lib/haul/bundles)
+    #[argh(option, default = "PathBuf::from(\"/var/lib/haul/bundles\")")]
+    pub bundle_root: PathBuf,
+    /// where restored containers' stdout/stderr logs go (default /var/log/haul)
+    #[argh(option, default = "PathBuf::from(\"/var/log/haul\")")]
+    pub stdio_dir: PathBuf,
+    /// runc binary (default: runc on PATH)
+    #[argh(option)]
+    pub runc: Option<PathBuf>,
 }
 
 /// Source: migrate something to a host running `haul serve`.
@@ -82,6 +96,105 @@ pub struct Migrate {
 #[argh(subcommand)]
 pub enum MigrateWhat {
     Pid(MigratePid),
+    Runc(MigrateRunc),
+}
+
+/// Migrate a runc container: checkpoint it here, restore it on the destination and register it
+/// with runc there (`runc list/exec/kill` work on the destination afterwards).
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "runc",
+    example = "haul migrate runc web1 --to 10.0.0.2:7070 --key /etc/haul/key\n\
+               haul migrate runc web1 --to 10.0.0.2:7070 --key k --dst-id web1-b --fs copy",
+    note = "Before anything freezes, the destination checks: the id is free in its runc root, the\n\
+            bundle is there (or is copied with --fs copy), every bind-mount source exists, runc and\n\
+            CRIU are present and recent enough. Then the container's cgroup is frozen, CRIU dumps it\n\
+            while its pages stream, and it is stopped here only after the destination holds the\n\
+            restored copy; any failure before that thaws it here with its memory intact.\n\n\
+            exit codes: 0 migrated; 2 bad arguments; 3 criu/runc missing or too old; 4 authentication;\n\
+            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt"
+)]
+pub struct MigrateRunc {
+    /// container id
+    #[argh(positional)]
+    pub id: String,
+    /// destination ADDR:PORT where `haul serve` listens
+    #[argh(option)]
+    pub to: String,
+    /// pre-shared key file (made by `haul keygen`); required unless --insecure
+    #[argh(option)]
+    pub key: Option<PathBuf>,
+    /// run without authentication or encryption (trusted test networks only)
+    #[argh(switch)]
+    pub insecure: bool,
+    /// runc state root here (default /run/runc)
+    #[argh(option, default = "PathBuf::from(\"/run/runc\")")]
+    pub runc_root: PathBuf,
+    /// id of the container on the destination (default: the same id)
+    #[argh(option)]
+    pub dst_id: Option<String>,
+    /// filesystem: shared (the bundle path exists on both hosts; default) or copy
+    #[argh(option, default = "String::from(\"shared\")")]
+    pub fs: String,
+    /// runc binary here (default: runc on PATH)
+    #[argh(option)]
+    pub runc: Option<PathBuf>,
+    /// criu binary (default: $HAUL_CRIU, else criu on PATH)
+    #[argh(option)]
+    pub criu: Option<PathBuf>,
+    /// where the images written here go (default /var/lib/haul)
+    #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
+    pub work_dir: PathBuf,
+    /// also write the summary as JSON to this file
+    #[argh(option)]
+    pub stats_json: Option<PathBuf>,
+}
+
+/// Show what haul sees and would ask CRIU, without freezing anything.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "inspect")]
+pub struct Inspect {
+    #[argh(subcommand)]
+    pub what: InspectWhat,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum InspectWhat {
+    Runc(InspectRunc),
+}
+
+/// Print a runc container as haul parses it and the CRIU dump and restore options it would use
+/// on this host.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "runc",
+    example = "haul inspect runc web1\nhaul inspect runc web1 --runc-root /run/runc --json"
+)]
+pub struct InspectRunc {
+    /// container id
+    #[argh(positional)]
+    pub id: String,
+    /// runc state root (default /run/runc)
+    #[argh(option, default = "PathBuf::from(\"/run/runc\")")]
+    pub runc_root: PathBuf,
+    /// machine-readable output
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// (internal) relay a restored container's stdio pipe into a log file; started by `haul serve`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "stdio-relay")]
+pub struct StdioRelay {
+    /// log file to append to
+    #[argh(option)]
+    pub log: PathBuf,
+    /// hold stdin open (the write end of a container's stdin pipe) until killed
+    #[argh(switch)]
+    pub hold: bool,
 }
 
 /// Migrate a process tree: PID must be the init of its own pid namespace and a session leader

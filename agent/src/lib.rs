@@ -4,12 +4,12 @@
 //! `transfer` (pages, images). Destination: `transfer` → `plan` → `criu` (restore) → register.
 //! `source` and `dest` orchestrate; see ARCHITECTURE.md.
 
+pub mod cgroups;
 pub mod check;
 pub mod cli;
 pub mod criu;
 pub mod dest;
 pub mod error;
-// pub mod inspect;  (helper in progress)
 pub mod inspect;
 pub mod limits;
 pub mod logger;

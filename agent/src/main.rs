@@ -96,10 +96,19 @@ fn run(cli: Cli) -> Result<()> {
                 criu: criu_of(s.criu.as_deref())?,
                 work_root: s.work_dir,
                 keep_images: s.keep_images,
+                runc_root: s.runc_root,
+                bundle_root: s.bundle_root,
+                stdio_dir: s.stdio_dir,
+                runc: s.runc.unwrap_or_else(|| "runc".into()),
             };
             haul::dest::serve::serve(&s.listen, cfg)
         }
         Command::Migrate(m) => match m.what {
+            MigrateWhat::Runc(r) => {
+                let key = key_of(r.key.as_deref(), r.insecure)?;
+                let criu = criu_of(r.criu.as_deref())?;
+                haul::source::runc::migrate_runc(&r, key.as_ref(), &criu, cli.quiet)
+            }
             MigrateWhat::Pid(p) => {
                 let key = key_of(p.key.as_deref(), p.insecure)?;
                 let criu = criu_of(p.criu.as_deref())?;
@@ -116,6 +125,12 @@ fn run(cli: Cli) -> Result<()> {
                 )
             }
         },
+        Command::Inspect(i) => match i.what {
+            haul::cli::InspectWhat::Runc(r) => {
+                haul::source::runc::inspect(&r.runc_root, &r.id, r.json)
+            }
+        },
+        Command::StdioRelay(r) => haul::dest::stdio::relay(&r.log, r.hold),
         Command::Check(c) => {
             let key = match &c.to {
                 Some(_) => key_of(c.key.as_deref(), c.insecure)?,

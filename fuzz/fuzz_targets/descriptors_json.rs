@@ -18,5 +18,5 @@ fuzz_target!(|data: &[u8]| {
             panic!("a text buffer as large as the input ran out")
         }
         Err(_) => {}
-    }
+    };
 });

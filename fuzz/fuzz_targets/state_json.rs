@@ -7,7 +7,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut text = vec![0u8; data.len()];
-    match parse_state(data, &mut text) {
+    let parsed = parse_state(data, &mut text);
+    match parsed {
         Ok(state) => {
             assert!(state.rootfs.len() <= bounds::PATH_MAX);
             assert!(state.mounts.iter().all(|m| m.source.len() <= bounds::PATH_MAX));
@@ -16,5 +17,5 @@ fuzz_target!(|data: &[u8]| {
             panic!("a text buffer as large as the input ran out")
         }
         Err(_) => {}
-    }
+    };
 });

@@ -1,10 +1,18 @@
 //! `cargo xtask`: everything CI and developers run, one file per subcommand.
 //!
-//! Subcommands: `proto [--check]`, `test [--target T]`, `demo`, `lab` (install test tools).
+//! Subcommands: `proto [--check]`, `test [--target T]`, `demo`, `lab` (install test tools),
+//! `dist`, `size`, `deps`, `init-check`.
 
 mod demo;
+mod deps;
+mod dist;
+mod elf;
+mod init_check;
 mod lab;
 mod proto;
+mod sha256;
+mod size;
+mod targets;
 mod test;
 mod util;
 
@@ -16,8 +24,22 @@ usage: cargo xtask <command> [options]
 commands:
   demo                 build haul, create two test hosts (network namespaces joined by a veth
                        pair), migrate a workload between them and print the summary
-  test                 run every check and test CI runs (fmt, clippy, proto --check, unit and
-                       end-to-end tests with real CRIU); installs missing tools first
+  test                 run every check and test CI runs (fmt, clippy also for the musl targets,
+                       proto --check, init-check, deps, unit and end-to-end tests with real
+                       CRIU); installs missing tools first
+  test --target T      build the tests that need neither CRIU nor root (lib tests of haul and
+                       haul-proto) for T and run them, under qemu-aarch64-static for aarch64
+  dist [--target T]    fully static, stripped haul binaries in target/dist/haul-<T> with
+                       <T>.sha256; T: x86_64-unknown-linux-musl, aarch64-unknown-linux-musl
+                       or all (the default)
+  size [--target T] [--compare-opt-levels]
+                       dist, then each binary's size against the 2 MiB goal and its largest
+                       sections, crates and symbols (--compare-opt-levels: also build with
+                       opt-level s, z and 3)
+  deps                 dependency policy of the shipped binary: no crate in two versions, no
+                       crate that needs a C toolchain
+  init-check           check the OpenRC, SysV and systemd files in init/ (syntax, config,
+                       a start and stop of the SysV script, systemd-analyze verify)
   proto [--check]      regenerate proto/src/generated/*.rs from proto/proto/*.proto
                        (--check: fail if the committed files differ)
   lab                  install the test tools (CRIU 4.x in a private prefix, runc, iptables,
@@ -38,6 +60,10 @@ fn main() -> ExitCode {
         "test" => test::run(rest),
         "demo" => demo::run_demo(rest),
         "lab" => lab::install(),
+        "dist" => dist::run(rest),
+        "size" => size::run(rest),
+        "deps" => deps::run(rest),
+        "init-check" => init_check::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

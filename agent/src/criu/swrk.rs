@@ -134,6 +134,11 @@ impl Swrk {
         Ok(())
     }
 
+    /// Pid of the CRIU process (None for a test peer).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Sets the log file of the request in flight (quoted in errors).
     pub fn set_log(&mut self, path: PathBuf) {
         self.log = Some(path);

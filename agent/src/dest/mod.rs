@@ -1,5 +1,7 @@
 //! The destination side: `haul serve` accepts authenticated connections; each migration gets
 //! its own session (receive pages and images → restore held at post-restore → Ready → Commit).
 
+pub mod runc;
 pub mod serve;
 pub mod session;
+pub mod stdio;

@@ -2,6 +2,7 @@
 //! socketpair, receive pages and image files into a fresh per-migration directory, restore
 //! holding the tasks at post-restore, report Ready, and let them run only on Commit.
 
+use super::runc::RuncRestore;
 use super::serve::{Limits, Slot};
 use crate::criu::{self, stats, Event, Swrk, Version};
 use crate::error::{Error, Kind, Result};
@@ -24,6 +25,14 @@ pub struct SessionConfig {
     pub work_root: PathBuf,
     /// Keep the images after a successful restore (for debugging).
     pub keep_images: bool,
+    /// runc state root where restored containers are registered.
+    pub runc_root: PathBuf,
+    /// Where bundles go with `--fs copy`.
+    pub bundle_root: PathBuf,
+    /// Where restored containers' stdio logs go.
+    pub stdio_dir: PathBuf,
+    /// The runc binary.
+    pub runc: PathBuf,
 }
 
 /// Handles one connection; logs its outcome (never panics the server).
@@ -61,7 +70,7 @@ pub fn run(stream: TcpStream, peer: &str, cfg: &SessionConfig, limits: &Limits, 
         return;
     };
     let result = match Purpose::try_from(hello.purpose) {
-        Ok(Purpose::MigratePid) => migrate(&conn, &hello, cfg, peer),
+        Ok(Purpose::MigratePid) | Ok(Purpose::MigrateRunc) => migrate(&conn, &hello, cfg, peer),
         Ok(Purpose::Check) => check(&conn, cfg),
         _ => Err(Error::other(format!(
             "unsupported purpose {}",
@@ -164,8 +173,8 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         )));
     }
 
-    match conn.recv_control(IDLE_TIMEOUT, "prepare") {
-        Ok(Msg::Prepare(_)) => {}
+    let prepare = match conn.recv_control(IDLE_TIMEOUT, "prepare") {
+        Ok(Msg::Prepare(p)) => p,
         Ok(Msg::Abort(a)) => return Err(Error::other(format!("source aborted: {}", a.reason))),
         Ok(other) => {
             return Err(Error::other(format!(
@@ -174,7 +183,16 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
             )))
         }
         Err(e) => return Err(wire(e, "prepare")),
-    }
+    };
+    let mut job = match (Purpose::try_from(hello.purpose), prepare.runc) {
+        (Ok(Purpose::MigrateRunc), Some(rc)) => Some(RuncRestore::preflight(rc, cfg)?),
+        (Ok(Purpose::MigrateRunc), None) => {
+            return Err(Error::other(
+                "runc migration without a container description",
+            ))
+        }
+        _ => None,
+    };
     let id = crate::util::migration_id();
     let work = WorkDir::create(&cfg.work_root, &id)?;
     log::info!(
@@ -182,9 +200,12 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         hello.migration_id,
         work.path.display()
     );
-    let outcome = receive_and_restore(conn, cfg, &work, &mut swrk, ps_ours, ps_criu);
+    let outcome = receive_and_restore(conn, cfg, &work, &mut swrk, ps_ours, ps_criu, &mut job);
     match outcome {
         Ok(Outcome::Done(done)) => {
+            if let Some(j) = job.take() {
+                j.commit();
+            }
             log::info!(
                 "{peer}: migration {id} done: pid {} runs here (restore {} ms)",
                 done.restored_pid,
@@ -209,6 +230,8 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
             ))
         }
         Err(e) => {
+            // Unmount the container's root before anything under the directory goes.
+            drop(job.take());
             keep_logs(cfg, &work, &id);
             if let Err(r) = work.remove() {
                 log::warn!("{r}");
@@ -247,6 +270,7 @@ fn receive_and_restore(
     swrk: &mut Swrk,
     ps_ours: std::os::fd::OwnedFd,
     ps_criu: std::os::fd::OwnedFd,
+    job: &mut Option<RuncRestore>,
 ) -> Result<Outcome> {
     // Page server: CRIU forks it with our socketpair end; it writes pages-*.img into `work`.
     swrk.set_log(work.path.join("page-server.log"));
@@ -263,8 +287,21 @@ fn receive_and_restore(
     // Whatever happens next, the page server must not wait forever on its socket.
     let stop_pages = scopeguard(ps_ours.clone());
 
-    // Start the restoring CRIU now, so it is ready when the images are.
-    let mut restorer = Swrk::spawn(&cfg.criu, &[]).map_err(|e| Error::setup(e.to_string()))?;
+    // Start the restoring CRIU now, so it is ready when the images are; for a container, with
+    // the stdio pipes it hands over and inside the container's new cgroups.
+    if let Some(j) = job.as_mut() {
+        j.plumb()?;
+    }
+    let fds = job.as_ref().map(|j| j.restorer_fds()).unwrap_or_default();
+    let mut restorer = Swrk::spawn(&cfg.criu, &fds).map_err(|e| Error::setup(e.to_string()))?;
+    drop(fds);
+    if let Some(j) = job.as_mut() {
+        j.release_pipes();
+        let pid = restorer
+            .pid()
+            .ok_or_else(|| Error::other("restoring criu has no pid"))?;
+        j.attach(pid, work)?;
+    }
     conn.send(Msg::Prepared(Prepared {}))
         .map_err(|e| wire(e, "prepared"))?;
 
@@ -314,11 +351,12 @@ fn receive_and_restore(
     );
 
     restorer.set_log(work.path.join("restore.log"));
+    let opts = match job.as_ref() {
+        Some(j) => j.restore_opts(work.raw()),
+        None => crate::plan::pid::restore(work.raw()),
+    };
     restorer
-        .send(&Swrk::request(
-            CriuReqType::Restore,
-            crate::plan::pid::restore(work.raw()),
-        ))
+        .send(&Swrk::request(CriuReqType::Restore, opts))
         .map_err(|e| Error::other(e.to_string()))?;
     let mut restored_pid = 0;
     let mut committed = false;
@@ -329,6 +367,12 @@ fn receive_and_restore(
         match ev {
             Event::Notify { script, pid } if script == "post-restore" => {
                 restored_pid = pid;
+                if let Some(j) = job.as_mut() {
+                    if let Err(e) = j.register(pid) {
+                        let _ = restorer.notify_reply(false);
+                        return Err(e.context("registering with runc"));
+                    }
+                }
                 conn.send(Msg::Ready(Ready { restored_pid: pid }))
                     .map_err(|e| wire(e, "ready"))?;
                 match conn.recv_control(COMMIT_TIMEOUT, "commit") {
@@ -372,6 +416,9 @@ fn receive_and_restore(
         }
     }
     restorer.finish();
+    if job.is_some() && restored_pid > 0 {
+        reap_later(restored_pid);
+    }
     if !committed {
         return Err(Error::other(
             "criu finished the restore without post-restore",
@@ -387,6 +434,18 @@ fn receive_and_restore(
     };
     conn.send(Msg::Done(done)).map_err(|e| wire(e, "done"))?;
     Ok(Outcome::Done(done))
+}
+
+/// With `rst_sibling` the restored init is haul's child: reap it when it exits.
+fn reap_later(pid: i32) {
+    let Some(p) = rustix::process::Pid::from_raw(pid) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("haul-reaper".into())
+        .spawn(move || {
+            let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+        });
 }
 
 /// Shuts the page socket down when dropped, so a page server still waiting exits.

@@ -287,7 +287,7 @@ impl fmt::Display for StateError {
             .unwrap_or_default()
             .to_string_lossy();
         match self {
-            StateError::Read(e) => write!(f, "cannot read the state of container {id}: {e}"),
+            StateError::Read(e) => write!(f, "state of container {id}: {e}"),
             StateError::Parse { path, error } => {
                 write!(
                     f,
@@ -809,9 +809,12 @@ mod tests {
         let err = read_state(root.path(), &ContainerId::new("gone")?, &mut buf)
             .err()
             .ok_or("a missing state was read")?;
-        assert!(err
-            .to_string()
-            .starts_with("cannot read the state of container gone: cannot read "));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("state of container gone: cannot read "),
+            "{msg}"
+        );
+        assert!(msg.contains("gone/state.json"), "{msg}");
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 pub mod pid;
 pub mod runc;
+pub mod show;
 
 /// CRIU log verbosity haul asks for (runc uses 4 as well: enough to diagnose mount and
 /// cgroup failures).

@@ -23,6 +23,9 @@ pub struct Container {
     pub binds: Vec<(String, String)>,
     /// Destinations of `cgroup` mounts inside the container (usually `/sys/fs/cgroup`).
     pub cgroup_mounts: Vec<String>,
+    /// cgroup v1 hierarchies bound inside the container (from its mountinfo), e.g.
+    /// `/sys/fs/cgroup/memory`: runc's cgroup mount is a tmpfs with one bind per hierarchy.
+    pub cgroup_binds: Vec<String>,
     /// Masked paths that exist in the container and are not directories (runc bind-mounts
     /// /dev/null over them).
     pub masked_files: Vec<String>,
@@ -61,25 +64,20 @@ fn ext(key: &str, val: &str) -> ExtMountMap {
 }
 
 /// External mounts on dump: every key maps to itself (or /dev/null for masked files).
-pub fn dump_ext_mounts(
-    c: &Container,
-    hierarchies: &[Hierarchy],
-    notes: &mut Notes,
-) -> Vec<ExtMountMap> {
+pub fn dump_ext_mounts(c: &Container, notes: &mut Notes) -> Vec<ExtMountMap> {
     let mut out = Vec::new();
     for (dest, _) in &c.binds {
         out.push(ext(dest, dest));
     }
-    for m in &c.cgroup_mounts {
-        if hierarchies.is_empty() {
+    if c.cgroup_binds.is_empty() {
+        for m in &c.cgroup_mounts {
             notes.push(format!(
                 "{m}: a cgroup2 mount, not a bind: CRIU dumps and restores it itself"
             ));
         }
-        for h in hierarchies {
-            let key = format!("{}/{}", m.trim_end_matches('/'), h.name());
-            out.push(ext(&key, &key));
-        }
+    }
+    for key in &c.cgroup_binds {
+        out.push(ext(key, key));
     }
     for p in &c.masked_files {
         out.push(ext(p, "/dev/null"));
@@ -91,14 +89,9 @@ pub fn dump_ext_mounts(
 }
 
 /// DUMP of the container: pages through `ps_fd`, held at post-dump, cgroup already frozen.
-pub fn dump(
-    c: &Container,
-    hierarchies: &[Hierarchy],
-    images_dir_fd: i32,
-    ps_fd: i32,
-) -> (CriuOpts, Notes) {
+pub fn dump(c: &Container, images_dir_fd: i32, ps_fd: i32) -> (CriuOpts, Notes) {
     let mut notes = Notes::new();
-    let ext_mnt = dump_ext_mounts(c, hierarchies, &mut notes);
+    let ext_mnt = dump_ext_mounts(c, &mut notes);
     let opts = CriuOpts {
         images_dir_fd,
         pid: Some(c.init_pid),
@@ -153,19 +146,20 @@ pub fn restore(c: &Container, d: &Destination, images_dir_fd: i32) -> (CriuOpts,
             .unwrap_or(src);
         ext_mnt.push(ext(dest, here));
     }
-    for m in &c.cgroup_mounts {
-        if d.hierarchies.is_empty() {
-            notes.push(format!("{m}: cgroup2: restored by CRIU itself"));
-        }
-        for h in &d.hierarchies {
-            ext_mnt.push(ext(
-                &format!("{}/{}", m.trim_end_matches('/'), h.name()),
-                &h.container_dir,
-            ));
+    for key in &c.cgroup_binds {
+        // Exact match of the hierarchy's name (the last component of its mount point).
+        let name = key.rsplit('/').next().unwrap_or("");
+        match d.hierarchies.iter().find(|h| h.name() == name) {
+            Some(h) => ext_mnt.push(ext(key, &h.container_dir)),
+            None => notes.push(format!(
+                "{key}: no cgroup hierarchy named {name} on this host; CRIU will fail on it"
+            )),
         }
     }
-    for p in &c.masked_files {
-        ext_mnt.push(ext(p, "/dev/null"));
+    // On dump each masked file was recorded under the name "/dev/null" (the value of its
+    // entry); on restore the entry is keyed by that name.
+    if !c.masked_files.is_empty() {
+        ext_mnt.push(ext("/dev/null", "/dev/null"));
     }
     for dev in &c.devices {
         ext_mnt.push(ext(dev, dev));
@@ -227,6 +221,10 @@ mod tests {
                 ("/etc/app.conf".into(), "/srv/bundles/ctp/app.conf".into()),
             ],
             cgroup_mounts: vec!["/sys/fs/cgroup".into()],
+            cgroup_binds: vec![
+                "/sys/fs/cgroup/memory".into(),
+                "/sys/fs/cgroup/systemd".into(),
+            ],
             masked_files: vec!["/proc/kcore".into()],
             devices: vec!["/dev/null".into()],
             freezer: Some("/sys/fs/cgroup/freezer/ctp".into()),
@@ -254,7 +252,7 @@ mod tests {
 
     #[test]
     fn dump_maps_every_external_mount_to_itself() {
-        let (o, notes) = dump(&container(), &hierarchies("ctp"), 5, 9);
+        let (o, notes) = dump(&container(), 5, 9);
         let m = &o.ext_mnt;
         assert_eq!(find(m, "/data"), Some("/data"));
         assert_eq!(find(m, "/etc/app.conf"), Some("/etc/app.conf"));
@@ -294,7 +292,11 @@ mod tests {
             find(m, "/sys/fs/cgroup/memory"),
             Some("/sys/fs/cgroup/memory/web2")
         );
-        assert_eq!(find(m, "/proc/kcore"), Some("/dev/null"));
+        assert_eq!(find(m, "/dev/null"), Some("/dev/null"));
+        assert!(
+            find(m, "/proc/kcore").is_none(),
+            "restore keys are the names stored on dump"
+        );
         assert_eq!(o.inherit_fd.len(), 1);
         assert_eq!(o.inherit_fd[0].key, "pipe:[23204]");
         assert_eq!(o.inherit_fd[0].fd, 11);
@@ -304,8 +306,26 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_hierarchy_is_reported_not_guessed() {
+        let d = Destination {
+            hierarchies: vec![Hierarchy {
+                mount_point: "/sys/fs/cgroup/memoryx".into(),
+                container_dir: "/sys/fs/cgroup/memoryx/web2".into(),
+            }],
+            ..Default::default()
+        };
+        let (o, notes) = restore(&container(), &d, 5);
+        assert!(find(&o.ext_mnt, "/sys/fs/cgroup/memory").is_none());
+        assert!(notes
+            .iter()
+            .any(|n| n.contains("no cgroup hierarchy named memory")));
+    }
+
+    #[test]
     fn cgroup2_mounts_are_left_to_criu_and_said_so() {
-        let (o, notes) = dump(&container(), &[], 5, 9);
+        let mut c = container();
+        c.cgroup_binds.clear();
+        let (o, notes) = dump(&c, 5, 9);
         assert!(find(&o.ext_mnt, "/sys/fs/cgroup/memory").is_none());
         assert!(notes
             .iter()

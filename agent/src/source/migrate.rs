@@ -36,16 +36,55 @@ fn sent(name: &str) -> bool {
     !name.ends_with(".log") && name != "stats-dump"
 }
 
+/// What differs between a process tree and a runc container on the source.
+pub struct Job<'a> {
+    /// "pid" or "runc".
+    pub kind: &'static str,
+    /// What is moved, for messages: the pid or the container id.
+    pub name: String,
+    /// Root task.
+    pub pid: i32,
+    pub purpose: Purpose,
+    pub prepare: Prepare,
+    /// Builds the DUMP options from the images directory fd and the page socket number.
+    pub dump_opts: Box<dyn Fn(i32, i32) -> haul_proto::criu::CriuOpts + 'a>,
+    /// Freezer cgroup to freeze before CRIU starts (and thaw on rollback).
+    pub freezer: Option<std::path::PathBuf>,
+    /// Extra files written into the images directory before they are sent.
+    pub extra_files: Vec<(String, Vec<u8>)>,
+    /// Runs after the destination confirmed; its failure is only a warning.
+    pub after_commit: Option<Box<dyn FnOnce() -> Result<()> + 'a>>,
+}
+
 /// Migrates the process tree rooted at `pid`.
 pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
-    let started = Instant::now();
     if pid <= 1 {
         return Err(Error::usage(format!("pid {pid} cannot be migrated")));
     }
     if !Path::new(&format!("/proc/{pid}")).exists() {
         return Err(Error::usage(format!("no process with pid {pid}")));
     }
+    run(
+        Job {
+            kind: "pid",
+            name: pid.to_string(),
+            pid,
+            purpose: Purpose::MigratePid,
+            prepare: Prepare::default(),
+            dump_opts: Box::new(move |dir, ps| crate::plan::pid::dump(pid, dir, ps)),
+            freezer: None,
+            extra_files: Vec::new(),
+            after_commit: None,
+        },
+        o,
+    )
+}
+
+/// Runs a migration job (see the module docs for the order of events).
+pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
+    let started = Instant::now();
     let id = crate::util::migration_id();
+    let what = format!("{} {}", job.kind, job.name);
 
     // CRIU is started before anything freezes, with its end of the page socket.
     let (ps_ours, ps_criu) = pages::socket_pair().ctx(Kind::Other, "page socketpair")?;
@@ -63,16 +102,17 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
     }
 
     phase(o.quiet, &format!("connecting to {}", o.to));
-    let (conn, _welcome) = open(o.to, o.key, Purpose::MigratePid, version, &id)?;
+    let (conn, _welcome) = open(o.to, o.key, job.purpose, version, &id)?;
     if o.key.is_none() {
         log::warn!("connection is not authenticated nor encrypted (--insecure)");
     }
 
-    phase(o.quiet, "preflight: destination prepares its page server");
-    conn.send(Msg::Prepare(Prepare {
-        expected_page_bytes: 0,
-    }))
-    .map_err(|e| wire_to_error(e, "sending prepare"))?;
+    phase(
+        o.quiet,
+        "preflight: the destination checks it can restore and starts its page server",
+    );
+    conn.send(Msg::Prepare(job.prepare.clone()))
+        .map_err(|e| wire_to_error(e, "sending prepare"))?;
     match conn.recv_control(IDLE_TIMEOUT, "preflight") {
         Ok(Msg::Prepared(_)) => {}
         Ok(Msg::Abort(a)) => {
@@ -86,19 +126,29 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
     }
 
     let work = WorkDir::create(o.work_root, &id)?;
+    for (name, bytes) in &job.extra_files {
+        std::fs::write(work.path.join(name), bytes).ctx(Kind::Other, format!("writing {name}"))?;
+    }
     let ps_ours = Arc::new(ps_ours);
     conn.set_page_sink(ps_ours.clone());
     let relay = pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
         .map_err(|e| wire_to_error(e, "page relay"))?;
 
-    phase(o.quiet, &format!("freezing and dumping pid {pid}"));
+    phase(o.quiet, &format!("freezing and dumping {what}"));
+    let frozen_start = Instant::now();
+    let thaw_guard = match &job.freezer {
+        Some(dir) => {
+            let took = crate::cgroups::freeze(dir, std::time::Duration::from_secs(5))?;
+            log::debug!("froze {} in {} us", dir.display(), took.as_micros());
+            Some(Thaw(dir.clone()))
+        }
+        None => None,
+    };
     let progress = Progress::start(o.quiet, "pages", conn.counters.clone());
-    let opts = crate::plan::pid::dump(pid, work.raw(), ps_criu_no);
+    let opts = (job.dump_opts)(work.raw(), ps_criu_no);
     swrk.set_log(work.path.join("dump.log"));
-    let dump_sent = Instant::now();
-    let outcome = run_dump(&mut swrk, &conn, &work.path, relay, opts, pid, o.quiet);
+    let outcome = run_dump(&mut swrk, &conn, &work.path, relay, opts, job.pid, o.quiet);
     progress.stop();
-    let frozen_start = dump_sent;
 
     let (image_files, image_bytes, page_bytes) = match outcome {
         Ok(v) => v,
@@ -107,16 +157,24 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
                 stage: "dump".into(),
                 reason: e.to_string(),
             }));
+            // CRIU resumes the tasks when its socket closes; the cgroup frozen by haul is
+            // thawed after that.
             drop(swrk);
+            drop(thaw_guard);
             conn.close();
             return Err(e.context(format!(
-                "migration failed; pid {pid} keeps running on this host"
+                "migration failed; {what} keeps running on this host"
             )));
         }
     };
+    // The tasks are gone; thawing the now empty cgroup lets runc remove it.
+    drop(thaw_guard);
 
     // The source's tasks are gone: from here on only the destination holds the workload.
-    phase(o.quiet, "commit: destination lets the restored tasks run");
+    phase(
+        o.quiet,
+        "commit: the destination lets the restored tasks run",
+    );
     let done = conn
         .send(Msg::Commit(Commit {}))
         .map_err(|e| wire_to_error(e, "sending commit"))
@@ -131,27 +189,29 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
         });
     let done = match done {
         Ok(d) => d,
-        Err(e) => {
-            return Err(e.with_kind(Kind::InDoubt).context(format!(
-                "IN DOUBT: the tasks of pid {pid} were stopped here after the destination restored them, \
+        Err(e) => return Err(e.with_kind(Kind::InDoubt).context(format!(
+            "IN DOUBT: the tasks of {what} were stopped here after the destination restored them, \
                  but it did not confirm they run; its work directory keeps the complete images \
                  (see `haul serve`'s log on {}); source images: {}",
-                o.to,
-                work.path.display()
-            )))
-        }
+            o.to,
+            work.path.display()
+        ))),
     };
     let frozen_ms = frozen_start.elapsed().as_millis() as u64;
-    swrk.finish();
     let wire_bytes = conn.wire_bytes_out();
     conn.close();
+    swrk.finish();
+    if let Some(after) = job.after_commit {
+        if let Err(e) = after() {
+            log::warn!("after the migration: {e}");
+        }
+    }
 
     let dstats = stats::dump(&work.path).unwrap_or_default();
     let transfer_secs = (f64::from(dstats.memdump_time) + f64::from(dstats.memwrite_time)) / 1e6;
-    let id_text = pid.to_string();
     let summary = Summary {
-        kind: "pid",
-        id: &id_text,
+        kind: job.kind,
+        id: &job.name,
         destination: o.to,
         insecure: o.key.is_none(),
         total_ms: started.elapsed().as_millis() as u64,
@@ -184,6 +244,17 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
         log::warn!("{e}");
     }
     Ok(())
+}
+
+/// Thaws a freezer cgroup haul froze, when dropped (rollback).
+struct Thaw(std::path::PathBuf);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        if let Err(e) = crate::cgroups::thaw(&self.0) {
+            log::error!("{e}");
+        }
+    }
 }
 
 /// Sends DUMP and runs it until CRIU's final answer. Returns (image files, image bytes, page
@@ -272,7 +343,13 @@ fn run_dump(
             Event::Notify { .. } => swrk
                 .notify_reply(true)
                 .map_err(|e| Error::new(Kind::RolledBack, e.to_string()))?,
-            Event::Done(_) => break,
+            Event::Done(resp) if resp.r#type == CriuReqType::Dump as i32 => break,
+            Event::Done(resp) => {
+                return Err(Error::new(
+                    Kind::RolledBack,
+                    format!("criu answered {} during DUMP", criu::req_name(resp.r#type)),
+                ))
+            }
         }
     }
     result.ok_or_else(|| Error::new(Kind::RolledBack, "criu finished the dump without post-dump"))

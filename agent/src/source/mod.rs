@@ -4,3 +4,4 @@
 pub mod connect;
 pub mod migrate;
 pub mod progress;
+pub mod runc;

@@ -43,11 +43,38 @@ pub struct Welcome {
     pub mem_track: bool,
 }
 /// Source asks the destination to prepare: preflight checks and a CRIU page server.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Prepare {
     /// Total bytes of memory the source expects to send (for progress), 0 if unknown.
     #[prost(uint64, tag = "1")]
     pub expected_page_bytes: u64,
+    /// Set for PURPOSE_MIGRATE_RUNC.
+    #[prost(message, optional, tag = "2")]
+    pub runc: ::core::option::Option<RuncContainer>,
+}
+/// What the destination needs to restore and register a runc container. The destination parses
+/// `state_json` itself with its own bounds; the other fields are facts only the source can see.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RuncContainer {
+    /// Container id on the source and on the destination.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub dst_id: ::prost::alloc::string::String,
+    /// The source's runc state.json, verbatim.
+    #[prost(bytes = "vec", tag = "3")]
+    pub state_json: ::prost::alloc::vec::Vec<u8>,
+    /// Link targets of the container init's fds 0-2 (what runc writes to descriptors.json).
+    #[prost(string, repeated, tag = "4")]
+    pub stdio: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Mount points of cgroup v1 hierarchies inside the container (ext_mnt keys).
+    #[prost(string, repeated, tag = "5")]
+    pub cgroup_mounts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Masked paths that are files in the container (mapped to /dev/null).
+    #[prost(string, repeated, tag = "6")]
+    pub masked_files: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(enumeration = "FsMode", tag = "7")]
+    pub fs: i32,
 }
 /// Destination is ready to receive pages: its CRIU page server is running.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -194,6 +221,34 @@ impl Purpose {
             "PURPOSE_MIGRATE_PID" => Some(Self::MigratePid),
             "PURPOSE_MIGRATE_RUNC" => Some(Self::MigrateRunc),
             "PURPOSE_CHECK" => Some(Self::Check),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum FsMode {
+    /// The bundle path exists on both hosts.
+    FsShared = 0,
+    /// The bundle is copied to the destination's bundle root.
+    FsCopy = 1,
+}
+impl FsMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::FsShared => "FS_SHARED",
+            Self::FsCopy => "FS_COPY",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "FS_SHARED" => Some(Self::FsShared),
+            "FS_COPY" => Some(Self::FsCopy),
             _ => None,
         }
     }

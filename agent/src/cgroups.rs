@@ -1,0 +1,266 @@
+//! cgroups on a host: the hierarchies mounted here (from /proc/self/mountinfo and
+//! /proc/self/cgroup), freezing and thawing a container's v1 freezer, and creating a restored
+//! container's cgroups on the destination.
+
+use crate::error::{Context, Error, Kind, Result};
+use crate::inspect::{read_mountinfo, read_proc_cgroup, MountInfoBuf, ProcCgroupBuf, ProcPid};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A hierarchy mounted on this host and this process's cgroup in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostHierarchy {
+    /// `cpu,cpuacct`, `memory`, `name=systemd`; empty for cgroup2.
+    pub controllers: String,
+    /// Where it is mounted, e.g. `/sys/fs/cgroup/memory`.
+    pub mount_point: PathBuf,
+    /// This process's cgroup relative to the mount's root (`/proc/self/cgroup` minus the
+    /// mount's root), e.g. `system.slice/haul.service`.
+    pub own: PathBuf,
+}
+
+impl HostHierarchy {
+    pub fn is_v2(&self) -> bool {
+        self.controllers.is_empty()
+    }
+
+    /// The directory of a child cgroup `name` of this process's cgroup.
+    pub fn child(&self, name: &str) -> PathBuf {
+        self.mount_point.join(&self.own).join(name)
+    }
+
+    /// The last component of the mount point: the name runc gives the bind in the container.
+    pub fn name(&self) -> String {
+        self.mount_point
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The hierarchies of the process `pid` (as seen under `proc_root`), matched by exact
+/// controller sets between its cgroup file and its mountinfo (never by substring).
+pub fn hierarchies(proc_root: &Path, pid: ProcPid) -> Result<Vec<HostHierarchy>> {
+    let mut cg_buf = ProcCgroupBuf::new();
+    let cg =
+        read_proc_cgroup(proc_root, pid, &mut cg_buf).map_err(|e| Error::other(e.to_string()))?;
+    let mut mi_buf = MountInfoBuf::new();
+    let mounts =
+        read_mountinfo(proc_root, pid, &mut mi_buf).map_err(|e| Error::other(e.to_string()))?;
+    let mut found: Vec<HostHierarchy> = Vec::new();
+    let mut all = Vec::new();
+    for m in mounts {
+        let m = m.map_err(|e| Error::other(e.to_string()))?;
+        all.push((
+            m.fs_type.to_string_lossy().into_owned(),
+            m.super_options
+                .iter()
+                .map(|o| o.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            m.mount_point.to_path_buf(),
+            m.root.to_path_buf(),
+        ));
+    }
+    for line in &cg.lines {
+        let want: Vec<&str> = line.controllers().collect();
+        let mount = all.iter().find(|(fs, opts, _, _)| {
+            if line.is_unified() {
+                fs == "cgroup2"
+            } else {
+                fs == "cgroup"
+                    && want.iter().all(|c| opts.iter().any(|o| o == c))
+                    && opts
+                        .iter()
+                        .filter(|o| is_controller_option(o))
+                        .all(|o| want.contains(&o.as_str()))
+            }
+        });
+        let Some((_, _, mount_point, root)) = mount else {
+            continue;
+        };
+        // Relative, so joining it to the mount point can never replace the mount point.
+        let rel = line.path.strip_prefix(root).unwrap_or(line.path);
+        let own = rel.strip_prefix("/").unwrap_or(rel).to_path_buf();
+        found.push(HostHierarchy {
+            controllers: line.controllers.to_string(),
+            mount_point: mount_point.clone(),
+            own,
+        });
+    }
+    Ok(found)
+}
+
+/// Super options of a cgroup v1 mount that name controllers (not `rw`, `relatime`, ...).
+fn is_controller_option(o: &str) -> bool {
+    !matches!(
+        o,
+        "rw" | "ro"
+            | "relatime"
+            | "noprefix"
+            | "xattr"
+            | "clone_children"
+            | "nosuid"
+            | "nodev"
+            | "noexec"
+            | "cpuset_v2_mode"
+            | "favordynmods"
+            | "nsdelegate"
+            | "memory_recursiveprot"
+    ) && !o.starts_with("release_agent=")
+}
+
+/// Freezes a v1 freezer cgroup and waits until the kernel reports FROZEN, polling every
+/// millisecond (CRIU polls in 100 ms steps; doing it here saves that).
+pub fn freeze(dir: &Path, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let state = dir.join("freezer.state");
+    std::fs::write(&state, "FROZEN")
+        .ctx(Kind::RolledBack, format!("freezing {}", dir.display()))?;
+    loop {
+        let now = std::fs::read_to_string(&state).unwrap_or_default();
+        if now.trim() == "FROZEN" {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            let _ = thaw(dir);
+            return Err(Error::new(
+                Kind::RolledBack,
+                format!(
+                    "{} did not freeze within {} ms (state {})",
+                    dir.display(),
+                    timeout.as_millis(),
+                    now.trim()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Thaws a v1 freezer cgroup.
+pub fn thaw(dir: &Path) -> Result<()> {
+    std::fs::write(dir.join("freezer.state"), "THAWED")
+        .ctx(Kind::Other, format!("thawing {}", dir.display()))
+}
+
+/// cgroups created for a restored container; removed on drop unless kept.
+pub struct Created {
+    /// (controllers of the hierarchy, directory)
+    pub dirs: Vec<(String, PathBuf)>,
+    /// (directory, its parent): where the moved process goes back on rollback.
+    parents: Vec<PathBuf>,
+    pid: u32,
+    keep: bool,
+}
+
+impl Created {
+    /// Creates `<own cgroup>/<name>` in every hierarchy and moves `pid` (the restoring CRIU)
+    /// into each, so the tasks CRIU forks start in the container's cgroups.
+    pub fn create(hier: &[HostHierarchy], name: &str, pid: u32) -> Result<Created> {
+        let mut created = Created {
+            dirs: Vec::new(),
+            parents: Vec::new(),
+            pid,
+            keep: false,
+        };
+        for h in hier {
+            let dir = h.child(name);
+            if dir.exists() {
+                return Err(Error::new(
+                    Kind::Refused,
+                    format!("cgroup {} already exists", dir.display()),
+                ));
+            }
+            std::fs::create_dir_all(&dir)
+                .ctx(Kind::Setup, format!("creating cgroup {}", dir.display()))?;
+            created.dirs.push((h.controllers.clone(), dir.clone()));
+            created.parents.push(h.mount_point.join(&h.own));
+            if h.controllers.split(',').any(|c| c == "cpuset") {
+                // A v1 cpuset cgroup takes no task until its cpus and mems are set: inherit
+                // the parent's, as runc does.
+                let parent = h.mount_point.join(&h.own);
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let v = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
+                    std::fs::write(dir.join(f), v.trim())
+                        .ctx(Kind::Setup, format!("setting {f} of {}", dir.display()))?;
+                }
+            }
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .ctx(Kind::Setup, format!("moving criu into {}", dir.display()))?;
+        }
+        Ok(created)
+    }
+
+    /// runc's `cgroup_paths`: one key per controller (`""` for cgroup2).
+    pub fn runc_paths(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (ctrls, dir) in &self.dirs {
+            let d = dir.to_string_lossy().into_owned();
+            if ctrls.is_empty() {
+                out.push((String::new(), d));
+            } else {
+                for c in ctrls.split(',') {
+                    out.push((c.to_string(), d.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if !self.keep {
+            for ((_, d), parent) in self.dirs.iter().zip(&self.parents).rev() {
+                // The process moved in (CRIU) may still live: move it back first. rmdir
+                // only: a cgroup with tasks left is not removed.
+                let _ = std::fs::write(parent.join("cgroup.procs"), self.pid.to_string());
+                if let Err(e) = std::fs::remove_dir(d) {
+                    log::warn!("cannot remove cgroup {}: {e}", d.display());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_proc(case: &str) -> PathBuf {
+        // Lay the fixture out as <root>/self/{cgroup,mountinfo}.
+        let root = std::env::temp_dir().join(format!("haul-cg-{case}-{}", std::process::id()));
+        let me = root.join("self");
+        std::fs::create_dir_all(&me).unwrap();
+        let fx = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures")).join(case);
+        std::fs::copy(fx.join("proc-self-cgroup"), me.join("cgroup")).unwrap();
+        std::fs::copy(fx.join("proc-self-mountinfo"), me.join("mountinfo")).unwrap();
+        root
+    }
+
+    #[test]
+    fn hybrid_host_hierarchies_match_by_exact_controller_sets() {
+        let root = fixture_proc("runc-1.1.5-cgroupv1-hybrid");
+        let h = hierarchies(&root, ProcPid::Current).unwrap();
+        let mem = h.iter().find(|h| h.controllers == "memory").unwrap();
+        assert_eq!(mem.mount_point, Path::new("/sys/fs/cgroup/memory"));
+        assert_eq!(mem.own, Path::new("system.slice/edge-runtime.service"));
+        assert_eq!(
+            mem.child("web2"),
+            Path::new("/sys/fs/cgroup/memory/system.slice/edge-runtime.service/web2")
+        );
+        let cpu = h.iter().find(|h| h.controllers == "cpu").unwrap();
+        // "cpu" must not match the "cpuacct" or "cpuset" mounts.
+        assert_eq!(cpu.mount_point, Path::new("/sys/fs/cgroup/cpu"));
+        let sd = h.iter().find(|h| h.controllers == "name=systemd").unwrap();
+        assert_eq!(sd.name(), "systemd");
+        let v2 = h.iter().find(|h| h.is_v2()).unwrap();
+        assert_eq!(v2.mount_point, Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(h.len(), 10);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,402 @@
+//! The destination's half of a runc migration: preflight (before the source freezes anything),
+//! stdio pipes and relays, cgroups for the new container, the rootfs on a private temporary
+//! mount point, the RESTORE options, and registration with runc at post-restore.
+
+use super::session::SessionConfig;
+use super::stdio::{plumb, Plumbing};
+use crate::cgroups::{hierarchies, Created, HostHierarchy};
+use crate::error::{Context, Error, Kind, Result};
+use crate::inspect::{
+    bounds::STATE_JSON_MAX, parse_state, read_proc_stat, ContainerId, ProcPid, ProcStatBuf,
+};
+use crate::plan::runc::{self, Container, Destination, Hierarchy};
+use crate::register::{rfc3339_now, state_json, Claim, Registration};
+use crate::workdir::WorkDir;
+use haul_proto::criu::CriuOpts;
+use haul_proto::haul::{FsMode, RuncContainer};
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+
+/// The restore plan's `Destination` for `container` under the id `dst_id` on this host.
+pub fn destination_plan(
+    c: &Container,
+    dst_id: &str,
+    inherit: &[(String, i32)],
+) -> Result<Destination> {
+    let hier = hierarchies(Path::new("/proc"), ProcPid::Current)?;
+    Ok(destination_from(
+        c,
+        dst_id,
+        &hier,
+        inherit,
+        "<temporary mount of the rootfs>",
+    ))
+}
+
+fn destination_from(
+    c: &Container,
+    dst_id: &str,
+    hier: &[HostHierarchy],
+    inherit: &[(String, i32)],
+    root_mount: &str,
+) -> Destination {
+    Destination {
+        // --fs shared: bind sources are where they were.
+        binds: c.binds.clone(),
+        hierarchies: hier
+            .iter()
+            .filter(|h| !h.is_v2())
+            .map(|h| Hierarchy {
+                mount_point: h.mount_point.to_string_lossy().into_owned(),
+                container_dir: h.child(dst_id).to_string_lossy().into_owned(),
+            })
+            .collect(),
+        root_mount: root_mount.into(),
+        inherit: inherit.to_vec(),
+    }
+}
+
+/// The rootfs bind-mounted on a private mount point; unmounted (then removed) on drop.
+struct RootMount(PathBuf);
+
+impl RootMount {
+    fn new(rootfs: &Path, at: PathBuf) -> Result<RootMount> {
+        std::fs::create_dir(&at).ctx(Kind::Other, format!("creating {}", at.display()))?;
+        rustix::mount::mount_bind(rootfs, &at).ctx(
+            Kind::Other,
+            format!("bind-mounting {} on {}", rootfs.display(), at.display()),
+        )?;
+        let m = RootMount(at);
+        rustix::mount::mount_change(&m.0, rustix::mount::MountPropagationFlags::PRIVATE)
+            .ctx(Kind::Other, format!("making {} private", m.0.display()))?;
+        Ok(m)
+    }
+}
+
+impl Drop for RootMount {
+    fn drop(&mut self) {
+        if let Err(e) = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH) {
+            log::error!("unmounting {}: {e}; not removing it", self.0.display());
+            return;
+        }
+        // Unmounted: now it is an empty directory of ours.
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+pub struct RuncRestore {
+    rc: RuncContainer,
+    state_text: String,
+    container: Container,
+    bundle: String,
+    hier: Vec<HostHierarchy>,
+    runc_root: PathBuf,
+    stdio_log: PathBuf,
+    plumbing: Option<Plumbing>,
+    /// (key, fd number in the restoring CRIU) for each stdio pipe.
+    inherit: Vec<(String, i32)>,
+    cgroups: Option<Created>,
+    root: Option<RootMount>,
+    claim: Option<Claim>,
+}
+
+impl RuncRestore {
+    /// Preflight: everything checked before the source freezes; nothing changed here yet.
+    pub fn preflight(rc: RuncContainer, cfg: &SessionConfig) -> Result<RuncRestore> {
+        let refuse = |m: String| Error::new(Kind::Refused, m);
+        ContainerId::new(&rc.dst_id)
+            .map_err(|e| refuse(format!("container id {:?}: {e}", rc.dst_id)))?;
+        if rc.fs == FsMode::FsCopy as i32 {
+            return Err(refuse(
+                "--fs copy is not supported by this destination yet".into(),
+            ));
+        }
+        if rc.state_json.len() > STATE_JSON_MAX {
+            return Err(refuse(format!(
+                "state.json from the source is {} bytes; the limit is {STATE_JSON_MAX}",
+                rc.state_json.len()
+            )));
+        }
+        let json = rc.state_json.clone();
+        let mut text = vec![0u8; json.len()];
+        let st = parse_state(&json, &mut text)
+            .map_err(|e| refuse(format!("state.json from the source: {e}")))?;
+        if rc.stdio.len() != 3 || rc.cgroup_mounts.len() > 64 || rc.masked_files.len() > 64 {
+            return Err(refuse(
+                "malformed container description from the source".into(),
+            ));
+        }
+        let state_text = String::from_utf8(rc.state_json.clone())
+            .map_err(|_| refuse("state.json from the source is not UTF-8".into()))?;
+
+        let dir = cfg.runc_root.join(&rc.dst_id);
+        if dir.exists() {
+            return Err(refuse(format!(
+                "container {} already exists in {} on the destination",
+                rc.dst_id,
+                cfg.runc_root.display()
+            )));
+        }
+        let bundle = st.bundle.unwrap_or("").to_string();
+        if !bundle.is_empty() && !Path::new(&bundle).join("config.json").is_file() {
+            return Err(refuse(format!(
+                "bundle {bundle} is not on the destination (use --fs copy or make it shared)"
+            )));
+        }
+        if !Path::new(st.rootfs).is_dir() {
+            return Err(refuse(format!(
+                "rootfs {} is not on the destination",
+                st.rootfs
+            )));
+        }
+        let binds: Vec<(String, String)> = st
+            .mounts
+            .iter()
+            .filter(|m| m.is_bind())
+            .map(|m| (m.destination.to_string(), m.source.to_string()))
+            .collect();
+        for (dest, src) in &binds {
+            if !Path::new(src).exists() {
+                return Err(refuse(format!(
+                    "bind-mount source {src} (for {dest}) is missing on the destination"
+                )));
+            }
+        }
+        let runc_version = std::process::Command::new(&cfg.runc)
+            .arg("--version")
+            .output()
+            .map_err(|e| {
+                refuse(format!(
+                    "runc ({}) not usable on the destination: {e}",
+                    cfg.runc.display()
+                ))
+            })?;
+        let v = String::from_utf8_lossy(&runc_version.stdout);
+        log::info!("preflight: {}", v.lines().next().unwrap_or("runc"));
+        let hier = hierarchies(Path::new("/proc"), ProcPid::Current)?;
+        for key in &rc.cgroup_mounts {
+            let name = key.rsplit('/').next().unwrap_or("");
+            if !hier.iter().any(|h| !h.is_v2() && h.name() == name) {
+                return Err(refuse(format!(
+                    "cgroup hierarchy {name} (for {key}) is not mounted on the destination"
+                )));
+            }
+        }
+        for h in &hier {
+            let d = h.child(&rc.dst_id);
+            if d.exists() {
+                return Err(refuse(format!(
+                    "cgroup {} already exists on the destination",
+                    d.display()
+                )));
+            }
+        }
+        let container = Container {
+            init_pid: 0,
+            rootfs: st.rootfs.to_string(),
+            binds,
+            cgroup_mounts: st
+                .mounts
+                .iter()
+                .filter(|m| m.is_cgroup())
+                .map(|m| m.destination.to_string())
+                .collect(),
+            cgroup_binds: rc.cgroup_mounts.clone(),
+            masked_files: rc.masked_files.clone(),
+            devices: st.devices.iter().map(|d| d.to_string()).collect(),
+            freezer: None,
+            stdio: [
+                rc.stdio[0].clone(),
+                rc.stdio[1].clone(),
+                rc.stdio[2].clone(),
+            ],
+        };
+        Ok(RuncRestore {
+            stdio_log: cfg.stdio_dir.join(format!("{}.log", rc.dst_id)),
+            rc,
+            state_text,
+            container,
+            bundle,
+            hier,
+            runc_root: cfg.runc_root.clone(),
+            plumbing: None,
+            inherit: Vec::new(),
+            cgroups: None,
+            root: None,
+            claim: None,
+        })
+    }
+
+    /// Pipes and relays for the container's stdio; the ends CRIU must inherit.
+    pub fn plumb(&mut self) -> Result<()> {
+        if let Some(dir) = self.stdio_log.parent() {
+            std::fs::create_dir_all(dir).ctx(Kind::Setup, format!("creating {}", dir.display()))?;
+        }
+        let pipes = runc::stdio_pipes(&self.container.stdio);
+        let p = plumb(&pipes, &self.stdio_log)?;
+        self.inherit = p.inherit();
+        self.plumbing = Some(p);
+        Ok(())
+    }
+
+    pub fn restorer_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.plumbing.as_ref().map(|p| p.fds()).unwrap_or_default()
+    }
+
+    /// Creates the container's cgroups with the restoring CRIU in them, and mounts the root.
+    pub fn attach(&mut self, restorer_pid: u32, work: &WorkDir) -> Result<()> {
+        self.cgroups = Some(Created::create(&self.hier, &self.rc.dst_id, restorer_pid)?);
+        self.root = Some(RootMount::new(
+            Path::new(&self.container.rootfs),
+            work.path.join("root"),
+        )?);
+        Ok(())
+    }
+
+    pub fn restore_opts(&self, images_dir_fd: i32) -> CriuOpts {
+        let inherit = self.inherit.clone();
+        let root = self
+            .root
+            .as_ref()
+            .map(|r| r.0.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let d = destination_from(
+            &self.container,
+            &self.rc.dst_id,
+            &self.hier,
+            &inherit,
+            &root,
+        );
+        let (opts, notes) = runc::restore(&self.container, &d, images_dir_fd);
+        for n in notes {
+            log::info!("restore plan: {n}");
+        }
+        log::info!(
+            "restore plan: {} external mounts, {} inherited fds, root {}",
+            opts.ext_mnt.len(),
+            opts.inherit_fd.len(),
+            root
+        );
+        for e in &opts.ext_mnt {
+            log::debug!("restore ext_mnt {} -> {}", e.key, e.val);
+        }
+        for i in &opts.inherit_fd {
+            log::debug!("restore inherit_fd {} -> fd {}", i.key, i.fd);
+        }
+        opts
+    }
+
+    /// The pipes' container ends are CRIU's now; haul's copies must go so the relays see EOF
+    /// when the container exits.
+    pub fn release_pipes(&mut self) {
+        if let Some(p) = self.plumbing.as_mut() {
+            p.ends.clear();
+        }
+    }
+
+    /// At post-restore: claim `<runc-root>/<dst-id>` and write runc's state.json.
+    pub fn register(&mut self, pid: i32) -> Result<()> {
+        let p = rustix::process::Pid::from_raw(pid)
+            .ok_or_else(|| Error::other(format!("criu reported pid {pid}")))?;
+        let mut sb = ProcStatBuf::new();
+        let stat = read_proc_stat(Path::new("/proc"), ProcPid::Pid(p), &mut sb)
+            .map_err(|e| Error::other(e.to_string()))?;
+        let ns = [
+            ("NEWNS", "mnt"),
+            ("NEWNET", "net"),
+            ("NEWPID", "pid"),
+            ("NEWIPC", "ipc"),
+            ("NEWUTS", "uts"),
+            ("NEWUSER", "user"),
+            ("NEWCGROUP", "cgroup"),
+        ]
+        .iter()
+        .map(|(k, f)| (k.to_string(), format!("/proc/{pid}/ns/{f}")))
+        .collect();
+        let stdio = [0, 1, 2].map(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        // Only `bundle=` is carried over: annotations from the peer (org.criu.* among them)
+        // are dropped.
+        let labels: Vec<String> = Vec::new();
+        let reg = Registration {
+            id: &self.rc.dst_id,
+            init_pid: pid,
+            init_start: stat.start_time,
+            created: rfc3339_now(),
+            rootfs: &self.container.rootfs,
+            bundle: &self.bundle,
+            cgroup_paths: self
+                .cgroups
+                .as_ref()
+                .map(|c| c.runc_paths())
+                .unwrap_or_default(),
+            namespace_paths: ns,
+            external_descriptors: stdio,
+            labels,
+        };
+        let text = state_json(&self.state_text, &reg)?;
+        let claim = Claim::take(&self.runc_root, &self.rc.dst_id)?;
+        claim.write_state(&text)?;
+        self.claim = Some(claim);
+        log::info!(
+            "registered container {} (init pid {pid}) in {}",
+            self.rc.dst_id,
+            self.runc_root.display()
+        );
+        Ok(())
+    }
+
+    /// After commit and restore: the container is runc's; unmount the temporary root.
+    pub fn commit(mut self) {
+        if let Some(c) = self.claim.take() {
+            c.keep();
+        }
+        if let Some(c) = self.cgroups.take() {
+            c.keep();
+        }
+        drop(self.root.take());
+    }
+
+    /// The container's id on this host.
+    pub fn dst_id(&self) -> &str {
+        &self.rc.dst_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_maps_hierarchies_to_the_new_id() {
+        let c = Container {
+            cgroup_binds: vec!["/sys/fs/cgroup/memory".into()],
+            ..Default::default()
+        };
+        let hier = vec![
+            HostHierarchy {
+                controllers: "memory".into(),
+                mount_point: "/sys/fs/cgroup/memory".into(),
+                own: "system.slice/haul.service".into(),
+            },
+            HostHierarchy {
+                controllers: String::new(),
+                mount_point: "/sys/fs/cgroup/unified".into(),
+                own: "".into(),
+            },
+        ];
+        let d = destination_from(&c, "web2", &hier, &[], "/r");
+        assert_eq!(
+            d.hierarchies.len(),
+            1,
+            "cgroup2 is not a bind in the container"
+        );
+        assert_eq!(
+            d.hierarchies[0].container_dir,
+            "/sys/fs/cgroup/memory/system.slice/haul.service/web2"
+        );
+    }
+}
