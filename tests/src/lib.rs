@@ -1446,6 +1446,559 @@ fn poll_loop(path: &Path, every: Duration, stop: &AtomicBool) -> PollStats {
 }
 
 // ---------------------------------------------------------------------------------------------
+// runc bundles
+// ---------------------------------------------------------------------------------------------
+//
+// A busybox bundle for runc, a guard for a container started with `runc --root R run -d`, its
+// stdout/stderr as a pipe drained into a file by a `cat` child, `runc state` parsing, and
+// dedicated cgroups for a "host" that shares this machine's cgroup tree with the other one.
+
+/// The static busybox copied into bundles.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// A runc container id unique within this machine and run: `haul-e2e-<pid>-<n>` (runc ids
+/// allow letters, digits, `_ + - .`).
+pub fn unique_container_id() -> String {
+    format!("haul-e2e-{}-{}", std::process::id(), next_seq())
+}
+
+/// A JSON string literal for `s`.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The text right after `"key":` (whitespace skipped) in flat JSON such as `runc state`.
+fn json_value_after<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("{}:", json_string(key));
+    let start = json.find(&pat)? + pat.len();
+    Some(json.get(start..)?.trim_start())
+}
+
+/// A string field of flat JSON (no escapes in the value).
+pub fn json_str_field(json: &str, key: &str) -> Option<String> {
+    let v = json_value_after(json, key)?.strip_prefix('"')?;
+    Some(v.get(..v.find('"')?)?.to_string())
+}
+
+/// An unsigned number field of flat JSON.
+pub fn json_u64_field(json: &str, key: &str) -> Option<u64> {
+    let v = json_value_after(json, key)?;
+    let digits: String = v.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// The OCI process of a bundle: `sh -c SCRIPT` as root with runc's default capabilities.
+/// `mounts_json` are extra mount objects appended to the default ones of `runc spec` (proc,
+/// /dev tmpfs, devpts, shm, mqueue, sysfs, the cgroup mount); masked and read-only paths are
+/// runc's defaults; the root is read-only.
+fn busybox_config(script: &str, extra_mounts: &[String]) -> String {
+    let mut mounts = vec![
+        r#"{"destination": "/proc", "type": "proc", "source": "proc"}"#.to_string(),
+        r#"{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}"#.to_string(),
+        r#"{"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}"#.to_string(),
+        r#"{"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}"#.to_string(),
+        r#"{"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}"#.to_string(),
+        r#"{"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}"#.to_string(),
+        r#"{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}"#.to_string(),
+    ];
+    mounts.extend(extra_mounts.iter().cloned());
+    let caps = r#"["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]"#;
+    format!(
+        r#"{{
+  "ociVersion": "1.0.2-dev",
+  "process": {{
+    "terminal": false,
+    "user": {{"uid": 0, "gid": 0}},
+    "args": ["sh", "-c", {script}],
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    "cwd": "/",
+    "capabilities": {{"bounding": {caps}, "effective": {caps}, "permitted": {caps}, "ambient": {caps}}},
+    "rlimits": [{{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}}],
+    "noNewPrivileges": true
+  }},
+  "root": {{"path": "rootfs", "readonly": true}},
+  "hostname": "runc",
+  "mounts": [
+    {mounts}
+  ],
+  "linux": {{
+    "resources": {{"devices": [{{"allow": false, "access": "rwm"}}]}},
+    "namespaces": [{{"type": "pid"}}, {{"type": "network"}}, {{"type": "ipc"}}, {{"type": "uts"}}, {{"type": "mount"}}],
+    "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+    "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+  }}
+}}
+"#,
+        script = json_string(script),
+        mounts = mounts.join(",\n    "),
+    )
+}
+
+/// A bind mount object for config.json.
+fn bind_mount_json(dest: &str, source: &Path, mode: &str) -> String {
+    format!(
+        r#"{{"destination": {}, "type": "bind", "source": {}, "options": ["rbind", "{mode}"]}}"#,
+        json_string(dest),
+        json_string(&source.to_string_lossy()),
+    )
+}
+
+/// A busybox bundle for runc (config.json written from the template `runc spec` 1.1 produces):
+/// read-only rootfs with `/bin/busybox` and the applets `sh sleep echo cat`; `data` bind-mounted
+/// read-write at `/data`; the single file `app.conf` (content `conf=1`) bind-mounted read-only
+/// at `/etc/app.conf`; a tmpfs at `/tmp`; the default /proc, /dev, /sys, cgroup mounts and
+/// masked paths; stdio not a terminal. Lives in a directory of a [`TempDir`].
+#[derive(Debug, Clone)]
+pub struct RuncBundle {
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    /// Host side of `/data`.
+    pub data: PathBuf,
+    /// Host side of `/etc/app.conf`.
+    pub app_conf: PathBuf,
+}
+
+impl RuncBundle {
+    /// The content of `app.conf`.
+    pub const APP_CONF: &'static str = "conf=1\n";
+
+    /// The heartbeat script: writes `counter uptime_us` ([`Heartbeat`] format, timestamps from
+    /// /proc/uptime in 10 ms steps, no fork) to `/data/hb` and `tick counter` to stdout every
+    /// ~20 ms.
+    pub const HEARTBEAT_SCRIPT: &'static str = r#"i=0; while :; do i=$((i+1)); read up rest < /proc/uptime; echo "$i ${up%.*}${up#*.}0000" > /data/hb; echo "tick $i"; sleep 0.02; done"#;
+
+    /// Creates the bundle in `dir` (which must not exist yet) running `sh -c script`.
+    pub fn busybox(dir: &Path, script: &str) -> Result<RuncBundle> {
+        let rootfs = dir.join("rootfs");
+        let data = dir.join("hostdata");
+        let app_conf = dir.join("app.conf");
+        let mk =
+            |p: &Path| std::fs::create_dir_all(p).with_context(|| format!("mkdir {}", p.display()));
+        for sub in ["bin", "proc", "sys", "dev", "data", "etc", "tmp"] {
+            mk(&rootfs.join(sub))?;
+        }
+        mk(&data)?;
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox"))
+            .with_context(|| format!("copy {BUSYBOX}"))?;
+        for applet in ["sh", "sleep", "echo", "cat"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+                .with_context(|| format!("symlink {applet}"))?;
+        }
+        std::fs::write(rootfs.join("etc/app.conf"), "").context("create /etc/app.conf")?;
+        std::fs::write(&app_conf, Self::APP_CONF).context("write app.conf")?;
+        let extra = [
+            bind_mount_json("/data", &data, "rw"),
+            bind_mount_json("/etc/app.conf", &app_conf, "ro"),
+            r#"{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}"#.to_string(),
+        ];
+        std::fs::write(dir.join("config.json"), busybox_config(script, &extra))
+            .context("write config.json")?;
+        Ok(RuncBundle {
+            dir: dir.to_path_buf(),
+            rootfs,
+            data,
+            app_conf,
+        })
+    }
+
+    /// Host path of the heartbeat file written by [`RuncBundle::HEARTBEAT_SCRIPT`].
+    pub fn heartbeat(&self) -> PathBuf {
+        self.data.join("hb")
+    }
+}
+
+/// `runc [--root ROOT] ARGS...`.
+pub fn runc_cmd(root: &Path) -> Command {
+    let mut c = Command::new(tool("runc"));
+    c.arg("--root").arg(root);
+    c
+}
+
+/// What `runc state` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuncState {
+    pub status: String,
+    pub pid: u32,
+    pub bundle: String,
+}
+
+/// `runc --root ROOT state ID`; an error if runc fails (e.g. no such container).
+pub fn runc_state(root: &Path, id: &str) -> Result<RuncState> {
+    let out = run(runc_cmd(root).args(["state", id]))?;
+    Ok(RuncState {
+        status: json_str_field(&out, "status")
+            .with_context(|| format!("no status in runc state: {out}"))?,
+        pid: json_u64_field(&out, "pid")
+            .and_then(|p| u32::try_from(p).ok())
+            .with_context(|| format!("no pid in runc state: {out}"))?,
+        bundle: json_str_field(&out, "bundle").unwrap_or_default(),
+    })
+}
+
+/// Ids and statuses in `runc --root ROOT list`.
+pub fn runc_list(root: &Path) -> Result<Vec<(String, String)>> {
+    let out = run(runc_cmd(root).args(["list"]))?;
+    Ok(out
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.nth(1)?.to_string()))
+        })
+        .collect())
+}
+
+/// Waits until `runc state` reports `status` (e.g. "stopped").
+pub fn runc_wait_status(root: &Path, id: &str, status: &str, timeout: Duration) -> Result<()> {
+    let end = Instant::now() + timeout;
+    loop {
+        let st = runc_state(root, id);
+        if st.as_ref().is_ok_and(|s| s.status == status) {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            return Err(lab_err(format!(
+                "container {id} in {} not {status} within {timeout:?}: {st:?}",
+                root.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A file fed by a pipe: a `cat` child reads the pipe into the file; [`PipeLog::writer`]
+/// hands out write ends (e.g. a container's stdout and stderr). `cat` ends when every write end
+/// is closed; `Drop` kills and reaps it if it still runs.
+#[derive(Debug)]
+pub struct PipeLog {
+    cat: ChildGuard,
+    write: Option<OwnedFd>,
+    path: PathBuf,
+}
+
+impl PipeLog {
+    pub fn start(path: &Path) -> Result<PipeLog> {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+        let mut cmd = Command::new(tool("cat"));
+        cmd.stdin(Stdio::piped()).stdout(file).stderr(Stdio::null());
+        let mut cat = ChildGuard::spawn(&mut cmd)?.named("stdio reader (cat)");
+        let stdin = cat
+            .child_mut()
+            .stdin
+            .take()
+            .context("cat has no stdin pipe")?;
+        Ok(PipeLog {
+            cat,
+            write: Some(OwnedFd::from(stdin)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A new write end of the pipe (close-on-exec in this process; `Command` dups it).
+    pub fn writer(&self) -> Result<Stdio> {
+        let w = self
+            .write
+            .as_ref()
+            .context("pipe write end already closed")?;
+        Ok(Stdio::from(w.try_clone().context("dup pipe write end")?))
+    }
+
+    /// Closes this process's write end: `cat` then ends when the other holders close theirs.
+    pub fn close_writer(&mut self) {
+        self.write = None;
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's text so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// Waits for `cat` to see end of file (all write ends closed) and exit.
+    pub fn wait_eof(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        self.close_writer();
+        self.cat.wait_timeout(timeout)
+    }
+}
+
+/// The largest N of the lines `tick N` in `text`.
+pub fn max_tick(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.trim().parse::<u64>().ok())
+        .max()
+}
+
+/// A container of a runc root. `Drop` runs `runc --root R kill ID KILL` and
+/// `runc --root R delete -f ID` unless disarmed (errors such as "does not exist" are ignored).
+#[derive(Debug)]
+pub struct RuncContainer {
+    root: PathBuf,
+    id: String,
+    armed: bool,
+}
+
+impl RuncContainer {
+    /// Guards a container that may exist (or appear) in `root` under `id`, e.g. one restored
+    /// there by someone else.
+    pub fn adopt(root: &Path, id: &str) -> RuncContainer {
+        RuncContainer {
+            root: root.to_path_buf(),
+            id: id.to_string(),
+            armed: true,
+        }
+    }
+
+    /// `runc --root ROOT run -d --bundle BUNDLE ID` with stdin `/dev/null` and stdout and
+    /// stderr the pipe of `log` (no terminal). The guard exists before runc runs, so even a
+    /// half-created container is deleted.
+    pub fn run_detached(root: &Path, bundle: &Path, id: &str, log: &PipeLog) -> Result<Self> {
+        let c = RuncContainer::adopt(root, id);
+        let mut cmd = runc_cmd(root);
+        cmd.args(["run", "-d", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(log.writer()?)
+            .stderr(log.writer()?);
+        let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+        if !status.success() {
+            return Err(lab_err(format!(
+                "runc run -d {id} failed ({status}); its output is in {}",
+                log.path().display()
+            )));
+        }
+        Ok(c)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn state(&self) -> Result<RuncState> {
+        runc_state(&self.root, &self.id)
+    }
+
+    /// `runc exec ID ARGS...`: its stdout.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        run(runc_cmd(&self.root).arg("exec").arg(&self.id).args(args))
+    }
+
+    /// `runc kill ID SIGNAL`.
+    pub fn kill(&self, signal: &str) -> Result<()> {
+        run(runc_cmd(&self.root).args(["kill", &self.id, signal])).map(drop)
+    }
+
+    /// `runc delete ID` (no --force).
+    pub fn delete(&self) -> Result<()> {
+        run(runc_cmd(&self.root).args(["delete", &self.id])).map(drop)
+    }
+
+    /// Don't kill or delete on drop (it was removed already, or handed over).
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for RuncContainer {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let _ = run(runc_cmd(&self.root).args(["kill", &self.id, "KILL"]));
+        let _ = run(runc_cmd(&self.root).args(["delete", "-f", &self.id]));
+        if self.root.join(&self.id).exists() {
+            eprintln!(
+                "haul-e2e: container {} still in {} after delete -f",
+                self.id,
+                self.root.display()
+            );
+        }
+    }
+}
+
+/// This process's cgroup in every hierarchy of `/proc/self/cgroup`, mapped to the directories
+/// of a hybrid/v1 layout: `/sys/fs/cgroup/<controllers>` (`systemd` for `name=systemd`),
+/// `/sys/fs/cgroup/unified` for cgroup2 (or `/sys/fs/cgroup` on a pure v2 host). Symlinked
+/// hierarchy directories are resolved through their target's mount, so each is listed once.
+pub fn own_cgroup_dirs() -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("read /proc/self/cgroup")?;
+    let base = Path::new("/sys/fs/cgroup");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut it = line.splitn(3, ':');
+        let (_, ctrls, path) = match (it.next(), it.next(), it.next()) {
+            (Some(a), Some(b), Some(c)) => (a, b, c),
+            _ => continue,
+        };
+        let mount = if ctrls.is_empty() {
+            let unified = base.join("unified");
+            if unified.is_dir() {
+                unified
+            } else {
+                base.to_path_buf()
+            }
+        } else {
+            base.join(ctrls.strip_prefix("name=").unwrap_or(ctrls))
+        };
+        let is_symlink =
+            std::fs::symlink_metadata(&mount).is_ok_and(|m| m.file_type().is_symlink());
+        if is_symlink || !mount.is_dir() {
+            return Err(lab_err(format!(
+                "cgroup hierarchy {ctrls:?} is not a directory at {}",
+                mount.display()
+            )));
+        }
+        out.push(mount.join(path.trim_start_matches('/')));
+    }
+    Ok(out)
+}
+
+/// A cgroup `NAME` created under this process's cgroup in every hierarchy (so, on this lab, at
+/// the root of all hierarchies but memory), for a "host" that must not share cgroup paths with
+/// the other one on the same machine: run its agent inside with [`DedicatedCgroup::wrap`].
+/// `Drop` removes (rmdir, never recursively) the children left in it, then the cgroups.
+#[derive(Debug)]
+pub struct DedicatedCgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl DedicatedCgroup {
+    pub fn create(name: &str) -> Result<Self> {
+        let mut cg = DedicatedCgroup { dirs: Vec::new() };
+        for parent in own_cgroup_dirs()? {
+            let dir = parent.join(name);
+            std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+            cg.dirs.push(dir.clone());
+            if std::fs::metadata(dir.join("cpuset.cpus")).is_ok() {
+                // A v1 cpuset cgroup takes no task before its cpus and mems are set.
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let v = std::fs::read_to_string(parent.join(f))
+                        .with_context(|| format!("read {}", parent.join(f).display()))?;
+                    std::fs::write(dir.join(f), v.trim())
+                        .with_context(|| format!("write {}", dir.join(f).display()))?;
+                }
+            }
+        }
+        Ok(cg)
+    }
+
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// `sh -c 'for d in DIRS; do echo $$ > $d/cgroup.procs; done; exec "$@"' sh PROGRAM ...`:
+    /// `program` and its arguments, run inside these cgroups. `base` is the command that runs
+    /// the shell, e.g. `NetnsPair::cmd_in(side, "sh")`; the returned command gets
+    /// PROGRAM's arguments appended by the caller.
+    pub fn wrap(&self, mut base: Command, program: impl AsRef<OsStr>) -> Command {
+        let dirs: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|d| format!("'{}'", d.to_string_lossy()))
+            .collect();
+        let script = format!(
+            "for d in {}; do echo $$ > \"$d/cgroup.procs\" || exit 111; done; exec \"$@\"",
+            dirs.join(" ")
+        );
+        base.arg("-c").arg(script).arg("sh").arg(program);
+        base
+    }
+
+    /// Child cgroups `name` that exist under these cgroups.
+    pub fn children_named(&self, name: &str) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .map(|d| d.join(name))
+            .filter(|d| d.is_dir())
+            .collect()
+    }
+
+    /// Removes (rmdir) every child cgroup left; returns the ones it found.
+    pub fn remove_children(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for d in &self.dirs {
+            let Ok(rd) = std::fs::read_dir(d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let p = e.path();
+                    if let Err(err) = rmdir_retry(&p, Duration::from_secs(2)) {
+                        eprintln!("haul-e2e: rmdir {}: {err}", p.display());
+                    }
+                    found.push(p);
+                }
+            }
+        }
+        found
+    }
+}
+
+fn rmdir_retry(p: &Path, timeout: Duration) -> std::io::Result<()> {
+    let end = Instant::now() + timeout;
+    loop {
+        match std::fs::remove_dir(p) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if Instant::now() >= end => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+impl Drop for DedicatedCgroup {
+    fn drop(&mut self) {
+        let left = self.remove_children();
+        if !left.is_empty() {
+            eprintln!("haul-e2e: removed child cgroups left behind: {left:?}");
+        }
+        for d in self.dirs.iter().rev() {
+            if let Err(e) = rmdir_retry(d, Duration::from_secs(5)) {
+                eprintln!("haul-e2e: rmdir {}: {e}", d.display());
+            }
+        }
+    }
+}
+
+/// The directory of `pid`'s cgroup in the v1 hierarchy that has `controller` (e.g. `freezer`),
+/// from `/proc/PID/cgroup`, under `/sys/fs/cgroup/<controllers>`.
+pub fn proc_cgroup_dir(pid: u32, controller: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| {
+        let mut it = l.splitn(3, ':');
+        let _ = it.next()?;
+        let ctrls = it.next()?;
+        let path = it.next()?;
+        ctrls.split(',').any(|c| c == controller).then(|| {
+            Path::new("/sys/fs/cgroup")
+                .join(ctrls)
+                .join(path.trim_start_matches('/'))
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Unit tests
 // ---------------------------------------------------------------------------------------------
 
@@ -1481,6 +2034,18 @@ mod unit {
             parse_mountinfo_points(info),
             vec![PathBuf::from("/mnt/a b"), PathBuf::from("/tmp/x")]
         );
+    }
+
+    #[test]
+    fn runc_json_and_ticks() {
+        assert_eq!(json_string("a\"b\\c\n"), r#""a\"b\\c\n""#);
+        let st = "{\n  \"ociVersion\": \"1.0.2-dev\",\n  \"id\": \"x\",\n  \"pid\": 4242,\n  \"status\": \"running\",\n  \"bundle\": \"/b\"\n}";
+        assert_eq!(json_str_field(st, "status").as_deref(), Some("running"));
+        assert_eq!(json_str_field(st, "bundle").as_deref(), Some("/b"));
+        assert_eq!(json_u64_field(st, "pid"), Some(4242));
+        assert_eq!(json_u64_field(st, "missing"), None);
+        assert_eq!(max_tick("tick 3\ntick 12\ngarbage\ntick 7\n"), Some(12));
+        assert_eq!(max_tick("nothing"), None);
     }
 
     #[test]

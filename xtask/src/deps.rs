@@ -28,14 +28,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
             ));
         }
         let all = tree(t, &["-e", "normal,build,no-proc-macro", "--prefix", "none"])?;
-        let c: Vec<&str> = c_toolchain_users(&all);
-        if !c.is_empty() {
+        for c in c_toolchain_users(&all) {
             problems.push(format!(
-                "{}: {} need a C toolchain for the target (see `cargo tree -p haul --target {} \
-                 -i <crate>`): keep dependencies pure Rust",
-                t.triple,
-                c.join(", "),
-                t.triple
+                "{t}: {c} compiles C for the target, which needs a C cross toolchain; keep \
+                 dependencies pure Rust (`cargo tree -p haul --target {t} -e normal,build -i {c}` \
+                 shows what pulls it in)",
+                t = t.triple
             ));
         }
     }

@@ -21,6 +21,7 @@ const SHDR_SIZE: usize = 64;
 const SYM_SIZE: usize = 24;
 
 /// A parsed ELF header over the whole file's bytes.
+#[derive(Debug)]
 pub struct Elf<'a> {
     data: &'a [u8],
     pub e_type: u16,

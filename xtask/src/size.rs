@@ -108,7 +108,7 @@ fn report(a: &Artifact) -> Result<(), String> {
     let f = Elf::parse(&data).map_err(|e| format!("{}: {e}", a.path.display()))?;
     let mut sections = f.sections().map_err(|e| e.to_string())?;
     sections.retain(|s| s.size > 0 && !s.name.is_empty());
-    sections.sort_by(|x, y| y.size.cmp(&x.size));
+    sections.sort_by_key(|s| std::cmp::Reverse(s.size));
     let list: Vec<String> = sections
         .iter()
         .take(6)

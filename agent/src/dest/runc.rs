@@ -60,7 +60,7 @@ fn destination_from(
 struct RootMount(PathBuf);
 
 impl RootMount {
-    fn new(rootfs: &Path, at: PathBuf) -> Result<RootMount> {
+    fn new(rootfs: &Path, at: PathBuf, readonly: bool) -> Result<RootMount> {
         std::fs::create_dir(&at).ctx(Kind::Other, format!("creating {}", at.display()))?;
         rustix::mount::mount_bind(rootfs, &at).ctx(
             Kind::Other,
@@ -69,6 +69,13 @@ impl RootMount {
         let m = RootMount(at);
         rustix::mount::mount_change(&m.0, rustix::mount::MountPropagationFlags::PRIVATE)
             .ctx(Kind::Other, format!("making {} private", m.0.display()))?;
+        if readonly {
+            // CRIU restores the mounts inside the container, not the flags of the root it is
+            // given: a read-only root must be read-only here already.
+            use rustix::mount::MountFlags;
+            rustix::mount::mount_remount(&m.0, MountFlags::BIND | MountFlags::RDONLY, "")
+                .ctx(Kind::Other, format!("making {} read-only", m.0.display()))?;
+        }
         Ok(m)
     }
 }
@@ -210,6 +217,7 @@ impl RuncRestore {
                 rc.stdio[1].clone(),
                 rc.stdio[2].clone(),
             ],
+            readonly_root: rc.readonly_root,
         };
         Ok(RuncRestore {
             stdio_log: cfg.stdio_dir.join(format!("{}.log", rc.dst_id)),
@@ -249,6 +257,7 @@ impl RuncRestore {
         self.root = Some(RootMount::new(
             Path::new(&self.container.rootfs),
             work.path.join("root"),
+            self.container.readonly_root,
         )?);
         Ok(())
     }

@@ -35,6 +35,8 @@ pub struct Container {
     pub freezer: Option<String>,
     /// Link targets of init's fds 0-2 (runc's descriptors.json).
     pub stdio: [String; 3],
+    /// The container's root mount is read-only.
+    pub readonly_root: bool,
 }
 
 /// A cgroup v1 hierarchy mounted on a host.

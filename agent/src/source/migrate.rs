@@ -189,13 +189,15 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         });
     let done = match done {
         Ok(d) => d,
-        Err(e) => return Err(e.with_kind(Kind::InDoubt).context(format!(
+        Err(e) => {
+            return Err(e.with_kind(Kind::InDoubt).context(format!(
             "IN DOUBT: the tasks of {what} were stopped here after the destination restored them, \
                  but it did not confirm they run; its work directory keeps the complete images \
                  (see `haul serve`'s log on {}); source images: {}",
             o.to,
             work.path.display()
-        ))),
+        )))
+        }
     };
     let frozen_ms = frozen_start.elapsed().as_millis() as u64;
     let wire_bytes = conn.wire_bytes_out();

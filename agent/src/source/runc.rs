@@ -68,13 +68,18 @@ pub fn inspect_container(runc_root: &Path, id: &str) -> Result<Inspected> {
 
     // cgroup v1 hierarchies bound under the container's cgroup mounts, from init's mountinfo
     // (mount points there are paths inside the container).
+    // (and whether the root is mounted read-only).
     let mut cgroup_binds = Vec::new();
-    if !cgroup_mounts.is_empty() {
+    let mut readonly_root = false;
+    {
         let mut mi = MountInfoBuf::new();
         let mounts = read_mountinfo(Path::new(PROC), ProcPid::Pid(pid), &mut mi)
             .map_err(|e| Error::other(e.to_string()))?;
         for m in mounts {
             let m = m.map_err(|e| Error::other(e.to_string()))?;
+            if m.mount_point == Path::new("/") {
+                readonly_root = m.mount_options.contains("ro");
+            }
             if m.fs_type == "cgroup"
                 && cgroup_mounts
                     .iter()
@@ -115,6 +120,7 @@ pub fn inspect_container(runc_root: &Path, id: &str) -> Result<Inspected> {
         devices: st.devices.iter().map(|d| d.to_string()).collect(),
         freezer: st.cgroup_path("freezer").map(str::to_string),
         stdio,
+        readonly_root,
     };
     Ok(Inspected {
         id: id.to_string(),
@@ -163,6 +169,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             cgroup_mounts: c.container.cgroup_binds.clone(),
             masked_files: c.container.masked_files.clone(),
             fs: fs as i32,
+            readonly_root: c.container.readonly_root,
         }),
     };
     let runc_root = a.runc_root.clone();

@@ -34,6 +34,7 @@ pub fn spawn_outbound(
         .spawn(move || {
             let mut buf = vec![0u8; PAYLOAD_MAX];
             let mut total = 0u64;
+            let mut frames = 0u64;
             loop {
                 let n = match rustix::io::read(&*sock, &mut buf) {
                     Ok(0) => break,
@@ -52,9 +53,11 @@ pub fn spawn_outbound(
                     return Err(e);
                 }
                 total += n as u64;
+                frames += 1;
                 counter.pages_out.fetch_add(n as u64, Ordering::Relaxed);
             }
             send_frame(&tx, Kind::PageEof, &[])?;
+            log::debug!("page relay: {total} bytes in {frames} frames");
             Ok(total)
         })
         .map_err(|err| WireError::Io {

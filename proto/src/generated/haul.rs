@@ -75,6 +75,10 @@ pub struct RuncContainer {
     pub masked_files: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(enumeration = "FsMode", tag = "7")]
     pub fs: i32,
+    /// The container's root is read-only (runc's `readonly` root): CRIU does not restore the root
+    /// mount's flags, so the destination mounts it read-only itself.
+    #[prost(bool, tag = "8")]
+    pub readonly_root: bool,
 }
 /// Destination is ready to receive pages: its CRIU page server is running.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
