@@ -235,6 +235,7 @@ mod tests {
                 "pipe:[23204]".into(),
                 "pipe:[23204]".into(),
             ],
+            readonly_root: true,
         }
     }
 
