@@ -66,3 +66,15 @@ pub const PENDING_HANDSHAKES: usize = 8;
 
 /// Size of the key file: 32 random bytes written as 64 hex digits and a newline.
 pub const KEY_BYTES: usize = 32;
+
+/// Most entries of a bundle tree sent with `--fs copy`: a busybox or alpine rootfs has a few
+/// hundred to a few thousand; 200 000 covers large distributions while bounding the source's
+/// change-tracking table (about 100 bytes per entry).
+pub const TREE_ENTRIES_MAX: u64 = 200_000;
+
+/// Most bytes of a bundle tree sent with `--fs copy` (64 GiB): bounded by the destination's disk,
+/// this only stops a runaway peer.
+pub const TREE_BYTES_MAX: u64 = 64 << 30;
+
+/// Longest relative path in a bundle tree (PATH_MAX).
+pub const TREE_PATH_MAX: usize = 4096;

@@ -89,6 +89,8 @@ impl Setup {
             .arg(&self.dst_root)
             .arg("--stdio-dir")
             .arg(&self.stdio_dir)
+            .arg("--bundle-root")
+            .arg(self.dir.join("bundles"))
             .arg("-v");
         let s = ChildWithLog::spawn("serve", &mut cmd)
             .unwrap()
@@ -169,6 +171,11 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 /// Migrates the container (to a new id if `new_id`). With `check_ro`, stops after checking
 /// that the rootfs is still read-only on the destination.
 fn moves(tag: &str, new_id: bool, check_ro: bool) {
+    moves_with(tag, new_id, check_ro, false)
+}
+
+/// As `moves`; with `copy`, the bundle is copied (`--fs copy`) to the destination's bundle root.
+fn moves_with(tag: &str, new_id: bool, check_ro: bool, copy: bool) {
     let Some(mut s) = setup(tag) else { return };
     s.serve();
     let id = unique_container_id();
@@ -201,6 +208,9 @@ fn moves(tag: &str, new_id: bool, check_ro: bool) {
     let mut extra = vec!["--stats-json", stats_json.to_str().unwrap()];
     if new_id {
         extra.extend(["--dst-id", dst_id.as_str()]);
+    }
+    if copy {
+        extra.extend(["--fs", "copy"]);
     }
     let freezer = proc_cgroup_dir(src_pid, "freezer").expect("freezer cgroup of the container");
     let watch = FreezerWatch::start(freezer.join("freezer.state"));
@@ -291,7 +301,33 @@ fn moves(tag: &str, new_id: bool, check_ro: bool) {
     assert_eq!(st.status, "running", "{st:?}");
     let p = proc_stat(st.pid).expect("runc state's pid exists");
     assert_eq!(p.comm, "sh", "{p:?}");
-    assert_eq!(st.bundle, s.bundle.dir.to_string_lossy());
+    if copy {
+        // The destination runs from its own copy of the bundle.
+        let copied = s.dir.join("bundles").join(&dst_id);
+        assert_eq!(st.bundle, copied.to_string_lossy());
+        let (a, b) = (
+            std::fs::metadata(s.bundle.dir.join("rootfs/bin/busybox")).unwrap(),
+            std::fs::metadata(copied.join("rootfs/bin/busybox")).unwrap(),
+        );
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (a.len(), a.mode(), a.mtime()),
+            (b.len(), b.mode(), b.mtime())
+        );
+        assert_eq!(
+            std::fs::read_link(copied.join("rootfs/bin/sh")).unwrap(),
+            Path::new("busybox")
+        );
+        assert!(copied.join("config.json").is_file());
+        let root = dst.exec(&["cat", "/proc/1/mountinfo"]).unwrap();
+        assert!(
+            root.lines()
+                .any(|l| l.contains(&format!("{}/rootfs / ", copied.display()))),
+            "root is not the copy: {root}"
+        );
+    } else {
+        assert_eq!(st.bundle, s.bundle.dir.to_string_lossy());
+    }
     let list = runc_list(&s.dst_root).unwrap();
     assert!(
         list.contains(&(dst_id.clone(), "running".into())),
@@ -378,6 +414,11 @@ fn runc_container_moves_with_the_same_id() {
 #[test]
 fn runc_container_moves_to_a_new_id() {
     moves("runcnew", true, false);
+}
+
+#[test]
+fn runc_container_moves_with_its_bundle_copied() {
+    moves_with("runccopy", true, false, true);
 }
 
 /// The rootfs is read-only on the source (`/` mounted `ro`) and must stay so after the restore:

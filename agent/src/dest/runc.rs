@@ -11,6 +11,7 @@ use crate::inspect::{
 };
 use crate::plan::runc::{self, Container, Destination, Hierarchy};
 use crate::register::{rfc3339_now, state_json, Claim, Registration};
+use crate::transfer::tree::TreeSink;
 use crate::workdir::WorkDir;
 use haul_proto::criu::CriuOpts;
 use haul_proto::haul::{FsMode, RuncContainer};
@@ -105,6 +106,22 @@ pub struct RuncRestore {
     cgroups: Option<Created>,
     root: Option<RootMount>,
     claim: Option<Claim>,
+    /// `--fs copy`: where the bundle goes.
+    copy_to: Option<PathBuf>,
+    /// The bundle directory haul created (removed on failure).
+    created_bundle: Option<PathBuf>,
+}
+
+impl Drop for RuncRestore {
+    fn drop(&mut self) {
+        // Unmount first: the root mount may be of the copied rootfs.
+        drop(self.root.take());
+        if let Some(dir) = self.created_bundle.take() {
+            if let Err(e) = crate::workdir::remove_tree_checked(&dir) {
+                log::warn!("{e}");
+            }
+        }
+    }
 }
 
 impl RuncRestore {
@@ -113,11 +130,7 @@ impl RuncRestore {
         let refuse = |m: String| Error::new(Kind::Refused, m);
         ContainerId::new(&rc.dst_id)
             .map_err(|e| refuse(format!("container id {:?}: {e}", rc.dst_id)))?;
-        if rc.fs == FsMode::FsCopy as i32 {
-            return Err(refuse(
-                "--fs copy is not supported by this destination yet".into(),
-            ));
-        }
+        let copy = rc.fs == FsMode::FsCopy as i32;
         if rc.state_json.len() > STATE_JSON_MAX {
             return Err(refuse(format!(
                 "state.json from the source is {} bytes; the limit is {STATE_JSON_MAX}",
@@ -144,18 +157,41 @@ impl RuncRestore {
                 cfg.runc_root.display()
             )));
         }
-        let bundle = st.bundle.unwrap_or("").to_string();
-        if !bundle.is_empty() && !Path::new(&bundle).join("config.json").is_file() {
-            return Err(refuse(format!(
-                "bundle {bundle} is not on the destination (use --fs copy or make it shared)"
-            )));
-        }
-        if !Path::new(st.rootfs).is_dir() {
-            return Err(refuse(format!(
-                "rootfs {} is not on the destination",
-                st.rootfs
-            )));
-        }
+        let src_bundle = st.bundle.unwrap_or("").to_string();
+        let (bundle, rootfs, copy_to) = if copy {
+            // The rootfs moves with the bundle: same place relative to it.
+            let rel = Path::new(st.rootfs)
+                .strip_prefix(&src_bundle)
+                .map_err(|_| {
+                    refuse(format!(
+                        "--fs copy: rootfs {} is not inside the bundle {src_bundle}",
+                        st.rootfs
+                    ))
+                })?
+                .to_path_buf();
+            let dir = cfg.bundle_root.join(&rc.dst_id);
+            if dir.exists() {
+                return Err(refuse(format!(
+                    "bundle {} already exists on the destination",
+                    dir.display()
+                )));
+            }
+            let rootfs = dir.join(rel).to_string_lossy().into_owned();
+            (dir.to_string_lossy().into_owned(), rootfs, Some(dir))
+        } else {
+            if !src_bundle.is_empty() && !Path::new(&src_bundle).join("config.json").is_file() {
+                return Err(refuse(format!(
+                    "bundle {src_bundle} is not on the destination (use --fs copy or make it shared)"
+                )));
+            }
+            if !Path::new(st.rootfs).is_dir() {
+                return Err(refuse(format!(
+                    "rootfs {} is not on the destination",
+                    st.rootfs
+                )));
+            }
+            (src_bundle, st.rootfs.to_string(), None)
+        };
         let binds: Vec<(String, String)> = st
             .mounts
             .iter()
@@ -200,7 +236,7 @@ impl RuncRestore {
         }
         let container = Container {
             init_pid: 0,
-            rootfs: st.rootfs.to_string(),
+            rootfs,
             binds,
             cgroup_mounts: st
                 .mounts
@@ -232,6 +268,8 @@ impl RuncRestore {
             cgroups: None,
             root: None,
             claim: None,
+            copy_to,
+            created_bundle: None,
         })
     }
 
@@ -252,14 +290,42 @@ impl RuncRestore {
     }
 
     /// Creates the container's cgroups with the restoring CRIU in them, and mounts the root.
-    pub fn attach(&mut self, restorer_pid: u32, work: &WorkDir) -> Result<()> {
+    pub fn attach(&mut self, restorer_pid: u32) -> Result<()> {
         self.cgroups = Some(Created::create(&self.hier, &self.rc.dst_id, restorer_pid)?);
+        Ok(())
+    }
+
+    /// Bind-mounts the rootfs (shared, or the copy just received) on a private mount point.
+    pub fn mount_root(&mut self, work: &WorkDir) -> Result<()> {
         self.root = Some(RootMount::new(
             Path::new(&self.container.rootfs),
             work.path.join("root"),
             self.container.readonly_root,
         )?);
         Ok(())
+    }
+
+    /// `--fs copy`: creates `<bundle-root>/<dst-id>` and returns the sink for the tree.
+    pub fn tree_sink(&mut self) -> Result<Option<TreeSink>> {
+        let Some(dir) = self.copy_to.clone() else {
+            return Ok(None);
+        };
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .ctx(Kind::Setup, format!("creating {}", parent.display()))?;
+        }
+        std::fs::create_dir(&dir)
+            .ctx(Kind::Refused, format!("creating bundle {}", dir.display()))?;
+        self.created_bundle = Some(dir.clone());
+        let fd = rustix::fs::open(
+            &dir,
+            rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ctx(Kind::Other, format!("opening {}", dir.display()))?;
+        Ok(Some(TreeSink::new(fd)))
     }
 
     pub fn restore_opts(&self, images_dir_fd: i32) -> CriuOpts {
@@ -367,6 +433,8 @@ impl RuncRestore {
             c.keep();
         }
         drop(self.root.take());
+        // The copied bundle is the container's now.
+        self.created_bundle = None;
     }
 
     /// The container's id on this host.

@@ -121,6 +121,8 @@ pub fn msg_name(m: &Msg) -> &'static str {
         Msg::Abort(_) => "Abort",
         Msg::CpuCheck(_) => "CpuCheck",
         Msg::CpuCheckResult(_) => "CpuCheckResult",
+        Msg::TreeEntry(_) => "TreeEntry",
+        Msg::TreeDone(_) => "TreeDone",
     }
 }
 
@@ -300,11 +302,15 @@ fn receive_and_restore(
         let pid = restorer
             .pid()
             .ok_or_else(|| Error::other("restoring criu has no pid"))?;
-        j.attach(pid, work)?;
+        j.attach(pid)?;
     }
     conn.send(Msg::Prepared(Prepared {}))
         .map_err(|e| wire(e, "prepared"))?;
 
+    let mut tree = match job.as_mut() {
+        Some(j) => j.tree_sink()?,
+        None => None,
+    };
     let mut sink = ImageSink::new(
         rustix::io::fcntl_dupfd_cloexec(&work.fd, 3)
             .map_err(|e| Error::other(format!("dup: {e}")))?,
@@ -314,9 +320,27 @@ fn receive_and_restore(
             .recv(IDLE_TIMEOUT, "image transfer")
             .map_err(|e| wire(e, "receiving images"))?
         {
-            Incoming::FileData(d) => sink.data(&d).map_err(|e| wire(e, "images"))?,
+            Incoming::FileData(d) => match tree.as_mut() {
+                Some(t) if t.in_file() => t.data(&d).map_err(|e| wire(e, "bundle"))?,
+                _ => sink.data(&d).map_err(|e| wire(e, "images"))?,
+            },
+            Incoming::Control(Msg::TreeEntry(e)) => match tree.as_mut() {
+                Some(t) => t.entry(e).map_err(|e| wire(e, "bundle"))?,
+                None => return Err(Error::other("bundle tree sent without --fs copy")),
+            },
+            Incoming::Control(Msg::TreeDone(d)) => {
+                log::info!(
+                    "bundle pass {}: {} entries, {} bytes",
+                    d.pass,
+                    d.entries,
+                    d.bytes
+                );
+            }
             Incoming::Control(Msg::FileBegin(b)) => sink.begin(b).map_err(|e| wire(e, "images"))?,
-            Incoming::Control(Msg::FileEnd(e)) => sink.end(e).map_err(|e| wire(e, "images"))?,
+            Incoming::Control(Msg::FileEnd(e)) => match tree.as_mut() {
+                Some(t) if t.in_file() => t.end(e).map_err(|e| wire(e, "bundle"))?,
+                _ => sink.end(e).map_err(|e| wire(e, "images"))?,
+            },
             Incoming::Control(Msg::ImagesDone(d)) => {
                 sink.done(&d).map_err(|e| wire(e, "images"))?;
                 break;
@@ -351,6 +375,9 @@ fn receive_and_restore(
     );
 
     restorer.set_log(work.path.join("restore.log"));
+    if let Some(j) = job.as_mut() {
+        j.mount_root(work)?;
+    }
     let opts = match job.as_ref() {
         Some(j) => j.restore_opts(work.raw()),
         None => crate::plan::pid::restore(work.raw()),

@@ -52,6 +52,8 @@ pub struct Job<'a> {
     pub freezer: Option<std::path::PathBuf>,
     /// Extra files written into the images directory before they are sent.
     pub extra_files: Vec<(String, Vec<u8>)>,
+    /// `--fs copy`: the bundle directory and the entries of it to copy.
+    pub tree: Option<(std::path::PathBuf, Vec<String>)>,
     /// Runs after the destination confirmed; its failure is only a warning.
     pub after_commit: Option<Box<dyn FnOnce() -> Result<()> + 'a>>,
 }
@@ -74,6 +76,7 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
             dump_opts: Box::new(move |dir, ps| crate::plan::pid::dump(pid, dir, ps)),
             freezer: None,
             extra_files: Vec::new(),
+            tree: None,
             after_commit: None,
         },
         o,
@@ -125,6 +128,26 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         Err(e) => return Err(wire_to_error(e, "preflight").with_kind(Kind::Refused)),
     }
 
+    // --fs copy, pass 1: the whole bundle tree, while the container still runs.
+    let mut snapshot = None;
+    if let Some((root, tops)) = &job.tree {
+        phase(
+            o.quiet,
+            &format!(
+                "copying the bundle {} (config.json and rootfs)",
+                root.display()
+            ),
+        );
+        let tops: Vec<&str> = tops.iter().map(String::as_str).collect();
+        let (snap, n, b) = crate::transfer::tree::send_tree(&conn, root, &tops, 1, None)
+            .map_err(|e| Error::new(Kind::Refused, format!("copying the bundle: {e}")))?;
+        log::info!(
+            "bundle pass 1: {n} entries, {:.1} MiB",
+            b as f64 / 1048576.0
+        );
+        snapshot = Some(snap);
+    }
+
     let work = WorkDir::create(o.work_root, &id)?;
     for (name, bytes) in &job.extra_files {
         std::fs::write(work.path.join(name), bytes).ctx(Kind::Other, format!("writing {name}"))?;
@@ -144,6 +167,20 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         }
         None => None,
     };
+    // --fs copy, pass 2: what changed since pass 1, now that nothing can change.
+    if let (Some((root, tops)), Some(snap)) = (&job.tree, &snapshot) {
+        let tops: Vec<&str> = tops.iter().map(String::as_str).collect();
+        match crate::transfer::tree::send_tree(&conn, root, &tops, 2, Some(snap)) {
+            Ok((_, n, b)) => log::info!("bundle pass 2: {n} changed entries, {b} bytes"),
+            Err(e) => {
+                drop(thaw_guard);
+                return Err(Error::new(
+                    Kind::RolledBack,
+                    format!("copying the bundle's changes: {e}; {what} keeps running on this host"),
+                ));
+            }
+        }
+    }
     let progress = Progress::start(o.quiet, "pages", conn.counters.clone());
     let opts = (job.dump_opts)(work.raw(), ps_criu_no);
     swrk.set_log(work.path.join("dump.log"));

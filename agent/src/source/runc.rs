@@ -139,11 +139,6 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
         "copy" => FsMode::FsCopy,
         other => return Err(Error::usage(format!("--fs {other}: use shared or copy"))),
     };
-    if fs == FsMode::FsCopy {
-        return Err(Error::usage(
-            "--fs copy is not implemented yet: use --fs shared (the bundle path must exist on both hosts)",
-        ));
-    }
     let runc = match &a.runc {
         Some(p) => p.clone(),
         None => PathBuf::from("runc"),
@@ -159,6 +154,24 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             .join(",")
     );
     let container = c.container.clone();
+    let tree = if fs == FsMode::FsCopy {
+        let rel = Path::new(&c.container.rootfs)
+            .strip_prefix(&c.bundle)
+            .map_err(|_| {
+                Error::usage(format!(
+                    "--fs copy: rootfs {} is not inside the bundle {}",
+                    c.container.rootfs, c.bundle
+                ))
+            })?
+            .to_string_lossy()
+            .into_owned();
+        Some((
+            PathBuf::from(&c.bundle),
+            vec!["config.json".to_string(), rel],
+        ))
+    } else {
+        None
+    };
     let prepare = Prepare {
         expected_page_bytes: 0,
         runc: Some(RuncContainer {
@@ -192,6 +205,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             dump_opts: Box::new(move |dir, ps| dump(&container, dir, ps).0),
             freezer: c.container.freezer.as_ref().map(PathBuf::from),
             extra_files: vec![("descriptors.json".into(), descriptors.into_bytes())],
+            tree,
             after_commit: Some(Box::new(move || remove_source(&runc, &runc_root, &id))),
         },
         &o,

@@ -1,11 +1,13 @@
-//! The one module allowed `unsafe`: starting a child process that inherits chosen descriptors.
+//! The one module allowed `unsafe`: starting a child process that inherits chosen descriptors,
+//! adopting a descriptor inherited from an init system, and blocking and waiting for signals.
 //!
 //! Everything else goes through rustix's safe wrappers.
 
 #![allow(unsafe_code)]
 
+use std::ffi::c_int;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
@@ -42,6 +44,111 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// `fcntl(fd, F_GETFD)`, then `check`, then ownership: adopts a descriptor number the process
+/// inherited (`haul serve --fd N`, systemd's `LISTEN_FDS`) once `check` accepts it.
+///
+/// Checking before owning matters: if nothing was inherited under that number, haul may have
+/// opened something of its own there since (the syslog socket); a failed check leaves it open.
+pub fn adopt_fd(
+    fd: RawFd,
+    check: impl FnOnce(BorrowedFd<'_>) -> Result<(), String>,
+) -> Result<OwnedFd, String> {
+    if fd < 0 {
+        return Err(format!("{fd} is not a descriptor number"));
+    }
+    // SAFETY: the borrow lasts for the fcntl call and `check`; if `fd` is not open, fcntl fails
+    // with EBADF before anything else uses it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_getfd(borrowed).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    check(borrowed)?;
+    // SAFETY: `fd` is open (fcntl succeeded) and `check` accepted it as the kind of object the
+    // caller expects from its parent; haul creates no such object itself before this call, so
+    // no other owner of this number exists in the process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+// Why the C library and not rustix: rustix's safe API has no sigprocmask or sigwait; they exist
+// only in its `runtime` module, which is meant for libc implementations, hidden behind a hashed
+// module name and allowed to change in any release. The C library that std already links (glibc
+// or the static musl of release builds) has had `pthread_sigmask` and `sigwait` for decades.
+extern "C" {
+    fn sigemptyset(set: *mut CSigSet) -> c_int;
+    fn sigaddset(set: *mut CSigSet, signum: c_int) -> c_int;
+    fn pthread_sigmask(how: c_int, set: *const CSigSet, old: *mut CSigSet) -> c_int;
+    fn sigwait(set: *const CSigSet, sig: *mut c_int) -> c_int;
+}
+
+/// `SIG_BLOCK`: 0 on Linux, except on the MIPS and SPARC families.
+#[cfg(not(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+const SIG_BLOCK: c_int = 0;
+#[cfg(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+const SIG_BLOCK: c_int = 1;
+
+/// The C library's `sigset_t`: 1024 bits in glibc and in musl on every architecture (128 bytes).
+/// Only `sigemptyset` and `sigaddset` touch the bits, so haul does not depend on their order.
+#[repr(C)]
+struct CSigSet([u64; 16]);
+
+/// A set of signals, for [`block_signals`] and [`wait_signal`].
+pub struct SignalSet(CSigSet);
+
+impl SignalSet {
+    /// `sigemptyset` + `sigaddset` for each of `signals`.
+    pub fn new(signals: &[rustix::process::Signal]) -> io::Result<SignalSet> {
+        let mut set = CSigSet([0; 16]);
+        // SAFETY: `set` is a live, writable `sigset_t`-sized buffer for the duration of the call.
+        if unsafe { sigemptyset(&mut set) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for s in signals {
+            // SAFETY: as above; an invalid signal number fails with EINVAL and writes nothing.
+            if unsafe { sigaddset(&mut set, s.as_raw()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(SignalSet(set))
+    }
+}
+
+/// `pthread_sigmask(SIG_BLOCK, set)`: blocks `set` in the calling thread and so in every thread
+/// it starts afterwards (threads inherit the mask). Call it before starting threads.
+///
+/// Children do not inherit it: std's `Command` empties the signal mask between fork and exec.
+pub fn block_signals(set: &SignalSet) -> io::Result<()> {
+    // SAFETY: `set` points to an initialised `sigset_t`; the old mask is not asked for (null).
+    // The C library removes the signals it reserves for itself, and nothing in haul or std
+    // relies on receiving the signals callers block (SIGTERM, SIGINT, SIGHUP).
+    let rc = unsafe { pthread_sigmask(SIG_BLOCK, &set.0, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// `sigwait(set)`: waits until one of `set` (blocked in every thread) is pending, takes it and
+/// returns it.
+pub fn wait_signal(set: &SignalSet) -> io::Result<rustix::process::Signal> {
+    let mut sig: c_int = 0;
+    // SAFETY: `set` points to an initialised `sigset_t` and `sig` to a writable int, both live
+    // for the call.
+    let rc = unsafe { sigwait(&set.0, &mut sig) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    rustix::process::Signal::from_named_raw(sig)
+        .ok_or_else(|| io::Error::other(format!("sigwait returned signal {sig}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +170,37 @@ mod tests {
         let mut child = spawn_inheriting(&mut cmd, &[keep_r.as_fd()]).unwrap();
         let status = child.wait().unwrap();
         assert!(status.success(), "child saw the wrong descriptors");
+    }
+
+    extern "C" {
+        /// Sends a signal to the calling thread (not the process: other test threads must not
+        /// get it).
+        fn raise(sig: c_int) -> c_int;
+    }
+
+    #[test]
+    fn a_blocked_signal_raised_in_this_thread_is_taken_by_sigwait() {
+        use rustix::process::Signal;
+        // SIGUSR2 is not used by the test harness; it is blocked in this thread only.
+        let set = SignalSet::new(&[Signal::USR2]).unwrap();
+        block_signals(&set).unwrap();
+        // SAFETY: SIGUSR2 is blocked in this thread, so raising it only makes it pending here.
+        assert_eq!(unsafe { raise(Signal::USR2.as_raw()) }, 0);
+        assert_eq!(wait_signal(&set).unwrap(), Signal::USR2);
+    }
+
+    #[test]
+    fn adopting_checks_before_owning() {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let n = r.as_raw_fd();
+        let err = adopt_fd(n, |_| Err("not wanted".into())).unwrap_err();
+        assert_eq!(err, "not wanted");
+        // Still open: the failed check did not close it.
+        rustix::io::fcntl_getfd(&r).unwrap();
+        std::mem::forget(r);
+        let owned = adopt_fd(n, |_| Ok(())).unwrap();
+        assert_eq!(owned.as_raw_fd(), n);
+        drop(w);
+        assert!(adopt_fd(-1, |_| Ok(())).is_err());
     }
 }

@@ -9,6 +9,7 @@ pub mod images;
 pub mod key;
 pub mod mux;
 pub mod pages;
+pub mod tree;
 
 pub use error::WireError;
 pub use frame::{RecvHalf, SendHalf};

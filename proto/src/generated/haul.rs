@@ -157,9 +157,45 @@ pub struct CpuCheckResult {
     #[prost(bool, tag = "3")]
     pub supported: bool,
 }
+/// `--fs copy`: one entry of the bundle tree (config.json and the rootfs), relative to the bundle.
+/// A regular file's bytes follow in FILE_DATA frames, then FileEnd.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TreeEntry {
+    /// Relative path with plain components ("rootfs/bin/sh"); never absolute, never "..".
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(enumeration = "TreeKind", tag = "2")]
+    pub kind: i32,
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
+    #[prost(int64, tag = "6")]
+    pub mtime_sec: i64,
+    #[prost(uint32, tag = "7")]
+    pub mtime_nsec: u32,
+    /// Symlink target, verbatim.
+    #[prost(string, tag = "8")]
+    pub target: ::prost::alloc::string::String,
+}
+/// End of one pass over the tree (pass 1 before the freeze, pass 2 with what changed since).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TreeDone {
+    #[prost(uint32, tag = "1")]
+    pub pass: u32,
+    #[prost(uint64, tag = "2")]
+    pub entries: u64,
+    #[prost(uint64, tag = "3")]
+    pub bytes: u64,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Control {
-    #[prost(oneof = "control::Msg", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
+    #[prost(
+        oneof = "control::Msg",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
+    )]
     pub msg: ::core::option::Option<control::Msg>,
 }
 /// Nested message and enum types in `Control`.
@@ -192,6 +228,10 @@ pub mod control {
         CpuCheck(super::CpuCheck),
         #[prost(message, tag = "13")]
         CpuCheckResult(super::CpuCheckResult),
+        #[prost(message, tag = "14")]
+        TreeEntry(super::TreeEntry),
+        #[prost(message, tag = "15")]
+        TreeDone(super::TreeDone),
     }
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -253,6 +293,35 @@ impl FsMode {
         match value {
             "FS_SHARED" => Some(Self::FsShared),
             "FS_COPY" => Some(Self::FsCopy),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum TreeKind {
+    TreeDir = 0,
+    TreeFile = 1,
+    TreeSymlink = 2,
+}
+impl TreeKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::TreeDir => "TREE_DIR",
+            Self::TreeFile => "TREE_FILE",
+            Self::TreeSymlink => "TREE_SYMLINK",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "TREE_DIR" => Some(Self::TreeDir),
+            "TREE_FILE" => Some(Self::TreeFile),
+            "TREE_SYMLINK" => Some(Self::TreeSymlink),
             _ => None,
         }
     }
