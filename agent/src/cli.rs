@@ -45,16 +45,37 @@ pub enum Command {
     subcommand,
     name = "serve",
     example = "haul serve --listen 0.0.0.0:7070 --key /etc/haul/key\n\
-               haul serve --listen 127.0.0.1:7070 --insecure --work-dir /tmp/haul",
-    note = "Runs in the foreground; logs go to stderr. Each migration gets a fresh directory under\n\
-            --work-dir; it is removed after a successful restore. If the source stops its tasks\n\
-            but the commit never arrives, the restored tasks are stopped and the complete images\n\
-            stay in that directory with a file IN-DOUBT explaining why."
+               haul serve --listen 127.0.0.1:7070 --insecure --work-dir /tmp/haul\n\
+               haul serve --fd 3 --key /etc/haul/key --syslog     (systemd socket activation)",
+    note = "Runs in the foreground, for an init system or supervisor; logs go to stderr, or with\n\
+            --syslog to /dev/log as haul[PID], facility daemon (stderr if /dev/log is unreachable).\n\
+            Listens on --listen, or on an inherited listening TCP socket with --fd N (systemd socket\n\
+            activation: 3; inetd wait mode: 0); with neither, on the one socket systemd passed\n\
+            (LISTEN_FDS=1). --pid-file is written once listening and removed on exit.\n\n\
+            SIGHUP reads the --key file again: new connections use the new key, migrations in\n\
+            progress keep theirs; an unreadable or bad file is logged and the old key stays.\n\
+            SIGTERM or SIGINT: stop accepting, wait up to 80 s for migrations in flight to finish,\n\
+            then exit 0. A second signal, or the end of the wait, exits at once with 1: the CRIU of\n\
+            each migration still in flight sees haul's sockets close and aborts, a restore held for\n\
+            the commit is killed, and the source rolls back (its workload keeps running there).\n\n\
+            Each migration gets a fresh directory under --work-dir; it is removed after a successful\n\
+            restore. If the source stops its tasks but the commit never arrives, the restored tasks\n\
+            are stopped and the complete images stay in that directory with a file IN-DOUBT\n\
+            explaining why."
 )]
 pub struct Serve {
-    /// address and port to listen on, e.g. 0.0.0.0:7070
+    /// address and port to listen on, e.g. 0.0.0.0:7070 (or --fd)
     #[argh(option)]
-    pub listen: String,
+    pub listen: Option<String>,
+    /// listen on inherited descriptor N, a listening TCP socket (instead of --listen)
+    #[argh(option)]
+    pub fd: Option<u32>,
+    /// write haul's pid to this file once listening; removed on exit
+    #[argh(option)]
+    pub pid_file: Option<PathBuf>,
+    /// log to syslog (/dev/log) instead of stderr
+    #[argh(switch)]
+    pub syslog: bool,
     /// pre-shared key file (made by `haul keygen`); required unless --insecure
     #[argh(option)]
     pub key: Option<PathBuf>,
@@ -149,6 +170,9 @@ pub struct MigrateRunc {
     /// also write the summary as JSON to this file
     #[argh(option)]
     pub stats_json: Option<PathBuf>,
+    /// keep this side's work directory (CRIU's dump.log, stats, images) after success
+    #[argh(switch)]
+    pub keep_work: bool,
 }
 
 /// Show what haul sees and would ask CRIU, without freezing anything.
@@ -232,6 +256,9 @@ pub struct MigratePid {
     /// also write the summary as JSON to this file
     #[argh(option)]
     pub stats_json: Option<PathBuf>,
+    /// keep this side's work directory (CRIU's dump.log, stats, images) after success
+    #[argh(switch)]
+    pub keep_work: bool,
 }
 
 /// Write a new random pre-shared key (mode 0600); copy it to both hosts.

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod logger;
 pub mod plan;
 pub mod register;
+pub mod service;
 pub mod source;
 pub mod summary;
 pub mod sys;

@@ -78,3 +78,9 @@ pub const TREE_BYTES_MAX: u64 = 64 << 30;
 
 /// Longest relative path in a bundle tree (PATH_MAX).
 pub const TREE_PATH_MAX: usize = 4096;
+
+/// How long a stop waits for migrations in flight. Longer than `COMMIT_TIMEOUT` (60 s), so a
+/// restore held at post-restore when the stop begins resolves by the session's own rules (run,
+/// killed on Abort, or in doubt with its images kept); shorter than systemd's default
+/// `TimeoutStopSec` (90 s), so haul ends the wait itself rather than SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(80);

@@ -90,6 +90,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve(s) => {
+            if s.syslog {
+                if let Err(e) = haul::logger::to_syslog() {
+                    log::warn!("{e}; logging to stderr instead");
+                }
+            }
+            let listener =
+                haul::service::listener(s.listen.as_deref(), s.fd).map_err(Error::usage)?;
             let key = key_of(s.key.as_deref(), s.insecure)?;
             let cfg = haul::dest::session::SessionConfig {
                 key,
@@ -101,7 +108,11 @@ fn run(cli: Cli) -> Result<()> {
                 stdio_dir: s.stdio_dir,
                 runc: s.runc.unwrap_or_else(|| "runc".into()),
             };
-            haul::dest::serve::serve(&s.listen, cfg)
+            let opts = haul::dest::serve::Options {
+                key_file: s.key,
+                pid_file: s.pid_file,
+            };
+            haul::dest::serve::serve(listener, cfg, &opts)
         }
         Command::Migrate(m) => match m.what {
             MigrateWhat::Runc(r) => {
@@ -120,6 +131,7 @@ fn run(cli: Cli) -> Result<()> {
                         criu: &criu,
                         work_root: &p.work_dir,
                         stats_json: p.stats_json.as_deref(),
+                        keep_work: p.keep_work,
                         quiet: cli.quiet,
                     },
                 )

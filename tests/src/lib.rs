@@ -2055,3 +2055,335 @@ mod unit {
         assert!(s.starttime > 0);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bench helpers (`cargo xtask bench`)
+// ---------------------------------------------------------------------------------------------
+//
+// What the benchmark needs besides the lab above: scratch directories on tmpfs, peak RSS of a
+// process, the byte counters of a namespace's veth, waiting for a listening socket of a process
+// that is not ours to ask, unmounting what runc's restore can leave behind, and CRIU's
+// `stats-dump` / `stats-restore` files.
+
+impl TempDir {
+    /// Like [`TempDir::new`], but `<base>/haul-e2e-<tag>-<pid>-<n>`, e.g. under `/dev/shm` so
+    /// that CRIU images live on tmpfs like the benchmark's other image directories.
+    pub fn new_in(base: &Path, tag: &str) -> Result<Self> {
+        let tag = sanitize_tag(tag, 32);
+        loop {
+            let path = base.join(format!(
+                "haul-e2e-{tag}-{}-{}",
+                std::process::id(),
+                next_seq()
+            ));
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    let path = path.canonicalize().context("canonicalize temp dir")?;
+                    return Ok(TempDir { path, keep: false });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(lab_err(format!("create {}: {e}", path.display()))),
+            }
+        }
+    }
+}
+
+/// The value in KiB of a `Name:   1234 kB` line of `/proc/PID/status` text.
+pub fn parse_status_kib(status: &str, name: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+        let mut it = rest.split_whitespace();
+        let v = it.next()?.parse().ok()?;
+        (it.next() == Some("kB")).then_some(v)
+    })
+}
+
+/// Peak resident set size of a live process (`VmHWM` of `/proc/PID/status`), in KiB.
+pub fn proc_vm_hwm_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&s, "VmHWM")
+}
+
+/// Received and sent bytes of `iface` in `/proc/net/dev` text:
+/// `  hv1234s: 1500 20 0 0 0 0 0 0 3000 25 0 0 0 0 0 0` (8 receive fields, then transmit).
+pub fn parse_net_dev(text: &str, iface: &str) -> Option<(u64, u64)> {
+    text.lines().find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        if name.trim() != iface {
+            return None;
+        }
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().ok())
+            .collect::<Option<_>>()?;
+        Some((*f.first()?, *f.get(8)?))
+    })
+}
+
+impl NetnsPair {
+    /// Bytes received and sent so far by `side`'s end of the veth (IP packets with their
+    /// headers, both directions), read from `/proc/net/dev` inside that namespace.
+    pub fn veth_bytes(&self, side: Side) -> Result<(u64, u64)> {
+        let text = run(&mut self.cmd_in(side, tool("cat")).arg("/proc/net/dev"))?;
+        parse_net_dev(&text, self.veth(side)).with_context(|| {
+            format!(
+                "no {} in /proc/net/dev of {}: {text}",
+                self.veth(side),
+                self.name(side)
+            )
+        })
+    }
+}
+
+/// Whether `/proc/net/tcp` or `tcp6` text lists a socket listening (state `0A`) on `port`:
+/// `   0: 00000000:1B9E 00000000:0000 0A 00000000:00000000 ...`.
+pub fn parse_tcp_listening(text: &str, port: u16) -> bool {
+    let want = format!("{port:04X}");
+    text.lines().skip(1).any(|l| {
+        let mut it = l.split_whitespace();
+        let local = it.nth(1);
+        let state = it.nth(1);
+        state == Some("0A")
+            && local.and_then(|a| a.rsplit_once(':')).map(|(_, p)| p) == Some(&*want)
+    })
+}
+
+/// Waits until the network namespace of process `pid` has a TCP socket listening on `port`
+/// (e.g. a `criu page-server` that prints nothing when ready; a probe connection would use up
+/// its single accept). Fails if the process exits first or on timeout.
+pub fn wait_tcp_listening(pid: u32, port: u16, timeout: Duration) -> Result<()> {
+    let end = Instant::now() + timeout;
+    loop {
+        let listening = ["tcp", "tcp6"].iter().any(|f| {
+            std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+                .is_ok_and(|t| parse_tcp_listening(&t, port))
+        });
+        if listening {
+            return Ok(());
+        }
+        if !proc_stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X')) {
+            return Err(lab_err(format!(
+                "process {pid} exited before listening on port {port}"
+            )));
+        }
+        if Instant::now() >= end {
+            return Err(lab_err(format!(
+                "process {pid} not listening on port {port} after {timeout:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Unmounts every mount point at or under `path` (canonical), deepest first, with `umount`
+/// (e.g. `<runc root>/<id>/criu-root`, which a restore can leave). Returns what it unmounted;
+/// stops at the first failure so nothing under a mount is ever removed by the caller.
+pub fn unmount_under(path: &Path) -> Result<Vec<PathBuf>> {
+    let mut points = mounts_under(path)?;
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in &points {
+        run(Command::new(tool("umount")).arg(p))?;
+    }
+    Ok(points)
+}
+
+/// What CRIU's `stats-dump` or `stats-restore` file says (times in microseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CriuStats {
+    /// `dump_stats_entry`: freezing_time 1, frozen_time 2, memdump_time 3, memwrite_time 4,
+    /// pages_written 7.
+    pub dump: Option<CriuDumpStats>,
+    /// `restore_stats_entry`: forking_time 3, restore_time 4, pages_restored 5.
+    pub restore: Option<CriuRestoreStats>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CriuDumpStats {
+    pub freezing_us: u64,
+    pub frozen_us: u64,
+    pub memdump_us: u64,
+    pub memwrite_us: u64,
+    pub pages_written: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CriuRestoreStats {
+    pub forking_us: u64,
+    pub restore_us: u64,
+    pub pages_restored: u64,
+}
+
+/// The two magics that open a CRIU stats image (`STATS_MAGIC`, then the common image magic).
+const CRIU_STATS_MAGICS: [u32; 2] = [0x5510_5940, 0x5709_3306];
+
+fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The varint fields of one protobuf message (other wire types are skipped); `None` if it is
+/// truncated or malformed.
+fn varint_fields(b: &[u8]) -> Option<Vec<(u64, FieldValue<'_>)>> {
+    let mut pos = 0;
+    let mut out = Vec::new();
+    while pos < b.len() {
+        let key = read_varint(b, &mut pos)?;
+        let value = match key & 7 {
+            0 => FieldValue::Varint(read_varint(b, &mut pos)?),
+            1 => {
+                pos = pos.checked_add(8).filter(|&p| p <= b.len())?;
+                continue;
+            }
+            2 => {
+                let len = usize::try_from(read_varint(b, &mut pos)?).ok()?;
+                let end = pos.checked_add(len).filter(|&e| e <= b.len())?;
+                let v = b.get(pos..end)?;
+                pos = end;
+                FieldValue::Bytes(v)
+            }
+            5 => {
+                pos = pos.checked_add(4).filter(|&p| p <= b.len())?;
+                continue;
+            }
+            _ => return None,
+        };
+        out.push((key >> 3, value));
+    }
+    Some(out)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FieldValue<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+}
+
+/// Parses a `stats-dump` / `stats-restore` image: magic `0x55105940`, magic `0x57093306`,
+/// a little-endian u32 length, then a `stats_entry` message (dump = 1, restore = 2).
+pub fn parse_criu_stats(b: &[u8]) -> Option<CriuStats> {
+    let word = |i: usize| -> Option<u32> {
+        let s = b.get(i * 4..i * 4 + 4)?;
+        Some(u32::from_le_bytes(s.try_into().ok()?))
+    };
+    if [word(0)?, word(1)?] != CRIU_STATS_MAGICS {
+        return None;
+    }
+    let len = usize::try_from(word(2)?).ok()?;
+    let msg = b.get(12..12usize.checked_add(len)?)?;
+    let mut st = CriuStats::default();
+    for (field, value) in varint_fields(msg)? {
+        let FieldValue::Bytes(inner) = value else {
+            continue;
+        };
+        let nums: Vec<(u64, u64)> = varint_fields(inner)?
+            .into_iter()
+            .filter_map(|(f, v)| match v {
+                FieldValue::Varint(n) => Some((f, n)),
+                FieldValue::Bytes(_) => None,
+            })
+            .collect();
+        let get = |f: u64| nums.iter().find(|(k, _)| *k == f).map_or(0, |(_, v)| *v);
+        match field {
+            1 => {
+                st.dump = Some(CriuDumpStats {
+                    freezing_us: get(1),
+                    frozen_us: get(2),
+                    memdump_us: get(3),
+                    memwrite_us: get(4),
+                    pages_written: get(7),
+                })
+            }
+            2 => {
+                st.restore = Some(CriuRestoreStats {
+                    forking_us: get(3),
+                    restore_us: get(4),
+                    pages_restored: get(5),
+                })
+            }
+            _ => {}
+        }
+    }
+    Some(st)
+}
+
+/// Reads and parses a CRIU stats file (at most 64 KiB; they are about 50 bytes).
+pub fn read_criu_stats(path: &Path) -> Result<CriuStats> {
+    let b = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    if b.len() > 64 * 1024 {
+        return Err(lab_err(format!(
+            "{}: {} bytes, more than the 64 KiB a stats file can be",
+            path.display(),
+            b.len()
+        )));
+    }
+    parse_criu_stats(&b).with_context(|| format!("{}: not a CRIU stats image", path.display()))
+}
+
+#[cfg(test)]
+mod bench_unit {
+    #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn status_and_net_dev() {
+        let st = "Name:\thaul\nVmPeak:\t  12000 kB\nVmHWM:\t    4321 kB\nVmRSS:\t 4000 kB\n";
+        assert_eq!(parse_status_kib(st, "VmHWM"), Some(4321));
+        assert_eq!(parse_status_kib(st, "VmSwap"), None);
+        let dev = "Inter-|   Receive                                                |  Transmit\n \
+                   face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+                   lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n\
+                   hv12abs: 1500 20 0 0 0 0 0 0 3000 25 0 0 0 0 0 0\n";
+        assert_eq!(parse_net_dev(dev, "hv12abs"), Some((1500, 3000)));
+        assert_eq!(parse_net_dev(dev, "lo"), Some((0, 0)));
+        assert_eq!(parse_net_dev(dev, "eth0"), None);
+    }
+
+    #[test]
+    fn tcp_listening() {
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+                 0: 00000000:6979 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 322837 1\n   \
+                 1: 0100007F:1B9E 0100007F:8000 01 00000000:00000000 00:00000000 00000000     0        0 1 1\n";
+        assert!(parse_tcp_listening(t, 27001));
+        // Port 7070 (0x1B9E) is only an established connection here.
+        assert!(!parse_tcp_listening(t, 7070));
+    }
+
+    #[test]
+    fn criu_stats_files() {
+        // Captured from CRIU 4.1.1 (`runc checkpoint` of a 64 MiB workload, then `runc restore`).
+        let dump = [
+            0x40, 0x59, 0x10, 0x55, 0x06, 0x33, 0x09, 0x57, 0x29, 0x00, 0x00, 0x00, 0x0a, 0x27,
+            0x08, 0xb5, 0x05, 0x10, 0xae, 0xc3, 0x28, 0x18, 0xcb, 0xf9, 0x08, 0x20, 0x88, 0xe9,
+            0x04, 0x28, 0x93, 0x80, 0x01, 0x30, 0x00, 0x38, 0x8d, 0x80, 0x01, 0x40, 0x00, 0x48,
+            0x00, 0x50, 0x08, 0x58, 0x08, 0x60, 0x00, 0x68, 0x00, 0x70, 0x00,
+        ];
+        let st = parse_criu_stats(&dump).expect("dump stats");
+        let d = st.dump.expect("dump entry");
+        assert_eq!(d.freezing_us, 693);
+        assert_eq!(d.frozen_us, 663_982);
+        assert_eq!(d.pages_written, 16_397);
+        assert_eq!(st.restore, None);
+        let restore = [
+            0x40, 0x59, 0x10, 0x55, 0x06, 0x33, 0x09, 0x57, 0x10, 0x00, 0x00, 0x00, 0x12, 0x0e,
+            0x08, 0x00, 0x10, 0x00, 0x18, 0x03, 0x20, 0xfc, 0xaf, 0x10, 0x28, 0x8d, 0x80, 0x01,
+        ];
+        let r = parse_criu_stats(&restore)
+            .and_then(|s| s.restore)
+            .expect("restore entry");
+        assert_eq!(r.forking_us, 3);
+        assert_eq!(r.restore_us, 268_284);
+        assert_eq!(r.pages_restored, 16_397);
+        // Truncated, wrong magic.
+        assert_eq!(parse_criu_stats(&restore[..20]), None);
+        assert_eq!(parse_criu_stats(&dump[4..]), None);
+    }
+}

@@ -21,8 +21,8 @@ pub const GOAL_BYTES: u64 = 2 * 1024 * 1024;
 const TOP: usize = 15;
 /// The opt-levels `--compare-opt-levels` builds.
 const OPT_LEVELS: [&str; 3] = ["\"s\"", "\"z\"", "3"];
-/// Name under which symbols with no Rust mangling are counted (musl's C code, compiler-builtins).
-const UNMANGLED: &str = "[C: musl libc, runtime]";
+/// Name under which symbols without Rust mangling are counted (musl, LLVM libunwind, builtins).
+const UNMANGLED: &str = "[C and C++: musl libc, libunwind]";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let compare = args.iter().any(|a| a == "--compare-opt-levels");

@@ -706,8 +706,47 @@ mod tests {
         );
     }
 
+    /// Whether this kernel (or emulator) reports MSG_CTRUNC when descriptors do not fit the
+    /// receiver's control buffer. QEMU user mode does not, so the truncation case cannot be
+    /// observed there.
+    fn ctrunc_is_reported() -> bool {
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        let pipes: Vec<_> = (0..8)
+            .map(|_| {
+                rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .expect("pipe")
+                    .1
+            })
+            .collect();
+        send_datagram(&a, b"x", &pipes).expect("send");
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+        let mut buf = [0u8; 4];
+        let msg = rustix::net::recvmsg(
+            &b,
+            &mut [std::io::IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .expect("recvmsg");
+        for m in control.drain() {
+            drop(m);
+        }
+        msg.flags.contains(rustix::net::ReturnFlags::CTRUNC)
+    }
+
     #[test]
     fn descriptors_sent_with_a_response_are_closed_by_the_driver() {
+        let ctrunc = ctrunc_is_reported();
+        if !ctrunc {
+            eprintln!("MSG_CTRUNC is not reported here (QEMU user mode?): not checking that truncated descriptors are an error");
+        }
         // The fake passes pipe write ends and closes its copies; once the driver has closed
         // its copies too (or the kernel dropped those that did not fit), each read end reports
         // hang-up. The driver's control buffer is sized for one descriptor plus alignment
@@ -730,11 +769,16 @@ mod tests {
                     result.is_ok(),
                     "one descriptor (orphan-pts-master): {result:?}"
                 ),
-                8 => assert!(
+                8 if ctrunc => assert!(
                     matches!(result, Err(CriuError::BadResponse { .. })),
                     "truncated descriptors must be an error: {result:?}"
                 ),
                 _ => {}
+            }
+            if count == 8 && !ctrunc {
+                // The emulator neither reports nor cleanly drops descriptors that do not fit.
+                fake.finish(swrk);
+                continue;
             }
             for r in &readers {
                 let mut fds = [PollFd::new(r, PollFlags::IN)];

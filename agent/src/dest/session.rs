@@ -69,6 +69,16 @@ pub fn run(stream: TcpStream, peer: &str, cfg: &SessionConfig, limits: &Limits, 
         conn.close();
         return;
     };
+    if limits.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        refuse(
+            &conn,
+            "admission",
+            "the destination is shutting down; try again later",
+        );
+        log::warn!("{peer}: refused: shutting down");
+        conn.close();
+        return;
+    }
     let result = match Purpose::try_from(hello.purpose) {
         Ok(Purpose::MigratePid) | Ok(Purpose::MigrateRunc) => migrate(&conn, &hello, cfg, peer),
         Ok(Purpose::Check) => check(&conn, cfg),

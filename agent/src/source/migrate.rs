@@ -28,6 +28,8 @@ pub struct Options<'a> {
     pub criu: &'a Path,
     pub work_root: &'a Path,
     pub stats_json: Option<&'a Path>,
+    /// Keep the work directory after success (debugging).
+    pub keep_work: bool,
     pub quiet: bool,
 }
 
@@ -279,7 +281,9 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     if let Some(p) = o.stats_json {
         summary.write_json(p).map_err(Error::other)?;
     }
-    if let Err(e) = work.remove() {
+    if o.keep_work {
+        log::info!("work directory kept: {}", work.path.display());
+    } else if let Err(e) = work.remove() {
         log::warn!("{e}");
     }
     Ok(())

@@ -193,6 +193,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
         criu,
         work_root: &a.work_dir,
         stats_json: a.stats_json.as_deref(),
+        keep_work: a.keep_work,
         quiet,
     };
     run(

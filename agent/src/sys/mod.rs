@@ -59,7 +59,12 @@ pub fn adopt_fd(
     // SAFETY: the borrow lasts for the fcntl call and `check`; if `fd` is not open, fcntl fails
     // with EBADF before anything else uses it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    rustix::io::fcntl_getfd(borrowed).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    rustix::io::fcntl_getfd(borrowed).map_err(|e| match e {
+        rustix::io::Errno::BADF => {
+            format!("descriptor {fd} is not open (nothing was inherited under that number)")
+        }
+        e => format!("descriptor {fd}: {e}"),
+    })?;
     check(borrowed)?;
     // SAFETY: `fd` is open (fcntl succeeded) and `check` accepted it as the kind of object the
     // caller expects from its parent; haul creates no such object itself before this call, so

@@ -3,15 +3,15 @@
 //! freeze; pass 2, while frozen, sends only what changed since (new entries, files whose size
 //! or modification time differ). Deletions between the passes are not propagated.
 //!
-//! The destination creates every entry beneath its bundle directory with `openat2`
-//! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) for the parent and `O_NOFOLLOW` for the last
-//! component, so a symlink the peer sent earlier can never redirect a later write outside.
+//! The destination creates every entry beneath its bundle directory, opening the parent one
+//! component at a time with `O_NOFOLLOW` and the last component with `O_NOFOLLOW` too, so a
+//! symlink the peer sent earlier can never redirect a later write outside.
 
 use super::frame::PAYLOAD_MAX;
 use super::{Conn, WireError};
 use crate::limits::{TREE_BYTES_MAX, TREE_ENTRIES_MAX, TREE_PATH_MAX};
 use haul_proto::haul::{control::Msg, FileEnd, TreeDone, TreeEntry, TreeKind};
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -160,20 +160,22 @@ impl TreeSink {
         }
     }
 
-    /// The parent directory of `p`, opened beneath the root without following any symlink.
+    /// The parent directory of `p`, opened beneath the root one component at a time with
+    /// `O_NOFOLLOW | O_DIRECTORY`, so no symlink is ever followed. (openat2's RESOLVE_BENEATH
+    /// would do the same in one call, but kernels before 5.6 and QEMU user mode lack it.)
     fn parent(&self, p: &str) -> Result<(OwnedFd, String), WireError> {
         let (dir, name) = match p.rsplit_once('/') {
-            Some((d, n)) => (d, n),
-            None => (".", p),
+            Some((d, n)) => (Some(d), n),
+            None => (None, p),
         };
-        let fd = rustix::fs::openat2(
-            &self.root,
-            dir,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )
-        .map_err(|e| perr("parent of", p, e))?;
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let mut fd = rustix::fs::openat(&self.root, ".", flags, Mode::empty())
+            .map_err(|e| perr("parent of", p, e))?;
+        // Components were checked by `check_path`: plain names, no "." or "..".
+        for comp in dir.into_iter().flat_map(|d| d.split('/')) {
+            fd = rustix::fs::openat(&fd, comp, flags, Mode::empty())
+                .map_err(|e| perr("parent of", p, e))?;
+        }
         Ok((fd, name.to_string()))
     }
 
