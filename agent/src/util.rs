@@ -51,6 +51,19 @@ pub fn cloexec_inherited_fds() {
     }
 }
 
+/// Test hook for fault injection: when `HAUL_FAULT` names this point, the process kills itself
+/// with SIGKILL right here, as a crash or `kill -9` would. Points: `src-frozen` (source, tasks
+/// frozen at post-dump), `src-committing` (source, after its tasks were stopped, before Commit),
+/// `dst-receiving` (destination, first image file), `dst-restoring` (destination, RESTORE sent),
+/// `dst-ready` (destination, after Ready, before Commit arrives).
+pub fn fault_point(name: &str) {
+    if std::env::var("HAUL_FAULT").is_ok_and(|v| v == name) {
+        log::error!("HAUL_FAULT={name}: killing this process");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -346,7 +346,10 @@ fn receive_and_restore(
                     d.bytes
                 );
             }
-            Incoming::Control(Msg::FileBegin(b)) => sink.begin(b).map_err(|e| wire(e, "images"))?,
+            Incoming::Control(Msg::FileBegin(b)) => {
+                crate::util::fault_point("dst-receiving");
+                sink.begin(b).map_err(|e| wire(e, "images"))?
+            }
             Incoming::Control(Msg::FileEnd(e)) => match tree.as_mut() {
                 Some(t) if t.in_file() => t.end(e).map_err(|e| wire(e, "bundle"))?,
                 _ => sink.end(e).map_err(|e| wire(e, "images"))?,
@@ -395,6 +398,7 @@ fn receive_and_restore(
     restorer
         .send(&Swrk::request(CriuReqType::Restore, opts))
         .map_err(|e| Error::other(e.to_string()))?;
+    crate::util::fault_point("dst-restoring");
     let mut restored_pid = 0;
     let mut committed = false;
     loop {
@@ -412,6 +416,7 @@ fn receive_and_restore(
                 }
                 conn.send(Msg::Ready(Ready { restored_pid: pid }))
                     .map_err(|e| wire(e, "ready"))?;
+                crate::util::fault_point("dst-ready");
                 match conn.recv_control(COMMIT_TIMEOUT, "commit") {
                     Ok(Msg::Commit(_)) => {
                         restorer

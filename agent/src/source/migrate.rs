@@ -210,6 +210,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     drop(thaw_guard);
 
     // The source's tasks are gone: from here on only the destination holds the workload.
+    crate::util::fault_point("src-committing");
     phase(
         o.quiet,
         "commit: the destination lets the restored tasks run",
@@ -334,6 +335,7 @@ fn run_dump(
         match event {
             Event::Notify { script, .. } if script == "post-dump" => {
                 // Tasks are frozen, pages are on the destination, images are written here.
+                crate::util::fault_point("src-frozen");
                 let page_bytes = match relay.take().map(|h| h.join()) {
                     Some(Ok(Ok(n))) => n,
                     Some(Ok(Err(e))) => {
