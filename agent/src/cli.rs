@@ -36,7 +36,42 @@ pub enum Command {
     Keygen(Keygen),
     Check(Check),
     Inspect(Inspect),
+    Recover(Recover),
     StdioRelay(StdioRelay),
+}
+
+/// Destination: complete an in-doubt migration from the images `haul serve` kept.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "recover",
+    example = "haul recover /var/lib/haul/m-1795938661250-9f3a01c2",
+    note = "A migration is in doubt when the destination reported it held the restored tasks but\n\
+            never heard the source's commit (connection cut, a crash). The destination then\n\
+            stops its copy and keeps the complete images with a note IN-DOUBT, so the workload\n\
+            never runs twice. Check that the source no longer runs it (its `haul migrate` exited\n\
+            7 and said so), then run this with the same --runc-root, --bundle-root and\n\
+            --stdio-dir as `haul serve` to restore it here and register it with runc."
+)]
+pub struct Recover {
+    /// the kept migration directory (named in the IN-DOUBT log line)
+    #[argh(positional)]
+    pub dir: PathBuf,
+    /// runc state root (default /run/runc)
+    #[argh(option, default = "PathBuf::from(\"/run/runc\")")]
+    pub runc_root: PathBuf,
+    /// where copied bundles are (default /var/lib/haul/bundles)
+    #[argh(option, default = "PathBuf::from(\"/var/lib/haul/bundles\")")]
+    pub bundle_root: PathBuf,
+    /// where stdout/stderr logs go (default /var/log/haul)
+    #[argh(option, default = "PathBuf::from(\"/var/log/haul\")")]
+    pub stdio_dir: PathBuf,
+    /// criu binary (default: $HAUL_CRIU, else criu on PATH)
+    #[argh(option)]
+    pub criu: Option<PathBuf>,
+    /// runc binary (default: runc on PATH)
+    #[argh(option)]
+    pub runc: Option<PathBuf>,
 }
 
 /// Destination: accept migrations and restore them here with CRIU.

@@ -108,6 +108,8 @@ fn run(cli: Cli) -> Result<()> {
                 stdio_dir: s.stdio_dir,
                 runc: s.runc.unwrap_or_else(|| "runc".into()),
             };
+            // Migrations interrupted by a crash: clean up, or keep in-doubt ones for `haul recover`.
+            haul::dest::recover::scan(&cfg);
             let opts = haul::dest::serve::Options {
                 key_file: s.key,
                 pid_file: s.pid_file,
@@ -142,6 +144,19 @@ fn run(cli: Cli) -> Result<()> {
                 haul::source::runc::inspect(&r.runc_root, &r.id, r.json)
             }
         },
+        Command::Recover(r) => {
+            let cfg = haul::dest::session::SessionConfig {
+                key: None,
+                criu: criu_of(r.criu.as_deref())?,
+                work_root: r.dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+                keep_images: false,
+                runc_root: r.runc_root,
+                bundle_root: r.bundle_root,
+                stdio_dir: r.stdio_dir,
+                runc: r.runc.unwrap_or_else(|| "runc".into()),
+            };
+            haul::dest::recover::complete(&r.dir, &cfg)
+        }
         Command::StdioRelay(r) => haul::dest::stdio::relay(&r.log, r.hold),
         Command::Check(c) => {
             let key = match &c.to {

@@ -32,6 +32,18 @@ impl WorkDir {
         Ok(WorkDir { path, fd })
     }
 
+    /// Opens an existing `<root>/<name>` (to complete a kept migration).
+    pub fn open(root: &Path, name: &str) -> Result<WorkDir> {
+        let path = root.join(name);
+        let fd = rustix::fs::open(
+            &path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .ctx(Kind::Usage, format!("opening {}", path.display()))?;
+        Ok(WorkDir { path, fd })
+    }
+
     /// Raw number of the directory descriptor, for `images_dir_fd`.
     pub fn raw(&self) -> i32 {
         use std::os::fd::AsRawFd;

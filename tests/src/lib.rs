@@ -2124,7 +2124,7 @@ impl NetnsPair {
     /// Bytes received and sent so far by `side`'s end of the veth (IP packets with their
     /// headers, both directions), read from `/proc/net/dev` inside that namespace.
     pub fn veth_bytes(&self, side: Side) -> Result<(u64, u64)> {
-        let text = run(&mut self.cmd_in(side, tool("cat")).arg("/proc/net/dev"))?;
+        let text = run(self.cmd_in(side, tool("cat")).arg("/proc/net/dev"))?;
         parse_net_dev(&text, self.veth(side)).with_context(|| {
             format!(
                 "no {} in /proc/net/dev of {}: {text}",

@@ -1,8 +1,9 @@
 //! `cargo xtask`: everything CI and developers run, one file per subcommand.
 //!
 //! Subcommands: `proto [--check]`, `test [--target T]`, `demo`, `lab` (install test tools),
-//! `dist`, `size`, `deps`, `init-check`.
+//! `dist`, `size`, `deps`, `init-check`, `bench`.
 
+mod bench;
 mod demo;
 mod deps;
 mod dist;
@@ -42,6 +43,13 @@ commands:
                        a start and stop of the SysV script, systemd-analyze verify)
   proto [--check]      regenerate proto/src/generated/*.rs from proto/proto/*.proto
                        (--check: fail if the committed files differ)
+  bench [--quick] [--reps N] [--sizes 0,64,256,1024] [--methods haul,expert,manual,local,link]
+        [--no-warmup] [--out DIR]
+                       migrate a runc workload container of N MiB between two test hosts with
+                       haul, CRIU's page server + tar, tar alone and locally, interleaved after a
+                       warm-up; downtime, total time, bytes on the wire, peak RSS, CRIU times;
+                       writes bench/RESULTS.md and bench/results.json (--quick: sizes 0,64, one
+                       repetition, into target/bench-quick/)
   lab                  install the test tools (CRIU 4.x in a private prefix, runc, iptables,
                        busybox-static, qemu-user-static) and print what is there
 ";
@@ -59,6 +67,7 @@ fn main() -> ExitCode {
         "proto" => proto::run(rest),
         "test" => test::run(rest),
         "demo" => demo::run_demo(rest),
+        "bench" => bench::run(rest),
         "lab" => lab::install(),
         "dist" => dist::run(rest),
         "size" => size::run(rest),

@@ -1,6 +1,8 @@
 //! The destination side: `haul serve` accepts authenticated connections; each migration gets
 //! its own session (receive pages and images → restore held at post-restore → Ready → Commit).
 
+pub mod journal;
+pub mod recover;
 pub mod runc;
 pub mod serve;
 pub mod session;

@@ -62,7 +62,13 @@ struct RootMount(PathBuf);
 
 impl RootMount {
     fn new(rootfs: &Path, at: PathBuf, readonly: bool) -> Result<RootMount> {
-        std::fs::create_dir(&at).ctx(Kind::Other, format!("creating {}", at.display()))?;
+        match std::fs::create_dir(&at) {
+            // Left by an interrupted migration being recovered: reuse it if nothing is on it.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && crate::workdir::mounts_under(&at).is_empty() => {}
+            other => other.ctx(Kind::Other, format!("creating {}", at.display()))?,
+        }
         rustix::mount::mount_bind(rootfs, &at).ctx(
             Kind::Other,
             format!("bind-mounting {} on {}", rootfs.display(), at.display()),
@@ -127,6 +133,15 @@ impl Drop for RuncRestore {
 impl RuncRestore {
     /// Preflight: everything checked before the source freezes; nothing changed here yet.
     pub fn preflight(rc: RuncContainer, cfg: &SessionConfig) -> Result<RuncRestore> {
+        Self::preflight_with(rc, cfg, false)
+    }
+
+    /// Preflight for `haul recover`: a copied bundle is expected to be there already.
+    pub fn preflight_kept(rc: RuncContainer, cfg: &SessionConfig) -> Result<RuncRestore> {
+        Self::preflight_with(rc, cfg, true)
+    }
+
+    fn preflight_with(rc: RuncContainer, cfg: &SessionConfig, kept: bool) -> Result<RuncRestore> {
         let refuse = |m: String| Error::new(Kind::Refused, m);
         ContainerId::new(&rc.dst_id)
             .map_err(|e| refuse(format!("container id {:?}: {e}", rc.dst_id)))?;
@@ -170,14 +185,24 @@ impl RuncRestore {
                 })?
                 .to_path_buf();
             let dir = cfg.bundle_root.join(&rc.dst_id);
-            if dir.exists() {
+            if kept {
+                if !dir.join("config.json").is_file() {
+                    return Err(refuse(format!(
+                        "the kept bundle {} is missing",
+                        dir.display()
+                    )));
+                }
+                let rootfs = dir.join(rel).to_string_lossy().into_owned();
+                (dir.to_string_lossy().into_owned(), rootfs, None)
+            } else if dir.exists() {
                 return Err(refuse(format!(
                     "bundle {} already exists on the destination",
                     dir.display()
                 )));
+            } else {
+                let rootfs = dir.join(rel).to_string_lossy().into_owned();
+                (dir.to_string_lossy().into_owned(), rootfs, Some(dir))
             }
-            let rootfs = dir.join(rel).to_string_lossy().into_owned();
-            (dir.to_string_lossy().into_owned(), rootfs, Some(dir))
         } else {
             if !src_bundle.is_empty() && !Path::new(&src_bundle).join("config.json").is_file() {
                 return Err(refuse(format!(
@@ -434,6 +459,11 @@ impl RuncRestore {
         }
         drop(self.root.take());
         // The copied bundle is the container's now.
+        self.created_bundle = None;
+    }
+
+    /// Keeps a copied bundle when this value is dropped (an in-doubt migration needs it).
+    pub fn keep_bundle(&mut self) {
         self.created_bundle = None;
     }
 

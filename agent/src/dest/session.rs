@@ -2,6 +2,7 @@
 //! socketpair, receive pages and image files into a fresh per-migration directory, restore
 //! holding the tasks at post-restore, report Ready, and let them run only on Commit.
 
+use super::journal::{self, Stage};
 use super::runc::RuncRestore;
 use super::serve::{Limits, Slot};
 use crate::criu::{self, stats, Event, Swrk, Version};
@@ -196,6 +197,7 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         }
         Err(e) => return Err(wire(e, "prepare")),
     };
+    let prepare_bytes = prost::Message::encode_to_vec(&prepare);
     let mut job = match (Purpose::try_from(hello.purpose), prepare.runc) {
         (Ok(Purpose::MigrateRunc), Some(rc)) => Some(RuncRestore::preflight(rc, cfg)?),
         (Ok(Purpose::MigrateRunc), None) => {
@@ -207,6 +209,15 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
     };
     let id = crate::util::migration_id();
     let work = WorkDir::create(&cfg.work_root, &id)?;
+    // The journal and the container description let a restarted `haul serve` clean up after a
+    // crash, or `haul recover` complete an in-doubt migration.
+    std::fs::write(work.path.join(journal::PREPARE), prepare_bytes)
+        .map_err(|e| Error::io("saving the container description", e))?;
+    journal::write(
+        &work.path,
+        Stage::Receiving,
+        job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
+    )?;
     log::info!(
         "{peer}: migration {id} (source's {}): receiving into {}",
         hello.migration_id,
@@ -231,8 +242,20 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
             Ok(())
         }
         Ok(Outcome::InDoubt(why)) => {
+            // The images, the container description and a copied bundle stay for
+            // `haul recover`; the held tasks are gone, so their registration, cgroups and root
+            // mount go (RuncRestore's drop).
+            if let Some(mut j) = job.take() {
+                j.keep_bundle();
+            }
             let note = work.path.join("IN-DOUBT");
-            let _ = std::fs::write(&note, format!("{why}\n"));
+            let _ = std::fs::write(
+                &note,
+                format!(
+                    "{why}\nIf the source's tasks are gone, complete it with: haul recover {}\n",
+                    work.path.display()
+                ),
+            );
             Err(Error::new(
                 Kind::InDoubt,
                 format!(
@@ -387,6 +410,72 @@ fn receive_and_restore(
         sink.bytes
     );
 
+    journal::write(
+        &work.path,
+        Stage::Restoring,
+        job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
+    )?;
+    let jid = job
+        .as_ref()
+        .map(|j| j.dst_id().to_string())
+        .unwrap_or_default();
+    let decide = |pid: i32| -> Result<Decision> {
+        // Written before Ready: from here on, an interruption leaves the migration in doubt.
+        journal::write(&work.path, Stage::Ready, &jid)?;
+        conn.send(Msg::Ready(Ready { restored_pid: pid }))
+            .map_err(|e| wire(e, "ready"))?;
+        crate::util::fault_point("dst-ready");
+        Ok(match conn.recv_control(COMMIT_TIMEOUT, "commit") {
+            Ok(Msg::Commit(_)) => Decision::Commit,
+            Ok(Msg::Abort(a)) => Decision::Abort(format!(
+                "source aborted ({}): {}; restored tasks stopped",
+                a.stage, a.reason
+            )),
+            Ok(other) => Decision::Abort(format!("expected Commit, got {}", msg_name(&other))),
+            // The source may or may not have stopped its tasks: never run a second copy; stop
+            // ours and keep the images so the restore can be completed.
+            Err(e) => Decision::InDoubt(format!("no commit from the source: {e}")),
+        })
+    };
+    let restored_pid = match restore_held(work, job, &mut restorer, decide)? {
+        Held::Done(pid) => pid,
+        Held::InDoubt(why) => return Ok(Outcome::InDoubt(why)),
+    };
+    let rs = stats::restore(&work.path).unwrap_or_default();
+    let done = Done {
+        restored_pid,
+        restore_time_us: u64::from(rs.restore_time),
+        forking_time_us: u64::from(rs.forking_time),
+        pages_restored: rs.pages_restored.unwrap_or(0),
+        page_bytes_received: received,
+    };
+    conn.send(Msg::Done(done)).map_err(|e| wire(e, "done"))?;
+    Ok(Outcome::Done(done))
+}
+
+/// What the destination does with tasks held at post-restore.
+pub enum Decision {
+    /// Let them run.
+    Commit,
+    /// Stop them: the migration failed.
+    Abort(String),
+    /// Stop them and keep the images: the source may have stopped its tasks.
+    InDoubt(String),
+}
+
+pub enum Held {
+    Done(i32),
+    InDoubt(String),
+}
+
+/// Runs RESTORE on `restorer` from `work`, holding the tasks at post-restore (registered with
+/// runc for a container) until `decide` says what to do with them.
+pub fn restore_held(
+    work: &WorkDir,
+    job: &mut Option<RuncRestore>,
+    restorer: &mut Swrk,
+    mut decide: impl FnMut(i32) -> Result<Decision>,
+) -> Result<Held> {
     restorer.set_log(work.path.join("restore.log"));
     if let Some(j) = job.as_mut() {
         j.mount_root(work)?;
@@ -414,35 +503,27 @@ fn receive_and_restore(
                         return Err(e.context("registering with runc"));
                     }
                 }
-                conn.send(Msg::Ready(Ready { restored_pid: pid }))
-                    .map_err(|e| wire(e, "ready"))?;
-                crate::util::fault_point("dst-ready");
-                match conn.recv_control(COMMIT_TIMEOUT, "commit") {
-                    Ok(Msg::Commit(_)) => {
+                let decision = match decide(pid) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = restorer.notify_reply(false);
+                        return Err(e);
+                    }
+                };
+                match decision {
+                    Decision::Commit => {
                         restorer
                             .notify_reply(true)
                             .map_err(|e| Error::other(e.to_string()))?;
                         committed = true;
                     }
-                    Ok(Msg::Abort(a)) => {
+                    Decision::Abort(why) => {
                         let _ = restorer.notify_reply(false);
-                        return Err(Error::other(format!(
-                            "source aborted ({}): {}; restored tasks stopped",
-                            a.stage, a.reason
-                        )));
+                        return Err(Error::other(why));
                     }
-                    Ok(other) => {
+                    Decision::InDoubt(why) => {
                         let _ = restorer.notify_reply(false);
-                        return Err(Error::other(format!(
-                            "expected Commit, got {}",
-                            msg_name(&other)
-                        )));
-                    }
-                    Err(e) => {
-                        // The source may or may not have stopped its tasks: never run a second
-                        // copy; stop ours and keep the images so the restore can be completed.
-                        let _ = restorer.notify_reply(false);
-                        return Ok(Outcome::InDoubt(format!("no commit from the source: {e}")));
+                        return Ok(Held::InDoubt(why));
                     }
                 }
             }
@@ -457,7 +538,6 @@ fn receive_and_restore(
             }
         }
     }
-    restorer.finish();
     if job.is_some() && restored_pid > 0 {
         reap_later(restored_pid);
     }
@@ -466,16 +546,12 @@ fn receive_and_restore(
             "criu finished the restore without post-restore",
         ));
     }
-    let rs = stats::restore(&work.path).unwrap_or_default();
-    let done = Done {
-        restored_pid,
-        restore_time_us: u64::from(rs.restore_time),
-        forking_time_us: u64::from(rs.forking_time),
-        pages_restored: rs.pages_restored.unwrap_or(0),
-        page_bytes_received: received,
-    };
-    conn.send(Msg::Done(done)).map_err(|e| wire(e, "done"))?;
-    Ok(Outcome::Done(done))
+    journal::write(
+        &work.path,
+        Stage::Done,
+        job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
+    )?;
+    Ok(Held::Done(restored_pid))
 }
 
 /// With `rst_sibling` the restored init is haul's child: reap it when it exits.

@@ -1,0 +1,191 @@
+//! After a crash: `haul serve` looks at the migration directories left in its work root at
+//! start. Interrupted before Ready: the source rolled back, so everything is removed (root
+//! mount unmounted first, a stale runc registration of dead tasks, cgroups, a copied bundle).
+//! Interrupted at Ready (in doubt): the held tasks died with CRIU, but the source may have
+//! stopped its own; the images, the container description and a copied bundle are kept, with an
+//! IN-DOUBT note, and `haul recover DIR` completes the restore once the operator has checked the
+//! source no longer runs the container.
+
+use super::journal::{self, Stage, PREPARE, PREPARE_MAX};
+use super::runc::RuncRestore;
+use super::session::{restore_held, Decision, Held, SessionConfig};
+use crate::criu::Swrk;
+use crate::error::{Error, Result};
+use crate::workdir::{mounts_under, remove_tree_checked, WorkDir};
+use haul_proto::haul::{FsMode, Prepare};
+use prost::Message;
+use std::path::Path;
+
+/// Cleans the work root at start; never fails the start (problems are logged).
+pub fn scan(cfg: &SessionConfig) {
+    let Ok(entries) = std::fs::read_dir(&cfg.work_root) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("m-") || !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        let dir = e.path();
+        if dir.join("IN-DOUBT").exists() {
+            log::warn!(
+                "in-doubt migration kept in {}: if the source no longer runs it, complete it with `haul recover {}`",
+                dir.display(),
+                dir.display()
+            );
+            continue;
+        }
+        let (stage, id) = journal::read(&dir).unwrap_or((Stage::Receiving, String::new()));
+        let prepare = load_prepare(&dir).ok();
+        unmount_root(&dir);
+        if !id.is_empty() {
+            drop_stale_registration(cfg, &id);
+            remove_cgroups(&id);
+        }
+        match stage {
+            Stage::Ready => {
+                let why = "haul serve stopped after reporting Ready, before the commit arrived";
+                let _ = std::fs::write(
+                    dir.join("IN-DOUBT"),
+                    format!("{why}\nIf the source's tasks are gone, complete it with: haul recover {}\n", dir.display()),
+                );
+                log::error!(
+                    "migration {} IN DOUBT ({why}); images kept; if the source no longer runs {id}, run `haul recover {}`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Stage::Done => {
+                log::info!("removing finished migration directory {}", dir.display());
+                if let Err(e) = remove_tree_checked(&dir) {
+                    log::warn!("{e}");
+                }
+            }
+            Stage::Receiving | Stage::Restoring => {
+                if let (Some(p), false) = (&prepare, id.is_empty()) {
+                    if p.runc
+                        .as_ref()
+                        .is_some_and(|r| r.fs == FsMode::FsCopy as i32)
+                    {
+                        let bundle = cfg.bundle_root.join(&id);
+                        if bundle.exists() {
+                            if let Err(e) = remove_tree_checked(&bundle) {
+                                log::warn!("{e}");
+                            }
+                        }
+                    }
+                }
+                log::warn!(
+                    "abandoned interrupted migration {} (stage {stage:?}): the source rolled back; removed",
+                    dir.display()
+                );
+                if let Err(e) = remove_tree_checked(&dir) {
+                    log::warn!("{e}");
+                }
+            }
+        }
+    }
+}
+
+fn load_prepare(dir: &Path) -> Result<Prepare> {
+    let bytes = crate::util::read_bounded(&dir.join(PREPARE), PREPARE_MAX).map_err(Error::other)?;
+    Prepare::decode(bytes.as_slice())
+        .map_err(|e| Error::other(format!("{}: {e}", dir.join(PREPARE).display())))
+}
+
+fn unmount_root(dir: &Path) {
+    for m in mounts_under(dir).into_iter().rev() {
+        if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {
+            log::warn!("unmounting {}: {e}", m.display());
+        }
+    }
+}
+
+/// Removes `<runc-root>/<id>` if it describes tasks that no longer exist (they died with the
+/// CRIU that held them).
+fn drop_stale_registration(cfg: &SessionConfig, id: &str) {
+    let dir = cfg.runc_root.join(id);
+    let state = dir.join("state.json");
+    let Ok(bytes) = crate::util::read_bounded(&state, crate::inspect::bounds::STATE_JSON_MAX)
+    else {
+        return;
+    };
+    let mut text = vec![0u8; bytes.len()];
+    let Ok(st) = crate::inspect::parse_state(&bytes, &mut text) else {
+        return;
+    };
+    let pid = st.init_pid.as_raw_nonzero().get();
+    if crate::source::migrate::process_exists(pid) {
+        return;
+    }
+    let _ = std::fs::remove_file(&state);
+    let _ = std::fs::remove_dir(&dir);
+    log::info!("removed the stale registration of {id} (its tasks are gone)");
+}
+
+fn remove_cgroups(id: &str) {
+    let Ok(hier) =
+        crate::cgroups::hierarchies(Path::new("/proc"), crate::inspect::ProcPid::Current)
+    else {
+        return;
+    };
+    for h in hier {
+        let d = h.child(id);
+        if d.is_dir() {
+            // rmdir only: a cgroup with tasks is left alone.
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+/// `haul recover DIR`: completes an in-doubt migration from its kept images.
+pub fn complete(dir: &Path, cfg: &SessionConfig) -> Result<()> {
+    if !dir.join("IN-DOUBT").exists() {
+        return Err(Error::usage(format!(
+            "{} is not an in-doubt migration directory (no IN-DOUBT note)",
+            dir.display()
+        )));
+    }
+    let prepare = load_prepare(dir)?;
+    unmount_root(dir);
+    let mut job = match prepare.runc {
+        Some(rc) => {
+            drop_stale_registration(cfg, &rc.dst_id);
+            remove_cgroups(&rc.dst_id);
+            Some(RuncRestore::preflight_kept(rc, cfg)?)
+        }
+        None => None,
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let root = dir.parent().unwrap_or(Path::new("/"));
+    let work = WorkDir::open(root, &name)?;
+    if let Some(j) = job.as_mut() {
+        j.plumb()?;
+    }
+    let fds = job.as_ref().map(|j| j.restorer_fds()).unwrap_or_default();
+    let mut restorer = Swrk::spawn(&cfg.criu, &fds).map_err(|e| Error::setup(e.to_string()))?;
+    drop(fds);
+    if let Some(j) = job.as_mut() {
+        j.release_pipes();
+        let pid = restorer
+            .pid()
+            .ok_or_else(|| Error::other("restoring criu has no pid"))?;
+        j.attach(pid)?;
+    }
+    match restore_held(&work, &mut job, &mut restorer, |_| Ok(Decision::Commit))? {
+        Held::Done(pid) => {
+            if let Some(j) = job.take() {
+                j.commit();
+            }
+            drop(restorer);
+            let _ = std::fs::remove_file(dir.join("IN-DOUBT"));
+            log::info!("recovered: pid {pid} runs here");
+            eprintln!("haul: recovered {}: restored pid {pid}", dir.display());
+            work.remove()
+        }
+        Held::InDoubt(why) => Err(Error::other(why)),
+    }
+}
