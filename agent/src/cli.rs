@@ -196,6 +196,16 @@ pub struct MigrateRunc {
     /// runc binary here (default: runc on PATH)
     #[argh(option)]
     pub runc: Option<PathBuf>,
+    /// checkpoint (default: live, with CRIU) or restart (stop here, start afresh there: for
+    /// hosts where checkpointing is impossible; the process state is lost)
+    #[argh(option, default = "String::from(\"checkpoint\")")]
+    pub mode: String,
+    /// restart mode: signal that stops the container here (default TERM)
+    #[argh(option, default = "String::from(\"TERM\")")]
+    pub stop_signal: String,
+    /// restart mode: seconds to wait for it to stop before KILL (default 10)
+    #[argh(option, default = "10")]
+    pub stop_timeout: u64,
     /// criu binary (default: $HAUL_CRIU, else criu on PATH)
     #[argh(option)]
     pub criu: Option<PathBuf>,

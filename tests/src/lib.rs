@@ -2387,3 +2387,312 @@ mod bench_unit {
         assert_eq!(parse_criu_stats(&dump[4..]), None);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection helpers
+// ---------------------------------------------------------------------------------------------
+//
+// What `tests/fault_injection.rs` needs besides the lab above: the workload inside a runc
+// bundle (so a container has the memory check), the CRIU network-lock rules and frozen cgroups
+// a failure may leave anywhere, processes left in a cgroup tree, and a link slowed down or cut
+// at a chosen moment.
+
+/// A static build of the workload for a container's rootfs: `$HAUL_WORKLOAD_STATIC`, else the
+/// newer of `target/x86_64-unknown-linux-musl/{release,debug}/haul-workload`.
+pub fn static_workload_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HAUL_WORKLOAD_STATIC") {
+        let p = PathBuf::from(p);
+        return is_executable(&p).then_some(p);
+    }
+    let mut c: Vec<PathBuf> = workspace_target_dirs()
+        .into_iter()
+        .flat_map(|t| {
+            let m = t.join("x86_64-unknown-linux-musl");
+            [
+                m.join("release").join("haul-workload"),
+                m.join("debug").join("haul-workload"),
+            ]
+        })
+        .filter(|p| is_executable(p))
+        .collect();
+    c.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    c.pop()
+}
+
+/// The absolute paths of the shared objects `ldd` lists for `bin` (none for a static binary).
+pub fn ldd_paths(bin: &Path) -> Vec<PathBuf> {
+    let Ok(out) = Command::new(tool("ldd")).arg(bin).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let p = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            p.starts_with('/').then(|| PathBuf::from(p))
+        })
+        .collect()
+}
+
+/// Copies `bin` to `rootfs/dest` (mode 0755) and, if it is dynamic, the shared objects `ldd`
+/// names to the same paths inside `rootfs`.
+pub fn install_in_rootfs(bin: &Path, rootfs: &Path, dest: &str) -> Result<()> {
+    let mut files = vec![(bin.to_path_buf(), rootfs.join(dest.trim_start_matches('/')))];
+    for lib in ldd_paths(bin) {
+        let inside = rootfs.join(lib.strip_prefix("/").unwrap_or(&lib));
+        files.push((lib.canonicalize().unwrap_or(lib), inside));
+    }
+    for (from, to) in files {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("mkdir {}", parent.display()))?;
+        }
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", to.display()))?;
+    }
+    Ok(())
+}
+
+/// A busybox bundle ([`RuncBundle::busybox`]) whose process is the workload
+/// (`exec /bin/haul-workload ... --heartbeat /data/<name>`), so that the container checks its
+/// own memory: a restore that lost or corrupted a page makes it write `BAD offset`.
+#[derive(Debug, Clone)]
+pub struct WorkloadBundle {
+    pub bundle: RuncBundle,
+    /// The heartbeat inside the container (`/data/hb-...`), one whole argument of the
+    /// workload's command line that no other process of this machine has.
+    pub hb_arg: String,
+    /// The same file on the host.
+    pub heartbeat: PathBuf,
+}
+
+impl WorkloadBundle {
+    /// Creates the bundle in `dir` (must not exist). The workload binary is
+    /// [`static_workload_bin`], else [`workload_bin`] with its shared libraries copied in.
+    pub fn create(dir: &Path, opts: &WorkloadOpts) -> Result<WorkloadBundle> {
+        let bin = match &opts.bin {
+            Some(b) => b.clone(),
+            None => match static_workload_bin() {
+                Some(b) => b,
+                None => workload_bin()?,
+            },
+        };
+        let name = format!("hb-{}-{}", std::process::id(), next_seq());
+        let hb_arg = format!("/data/{name}");
+        let script = format!(
+            "exec /bin/haul-workload --mib {} --interval-ms {} --dirty-pages {} --sweep-ms {} \
+             --heartbeat {hb_arg}",
+            opts.mib, opts.interval_ms, opts.dirty_pages, opts.sweep_ms
+        );
+        let bundle = RuncBundle::busybox(dir, &script)?;
+        install_in_rootfs(&bin, &bundle.rootfs, "bin/haul-workload")?;
+        let heartbeat = bundle.data.join(&name);
+        Ok(WorkloadBundle {
+            bundle,
+            hb_arg,
+            heartbeat,
+        })
+    }
+
+    /// Live workload processes of this bundle (any host, any runc root).
+    pub fn pids(&self) -> Vec<u32> {
+        find_workload_pids(Path::new(&self.hb_arg))
+    }
+
+    /// Sets `linux.cgroupsPath` in config.json (runc's default is `/<id>`, which two containers
+    /// with one id in two runc roots of one machine would share).
+    pub fn set_cgroups_path(&self, path: &str) -> Result<()> {
+        let cfg = self.bundle.dir.join("config.json");
+        let text =
+            std::fs::read_to_string(&cfg).with_context(|| format!("read {}", cfg.display()))?;
+        let with = text.replacen(
+            "\"linux\": {",
+            &format!("\"linux\": {{\n    \"cgroupsPath\": {},", json_string(path)),
+            1,
+        );
+        if with == text {
+            return Err(lab_err(format!("no \"linux\" object in {}", cfg.display())));
+        }
+        std::fs::write(&cfg, with).with_context(|| format!("write {}", cfg.display()))
+    }
+}
+
+/// `iptables-save`, `ip6tables-save` and (if installed) `nft list ruleset`, run in the network
+/// namespace `netns` (a `/run/netns/NAME` or `/proc/PID/ns/net` path; `None`: ours): the lines
+/// that mention CRIU (its network-lock chain and comments are named `CRIU`).
+pub fn criu_netlock_rules(netns: Option<&Path>) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for (prog, args) in [
+        ("iptables-save", &[][..]),
+        ("ip6tables-save", &[][..]),
+        ("nft", &["list", "ruleset"][..]),
+    ] {
+        let Some(bin) = find_tool(prog) else { continue };
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut net = OsString::from("--net=");
+                net.push(ns);
+                let mut c = Command::new(tool("nsenter"));
+                c.arg(net).arg("--").arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.args(args);
+        let out = run(&mut cmd)?;
+        found.extend(
+            out.lines()
+                .filter(|l| l.to_ascii_uppercase().contains("CRIU"))
+                .map(|l| format!("{prog}: {l}")),
+        );
+    }
+    Ok(found)
+}
+
+/// v1 freezer cgroups under `/sys/fs/cgroup/freezer` whose path contains `needle` and whose
+/// `freezer.state` is not `THAWED`, with that state.
+pub fn frozen_cgroups(needle: &str) -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, needle: &str, depth: usize, out: &mut Vec<(PathBuf, String)>) {
+        if dir.to_string_lossy().contains(needle) {
+            if let Ok(s) = std::fs::read_to_string(dir.join("freezer.state")) {
+                if s.trim() != "THAWED" {
+                    out.push((dir.to_path_buf(), s.trim().to_string()));
+                }
+            }
+        }
+        if depth == 0 {
+            return;
+        }
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), needle, depth - 1, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup/freezer"), needle, 8, &mut out);
+    out
+}
+
+/// The pids in `cgroup.procs` of `dir` and of every cgroup below it.
+pub fn cgroup_tree_pids(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(cgroup_tree_pids(&e.path()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The command line of a process, arguments joined with spaces (empty if it is gone).
+pub fn proc_cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// A shell command prepared in a network namespace that runs when [`Trigger::fire`] is
+/// called: `sh -c 'read _; SCRIPT'` already started, so firing costs a pipe write, not a spawn
+/// (e.g. cutting a link within a millisecond of an event).
+pub struct Trigger {
+    child: ChildGuard,
+    stdin: Option<std::process::ChildStdin>,
+    script: String,
+}
+
+impl Trigger {
+    /// Fires and waits for the script to finish; an error if it fails.
+    pub fn fire(&mut self) -> Result<()> {
+        use std::io::Write;
+        let mut stdin = self.stdin.take().context("trigger already fired")?;
+        stdin
+            .write_all(b"go\n")
+            .with_context(|| format!("fire {:?}", self.script))?;
+        drop(stdin);
+        let st = self
+            .child
+            .wait_timeout(Duration::from_secs(10))?
+            .with_context(|| format!("{:?} still runs after 10 s", self.script))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(lab_err(format!("{:?} failed: {st}", self.script)))
+        }
+    }
+}
+
+impl NetnsPair {
+    /// Prepares `script` (sh) to run in `side`'s namespace when fired.
+    pub fn trigger(&self, side: Side, script: &str) -> Result<Trigger> {
+        let mut cmd = self.cmd_in(side, tool("sh"));
+        cmd.arg("-c")
+            .arg(format!("read _ || exit 99; {script}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut child = ChildGuard::spawn(&mut cmd)?.named("trigger");
+        let stdin = child.child_mut().stdin.take().context("trigger stdin")?;
+        Ok(Trigger {
+            child,
+            stdin: Some(stdin),
+            script: script.to_string(),
+        })
+    }
+
+    /// Script that takes `side`'s veth down: both ends lose carrier; no FIN, no RST.
+    pub fn link_down_script(&self, side: Side) -> String {
+        format!("ip link set dev {} down", self.veth(side))
+    }
+
+    /// Script that drops every TCP packet to and from `port` in `side`'s namespace (iptables
+    /// rules with the comment `haul-e2e-cut`; the namespace goes with the pair).
+    pub fn drop_port_script(port: u16) -> String {
+        format!(
+            "iptables -w -I INPUT -p tcp --dport {port} -m comment --comment haul-e2e-cut -j DROP && \
+             iptables -w -I INPUT -p tcp --sport {port} -m comment --comment haul-e2e-cut -j DROP && \
+             iptables -w -I OUTPUT -p tcp --sport {port} -m comment --comment haul-e2e-cut -j DROP && \
+             iptables -w -I OUTPUT -p tcp --dport {port} -m comment --comment haul-e2e-cut -j DROP"
+        )
+    }
+
+    /// Limits what `side` sends on its veth to `rate` (tc tbf, e.g. `40mbit`), so that a
+    /// transfer lasts long enough to be interrupted in the middle.
+    pub fn limit_rate(&self, side: Side, rate: &str) -> Result<()> {
+        run(Command::new(tool("tc")).args([
+            "-n",
+            self.name(side),
+            "qdisc",
+            "add",
+            "dev",
+            self.veth(side),
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "64kb",
+            "latency",
+            "1s",
+        ]))
+        .map(drop)
+    }
+}

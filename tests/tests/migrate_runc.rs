@@ -537,3 +537,53 @@ fn existing_destination_id_is_refused_before_freezing() {
     let mounts = mounts_under(s.dir.path()).unwrap();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
 }
+
+/// `--mode restart`: no checkpoint; the container is stopped here and started afresh from its
+/// copied bundle on the destination, under runc there, its output in the destination's log.
+#[test]
+fn runc_container_restarts_on_the_destination() {
+    let Some(mut s) = setup("runcrestart") else {
+        return;
+    };
+    s.serve();
+    let id = unique_container_id();
+    let dst_id = unique_container_id();
+    let (_src_log, mut src) = s.start_container(&id);
+    let mut dst = RuncContainer::adopt(&s.dst_root, &dst_id);
+    let out = s.migrate(
+        &id,
+        &[
+            "--mode",
+            "restart",
+            "--fs",
+            "copy",
+            "--dst-id",
+            &dst_id,
+            "--stop-timeout",
+            "1",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", s.serve_log());
+    assert!(stderr.contains(&format!("restarted runc {id}")), "{stderr}");
+    // Gone here, running there from the copied bundle.
+    assert!(run(runc_cmd(&s.src_root).args(["state", &id])).is_err());
+    src.disarm();
+    let st = dst.state().unwrap();
+    assert_eq!(st.status, "running", "{st:?}");
+    assert_eq!(
+        st.bundle,
+        s.dir.join("bundles").join(&dst_id).to_string_lossy()
+    );
+    Heartbeat::wait_advancing(&s.bundle.heartbeat(), Duration::from_secs(10)).unwrap();
+    let dst_log = s.stdio_dir.join(format!("{dst_id}.log"));
+    wait_for(
+        "tick lines in the destination log",
+        Duration::from_secs(10),
+        || max_tick(&std::fs::read_to_string(&dst_log).ok()?),
+    );
+    dst.kill("KILL").unwrap();
+    runc_wait_status(&s.dst_root, &dst_id, "stopped", Duration::from_secs(10)).unwrap();
+    dst.delete().unwrap();
+    dst.disarm();
+}

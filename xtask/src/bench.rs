@@ -607,13 +607,14 @@ impl BenchLab {
         s: &mut Sample,
     ) -> Result<(), String> {
         let stats = work.join("stats.json");
-        let rss = work.join("migrate.maxrss");
-        // GNU time reports the peak RSS (wait4's ru_maxrss) of haul migrate, in KiB.
-        let mut cmd = self.net.cmd_in(Side::Src, "/usr/bin/time");
-        cmd.args(["-f", "%M", "-o"])
-            .arg(&rss)
-            .arg(&self.haul)
-            .args(["migrate", "runc", id, "--to"])
+        let log_path = logs.join("migrate.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("create {}: {e}", log_path.display()))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut cmd = self.net.cmd_in(Side::Src, &self.haul);
+        cmd.args(["migrate", "runc", id, "--to"])
             .arg(format!("{}:{port}", self.dst_addr()))
             .arg("--key")
             .arg(&self.key)
@@ -623,14 +624,34 @@ impl BenchLab {
             .arg(self.shm.join("haul-src-work"))
             .arg("--stats-json")
             .arg(&stats)
-            .stdin(Stdio::null());
-        let out = cmd.output().map_err(|e| format!("haul migrate: {e}"))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let _ = std::fs::write(logs.join("migrate.log"), stderr.as_bytes());
-        if !out.status.success() {
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let mut child = ChildGuard::spawn(&mut cmd)
+            .map_err(lab_err)?
+            .named("haul migrate");
+        // Its own peak RSS: VmHWM never decreases, so the last reading before the exit is the
+        // peak up to then (wait4's ru_maxrss would also count CRIU and runc, its children).
+        let pid = child.pid();
+        let end = Instant::now() + Duration::from_secs(300);
+        let status = loop {
+            if proc_stat(pid).is_some_and(|p| p.comm == "haul") {
+                if let Some(v) = proc_vm_hwm_kib(pid) {
+                    s.migrate_hwm_kib = Some(s.migrate_hwm_kib.unwrap_or(0).max(v));
+                }
+            }
+            if let Some(st) = child.try_wait().map_err(lab_err)? {
+                break st;
+            }
+            if Instant::now() >= end {
+                return Err("haul migrate still runs after 300 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if !status.success() {
             return Err(format!(
-                "haul migrate failed ({}):\n{}\nserve:\n{}",
-                out.status,
+                "haul migrate failed ({status}):\n{}\nserve:\n{}",
                 tail(&stderr, 20),
                 tail(&serve.log_text(), 20)
             ));
@@ -645,8 +666,6 @@ impl BenchLab {
         s.haul_page_bytes = Some(num("page_bytes")? as u64);
         s.haul_wire_bytes = Some(num("wire_bytes")? as u64);
         s.page_mib_s = Some(num("page_mib_per_s")?);
-        let text = std::fs::read_to_string(&rss).unwrap_or_default();
-        s.migrate_hwm_kib = text.lines().last().and_then(|l| l.trim().parse().ok());
         Ok(())
     }
 
@@ -1240,7 +1259,7 @@ impl Machine {
             mem_gib: haul_e2e::parse_status_kib(&meminfo, "MemTotal")
                 .map_or(0.0, |k| k as f64 / 1024.0 / 1024.0),
             load_start: loadavg(),
-            criu: first_line(Command::new("criu").arg("--version")),
+            criu: first_line(Command::new("criu").arg("--version")).replace("Version:", "CRIU"),
             runc: first_line(Command::new("runc").arg("--version")),
             haul_rev: format!(
                 "{}{}",
@@ -1444,8 +1463,11 @@ impl Report<'_> {
              directions, IP and TCP headers included; **CRIU frozen / restore** are `frozen_time` \
              of CRIU's stats-dump and `restore_time` of its stats-restore; **MiB/s** is haul's page \
              throughput over its transfer phase (`page_mib_per_s` of `--stats-json`) or the raw \
-             link; **peak RSS** is VmHWM of `haul serve` after the migration, the maximum RSS of \
-             `haul migrate` (GNU time) and VmHWM of serve's stdio relay. Cells: median [min–max].\n",
+             link; **peak RSS** is VmHWM of `haul serve` after the migration, VmHWM of `haul migrate` \
+             polled every millisecond until it exits, and VmHWM of serve's stdio relay (CRIU and \
+             runc, children of haul, are not counted). For haul, CRIU's frozen time includes the \
+             destination's restore: the source holds its tasks frozen at `post-dump` until the \
+             destination holds the restored copy. Cells: median [min–max].\n",
             LINK_BYTES >> 20
         );
         for &mib in &self.opts.sizes {
@@ -1583,7 +1605,7 @@ impl Report<'_> {
                      \"total_ms\": {}, \"wire_bytes\": {}, \"criu_frozen_ms\": {}, \
                      \"criu_restore_ms\": {}, \"haul_total_ms\": {}, \"haul_frozen_ms\": {}, \
                      \"haul_wire_bytes\": {}, \"haul_page_bytes\": {}, \"page_mib_per_s\": {}, \
-                     \"serve_hwm_kib\": {}, \"migrate_maxrss_kib\": {}, \"relay_hwm_kib\": {}, \
+                     \"serve_hwm_kib\": {}, \"migrate_hwm_kib\": {}, \"relay_hwm_kib\": {}, \
                      \"link_mib_per_s\": {}}}",
                     x.method.name(),
                     x.mib,
@@ -1615,7 +1637,7 @@ impl Report<'_> {
                      \"downtime_ms\": {}, \"total_ms\": {}, \"wire_mib\": {}, \
                      \"criu_frozen_ms\": {}, \"criu_restore_ms\": {}, \"haul_frozen_ms\": {}, \
                      \"haul_wire_mib\": {}, \"mib_per_s\": {}, \"serve_hwm_mib\": {}, \
-                     \"migrate_maxrss_mib\": {}, \"relay_hwm_mib\": {}}}",
+                     \"migrate_hwm_mib\": {}, \"relay_hwm_mib\": {}}}",
                     a.mib,
                     a.method.name(),
                     a.ok,

@@ -3,6 +3,7 @@
 
 pub mod journal;
 pub mod recover;
+pub mod restart;
 pub mod runc;
 pub mod serve;
 pub mod session;

@@ -462,6 +462,24 @@ impl RuncRestore {
         self.created_bundle = None;
     }
 
+    /// The bundle directory on this host.
+    pub fn bundle(&self) -> &str {
+        &self.bundle
+    }
+
+    /// `--mode restart`: the write end of the stdout/stderr pipe (fd 1's), if it was a pipe.
+    pub fn stdout_for_run(&mut self) -> Option<std::os::fd::OwnedFd> {
+        let key = self.container.stdio.get(1).cloned()?;
+        let p = self.plumbing.as_mut()?;
+        let i = p.ends.iter().position(|(k, _)| *k == key)?;
+        Some(p.ends.swap_remove(i).1)
+    }
+
+    /// Whether the source asked for a restart instead of a checkpoint.
+    pub fn is_restart(&self) -> bool {
+        self.rc.restart
+    }
+
     /// Keeps a copied bundle when this value is dropped (an in-doubt migration needs it).
     pub fn keep_bundle(&mut self) {
         self.created_bundle = None;

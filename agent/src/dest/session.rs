@@ -134,6 +134,7 @@ pub fn msg_name(m: &Msg) -> &'static str {
         Msg::CpuCheckResult(_) => "CpuCheckResult",
         Msg::TreeEntry(_) => "TreeEntry",
         Msg::TreeDone(_) => "TreeDone",
+        Msg::Start(_) => "Start",
     }
 }
 
@@ -169,22 +170,17 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
     // CRIU page server first: its socket end is inherited, so spawn with it.
     let (ps_ours, ps_criu) =
         pages::socket_pair().map_err(|e| Error::other(format!("socketpair: {e}")))?;
-    let mut swrk =
-        Swrk::spawn(&cfg.criu, &[ps_criu.as_fd()]).map_err(|e| Error::setup(e.to_string()))?;
-    let version = swrk.version().map_err(|e| Error::setup(e.to_string()))?;
+    // Without CRIU here only a restart (no checkpoint) can be served; the source learns it from
+    // the missing version and says so.
+    let criu_here =
+        Swrk::spawn(&cfg.criu, &[ps_criu.as_fd()]).and_then(|mut w| w.version().map(|v| (w, v)));
     conn.send(Msg::Welcome(Welcome {
         agent_version: env!("CARGO_PKG_VERSION").into(),
-        criu: Some(proto_version(version)),
+        criu: criu_here.as_ref().ok().map(|(_, v)| proto_version(*v)),
         lazy_pages: false,
         mem_track: false,
     }))
     .map_err(|e| wire(e, "welcome"))?;
-    if version < criu::MIN_VERSION {
-        return Err(Error::setup(format!(
-            "criu {version} on the destination is too old: haul needs {} or newer",
-            criu::MIN_VERSION
-        )));
-    }
 
     let prepare = match conn.recv_control(IDLE_TIMEOUT, "prepare") {
         Ok(Msg::Prepare(p)) => p,
@@ -207,6 +203,18 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         }
         _ => None,
     };
+    if let Some(j) = job.take_if(|j| j.is_restart()) {
+        drop(criu_here);
+        log::info!("{peer}: restart of container {} here", j.dst_id());
+        return super::restart::run(conn, cfg, j);
+    }
+    let (mut swrk, version) = criu_here.map_err(|e| Error::setup(e.to_string()))?;
+    if version < criu::MIN_VERSION {
+        return Err(Error::setup(format!(
+            "criu {version} on the destination is too old: haul needs {} or newer",
+            criu::MIN_VERSION
+        )));
+    }
     let id = crate::util::migration_id();
     let work = WorkDir::create(&cfg.work_root, &id)?;
     // The journal and the container description let a restarted `haul serve` clean up after a

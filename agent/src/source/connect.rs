@@ -89,7 +89,8 @@ pub fn open(
         minor: v.minor,
         sublevel: v.sublevel,
     });
-    if purpose != Purpose::Check {
+    // `criu` is the default (0.0) when this side uses no CRIU (restart mode).
+    if purpose != Purpose::Check && criu != Version::default() {
         match dst {
             Some(d) if d < MIN_VERSION => {
                 return Err(Error::setup(format!(
@@ -101,7 +102,7 @@ pub fn open(
                     "criu {d} on the destination is older than criu {criu} here: images may not restore; upgrade the destination's CRIU"
                 )))
             }
-            None => return Err(Error::setup("the destination did not report its CRIU version")),
+            None => return Err(Error::setup("the destination has no usable criu (haul serve could not start it): install CRIU 4.x there, or use --mode restart")),
             _ => {}
         }
     }

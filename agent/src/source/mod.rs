@@ -4,4 +4,5 @@
 pub mod connect;
 pub mod migrate;
 pub mod progress;
+pub mod restart;
 pub mod runc;

@@ -183,8 +183,20 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             masked_files: c.container.masked_files.clone(),
             fs: fs as i32,
             readonly_root: c.container.readonly_root,
+            restart: a.mode == "restart",
         }),
     };
+    match a.mode.as_str() {
+        "checkpoint" => {}
+        "restart" => {
+            return super::restart::run(a, key, &runc, prepare, c.bundle.clone(), tree, quiet)
+        }
+        other => {
+            return Err(Error::usage(format!(
+                "--mode {other}: use checkpoint or restart"
+            )))
+        }
+    }
     let runc_root = a.runc_root.clone();
     let id = a.id.clone();
     let o = Options {

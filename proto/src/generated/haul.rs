@@ -79,7 +79,14 @@ pub struct RuncContainer {
     /// mount's flags, so the destination mounts it read-only itself.
     #[prost(bool, tag = "8")]
     pub readonly_root: bool,
+    /// `--mode restart`: no checkpoint; the source stops the container and the destination starts
+    /// it afresh with runc from its bundle.
+    #[prost(bool, tag = "9")]
+    pub restart: bool,
 }
+/// `--mode restart`: the container is stopped on the source and its bundle is in place: start it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Start {}
 /// Destination is ready to receive pages: its CRIU page server is running.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Prepared {}
@@ -194,7 +201,7 @@ pub struct TreeDone {
 pub struct Control {
     #[prost(
         oneof = "control::Msg",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
     )]
     pub msg: ::core::option::Option<control::Msg>,
 }
@@ -232,6 +239,8 @@ pub mod control {
         TreeEntry(super::TreeEntry),
         #[prost(message, tag = "15")]
         TreeDone(super::TreeDone),
+        #[prost(message, tag = "16")]
+        Start(super::Start),
     }
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -1,0 +1,108 @@
+//! `--mode restart` on the destination: no CRIU; receive the bundle (with `--fs copy`), wait
+//! for Start (the source has stopped the container), then `runc run -d` it here with its stdout
+//! and stderr going to the relay log, and report its pid.
+
+use super::runc::RuncRestore;
+use super::session::{msg_name, SessionConfig};
+use crate::error::{Error, Result};
+use crate::limits::IDLE_TIMEOUT;
+use crate::transfer::{Conn, Incoming};
+use haul_proto::haul::{control::Msg, Done, Prepared};
+use std::process::{Command, Stdio};
+
+pub fn run(conn: &Conn, cfg: &SessionConfig, mut job: RuncRestore) -> Result<()> {
+    let mut tree = job.tree_sink()?;
+    conn.send(Msg::Prepared(Prepared {}))
+        .map_err(|e| Error::other(format!("prepared: {e}")))?;
+    loop {
+        let wire =
+            |e: crate::transfer::WireError| Error::other(format!("receiving the bundle: {e}"));
+        match conn.recv(IDLE_TIMEOUT, "restart").map_err(wire)? {
+            Incoming::FileData(d) => match tree.as_mut() {
+                Some(t) => t.data(&d).map_err(wire)?,
+                None => return Err(Error::other("file data without --fs copy")),
+            },
+            Incoming::Control(Msg::TreeEntry(e)) => match tree.as_mut() {
+                Some(t) => t.entry(e).map_err(wire)?,
+                None => return Err(Error::other("bundle tree sent without --fs copy")),
+            },
+            Incoming::Control(Msg::FileEnd(e)) => match tree.as_mut() {
+                Some(t) => t.end(e).map_err(wire)?,
+                None => return Err(Error::other("file end without --fs copy")),
+            },
+            Incoming::Control(Msg::TreeDone(d)) => {
+                log::info!(
+                    "bundle pass {}: {} entries, {} bytes",
+                    d.pass,
+                    d.entries,
+                    d.bytes
+                )
+            }
+            Incoming::Control(Msg::Start(_)) => break,
+            Incoming::Control(Msg::Abort(a)) => {
+                return Err(Error::other(format!(
+                    "source aborted during {}: {}",
+                    a.stage, a.reason
+                )))
+            }
+            Incoming::Control(other) => {
+                return Err(Error::other(format!(
+                    "unexpected {} in restart mode",
+                    msg_name(&other)
+                )))
+            }
+        }
+    }
+    // stdout and stderr: a pipe to the relay log when they were pipes on the source.
+    job.plumb()?;
+    let out = job.stdout_for_run();
+    let mut cmd = Command::new(&cfg.runc);
+    cmd.arg("--root")
+        .arg(&cfg.runc_root)
+        .args(["run", "-d", "--bundle"])
+        .arg(job.bundle())
+        .arg(job.dst_id())
+        .stdin(Stdio::null());
+    match out {
+        Some(fd) => {
+            let err = fd
+                .try_clone()
+                .map_err(|e| Error::other(format!("dup: {e}")))?;
+            cmd.stdout(Stdio::from(fd)).stderr(Stdio::from(err));
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| Error::other(format!("running {}: {e}", cfg.runc.display())))?;
+    job.release_pipes();
+    if !status.success() {
+        return Err(Error::other(format!(
+            "runc run {} failed: {status}",
+            job.dst_id()
+        )));
+    }
+    let state = Command::new(&cfg.runc)
+        .arg("--root")
+        .arg(&cfg.runc_root)
+        .args(["state", job.dst_id()])
+        .output()
+        .map_err(|e| Error::other(format!("runc state: {e}")))?;
+    let text = String::from_utf8_lossy(&state.stdout);
+    let pid = text
+        .split("\"pid\":")
+        .nth(1)
+        .and_then(|r| r.trim_start().split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    log::info!("started container {} with runc (pid {pid})", job.dst_id());
+    conn.send(Msg::Done(Done {
+        restored_pid: pid,
+        ..Default::default()
+    }))
+    .map_err(|e| Error::other(format!("done: {e}")))?;
+    job.keep_bundle();
+    Ok(())
+}
