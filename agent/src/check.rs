@@ -121,7 +121,7 @@ fn remote(
             } else {
                 "INSECURE: no key"
             },
-            welcome.agent_version
+            crate::util::printable(&welcome.agent_version)
         )),
     );
     let dst = welcome

@@ -51,6 +51,23 @@ pub fn cloexec_inherited_fds() {
     }
 }
 
+/// Text from the peer made safe for a log line or a message: control characters escaped (no
+/// forged log lines), at most 512 characters.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(512));
+    for c in s.chars().take(512) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if s.chars().nth(512).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// Test hook for fault injection: when `HAUL_FAULT` names this point, the process kills itself
 /// with SIGKILL right here, as a crash or `kill -9` would. Points: `src-frozen` (source, tasks
 /// frozen at post-dump), `src-committing` (source, after its tasks were stopped, before Commit),
@@ -67,6 +84,13 @@ pub fn fault_point(name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_text_cannot_forge_log_lines() {
+        assert_eq!(printable("a\nERROR x"), "a\\nERROR x");
+        assert_eq!(printable(&"x".repeat(600)).len(), 515);
+        assert_eq!(printable("web1"), "web1");
+    }
 
     #[test]
     fn bounded_read_at_and_over_the_limit() {

@@ -23,6 +23,7 @@
 //! discarded warm-up round per size. Results: `bench/RESULTS.md` and `bench/results.json`
 //! (`--quick`: `target/bench-quick/`).
 //!
+//! `$HAUL_BIN` names the haul binary to measure instead of building `target/release/haul`.
 //! Hidden helpers run inside a namespace through `nsenter`: `bench __recv PORT (--discard |
 //! --tar-x DIR)` and `bench __send ADDR:PORT (--bytes N | --tar-c DIR)`.
 
@@ -233,8 +234,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// Builds the release haul and the static workload (the container has no libc).
+/// With `$HAUL_BIN` set, that haul binary is measured and none is built.
 fn build() -> Result<(), String> {
-    util::run(util::cargo().args(["build", "--release", "-p", "haul"]))?;
+    match std::env::var_os("HAUL_BIN") {
+        Some(b) => eprintln!("bench: measuring $HAUL_BIN={}", Path::new(&b).display()),
+        None => {
+            util::run(util::cargo().args(["build", "--release", "-p", "haul"]))?;
+            std::env::set_var("HAUL_BIN", util::root().join("target/release/haul"));
+        }
+    }
     let installed = util::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
     if !installed.lines().any(|l| l.trim() == MUSL) {
         util::run(Command::new("rustup").args(["target", "add", MUSL]))?;
@@ -249,7 +257,6 @@ fn build() -> Result<(), String> {
         "--target",
         MUSL,
     ]))?;
-    std::env::set_var("HAUL_BIN", util::root().join("target/release/haul"));
     Ok(())
 }
 
@@ -275,12 +282,17 @@ struct Sample {
     wire_bytes: Option<u64>,
     criu_frozen_ms: Option<f64>,
     criu_restore_ms: Option<f64>,
+    /// CRIU's memdump_time: collecting the pages and writing them out (memwrite runs inside).
+    criu_memdump_ms: Option<f64>,
+    criu_pages_written: Option<u64>,
+    /// Page throughput as CRIU's dump saw it: pages_written × 4 KiB / memdump_time.
+    page_mib_s: Option<f64>,
     /// haul only: its own numbers (`--stats-json`).
     haul_frozen_ms: Option<f64>,
     haul_total_ms: Option<f64>,
     haul_wire_bytes: Option<u64>,
     haul_page_bytes: Option<u64>,
-    page_mib_s: Option<f64>,
+    haul_page_mib_s: Option<f64>,
     serve_hwm_kib: Option<u64>,
     migrate_hwm_kib: Option<u64>,
     relay_hwm_kib: Option<u64>,
@@ -299,11 +311,14 @@ impl Sample {
             wire_bytes: None,
             criu_frozen_ms: None,
             criu_restore_ms: None,
+            criu_memdump_ms: None,
+            criu_pages_written: None,
+            page_mib_s: None,
             haul_frozen_ms: None,
             haul_total_ms: None,
             haul_wire_bytes: None,
             haul_page_bytes: None,
-            page_mib_s: None,
+            haul_page_mib_s: None,
             serve_hwm_kib: None,
             migrate_hwm_kib: None,
             relay_hwm_kib: None,
@@ -528,6 +543,12 @@ impl BenchLab {
         }
         s.total_ms = ms(t0.elapsed());
         dst_log.close_writer();
+        if let (Some(p), Some(t)) = (s.criu_pages_written, s.criu_memdump_ms) {
+            // Below ~16 MiB this is mostly CRIU's fixed cost, not a throughput.
+            if p >= 4096 && t > 0.0 {
+                s.page_mib_s = Some(p as f64 * 4096.0 / MIB / (t / 1000.0));
+            }
+        }
         let (rx1, tx1) = self.net.veth_bytes(Side::Src).map_err(lab_err)?;
         s.wire_bytes = Some((rx1 - rx0) + (tx1 - tx0));
 
@@ -665,7 +686,9 @@ impl BenchLab {
         s.criu_restore_ms = Some(num("criu_restore_us")? / 1000.0);
         s.haul_page_bytes = Some(num("page_bytes")? as u64);
         s.haul_wire_bytes = Some(num("wire_bytes")? as u64);
-        s.page_mib_s = Some(num("page_mib_per_s")?);
+        s.haul_page_mib_s = Some(num("page_mib_per_s")?);
+        s.criu_memdump_ms = Some(num("criu_memdump_us")? / 1000.0);
+        s.criu_pages_written = Some(num("pages_written")? as u64);
         Ok(())
     }
 
@@ -740,6 +763,8 @@ impl BenchLab {
         let d = read_criu_stats(&dump_dir.join("stats-dump")).map_err(lab_err)?;
         let r = read_criu_stats(&restore_dir.join("stats-restore")).map_err(lab_err)?;
         s.criu_frozen_ms = d.dump.map(|d| d.frozen_us as f64 / 1000.0);
+        s.criu_memdump_ms = d.dump.map(|d| d.memdump_us as f64 / 1000.0);
+        s.criu_pages_written = d.dump.map(|d| d.pages_written);
         s.criu_restore_ms = r.restore.map(|r| r.restore_us as f64 / 1000.0);
         Ok(())
     }
@@ -1461,9 +1486,11 @@ impl Report<'_> {
              page server or receiver) until the container runs on the destination (haul migrate \
              or runc restore returned); **wire** counts the bytes through the source's veth in both \
              directions, IP and TCP headers included; **CRIU frozen / restore** are `frozen_time` \
-             of CRIU's stats-dump and `restore_time` of its stats-restore; **MiB/s** is haul's page \
-             throughput over its transfer phase (`page_mib_per_s` of `--stats-json`) or the raw \
-             link; **peak RSS** is VmHWM of `haul serve` after the migration, VmHWM of `haul migrate` \
+             of CRIU's stats-dump and `restore_time` of its stats-restore; **page MiB/s** is the \
+             page throughput as CRIU's dump saw it, pages_written × 4 KiB / memdump_time (the time \
+             to collect the pages and write them to a file, the page server or haul's socket; \
+             shown from 16 MiB of pages; haul's own `page_mib_per_s` divides by memdump_time + \
+             memwrite_time, which overlap, and reads about half of it), or the raw link; **peak RSS** is VmHWM of `haul serve` after the migration, VmHWM of `haul migrate` \
              polled every millisecond until it exits, and VmHWM of serve's stdio relay (CRIU and \
              runc, children of haul, are not counted). For haul, CRIU's frozen time includes the \
              destination's restore: the source holds its tasks frozen at `post-dump` until the \
@@ -1474,7 +1501,7 @@ impl Report<'_> {
             let _ = writeln!(s, "## {mib} MiB\n");
             let _ = writeln!(
                 s,
-                "| method | runs | downtime ms | total ms | wire MiB | CRIU frozen ms | CRIU restore ms | MiB/s | peak RSS MiB serve / migrate / relay |"
+                "| method | runs | downtime ms | total ms | wire MiB | CRIU frozen ms | CRIU restore ms | page MiB/s | peak RSS MiB serve / migrate / relay |"
             );
             let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
             for a in aggs.iter().filter(|a| a.mib == mib) {
@@ -1604,7 +1631,9 @@ impl Report<'_> {
                     "    {{\"method\": \"{}\", \"mib\": {}, \"rep\": {}, \"downtime_ms\": {}, \
                      \"total_ms\": {}, \"wire_bytes\": {}, \"criu_frozen_ms\": {}, \
                      \"criu_restore_ms\": {}, \"haul_total_ms\": {}, \"haul_frozen_ms\": {}, \
-                     \"haul_wire_bytes\": {}, \"haul_page_bytes\": {}, \"page_mib_per_s\": {}, \
+                     \"haul_wire_bytes\": {}, \"haul_page_bytes\": {}, \
+                     \"haul_page_mib_per_s\": {}, \"criu_memdump_ms\": {}, \
+                     \"criu_pages_written\": {}, \"page_mib_per_s\": {}, \
                      \"serve_hwm_kib\": {}, \"migrate_hwm_kib\": {}, \"relay_hwm_kib\": {}, \
                      \"link_mib_per_s\": {}}}",
                     x.method.name(),
@@ -1619,6 +1648,9 @@ impl Report<'_> {
                     jopt(x.haul_frozen_ms),
                     jopt(x.haul_wire_bytes.map(|b| b as f64)),
                     jopt(x.haul_page_bytes.map(|b| b as f64)),
+                    jopt(x.haul_page_mib_s),
+                    jopt(x.criu_memdump_ms),
+                    jopt(x.criu_pages_written.map(|b| b as f64)),
                     jopt(x.page_mib_s),
                     jopt(x.serve_hwm_kib.map(|b| b as f64)),
                     jopt(x.migrate_hwm_kib.map(|b| b as f64)),

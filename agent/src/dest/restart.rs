@@ -42,7 +42,8 @@ pub fn run(conn: &Conn, cfg: &SessionConfig, mut job: RuncRestore) -> Result<()>
             Incoming::Control(Msg::Abort(a)) => {
                 return Err(Error::other(format!(
                     "source aborted during {}: {}",
-                    a.stage, a.reason
+                    crate::util::printable(&a.stage),
+                    crate::util::printable(&a.reason)
                 )))
             }
             Incoming::Control(other) => {

@@ -184,7 +184,12 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
 
     let prepare = match conn.recv_control(IDLE_TIMEOUT, "prepare") {
         Ok(Msg::Prepare(p)) => p,
-        Ok(Msg::Abort(a)) => return Err(Error::other(format!("source aborted: {}", a.reason))),
+        Ok(Msg::Abort(a)) => {
+            return Err(Error::other(format!(
+                "source aborted: {}",
+                crate::util::printable(&a.reason)
+            )))
+        }
         Ok(other) => {
             return Err(Error::other(format!(
                 "expected Prepare, got {}",
@@ -228,7 +233,7 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
     )?;
     log::info!(
         "{peer}: migration {id} (source's {}): receiving into {}",
-        hello.migration_id,
+        crate::util::printable(&hello.migration_id),
         work.path.display()
     );
     let outcome = receive_and_restore(conn, cfg, &work, &mut swrk, ps_ours, ps_criu, &mut job);
@@ -392,7 +397,8 @@ fn receive_and_restore(
             Incoming::Control(Msg::Abort(a)) => {
                 return Err(Error::other(format!(
                     "source aborted during {}: {}",
-                    a.stage, a.reason
+                    crate::util::printable(&a.stage),
+                    crate::util::printable(&a.reason)
                 )))
             }
             Incoming::Control(other) => {
@@ -437,7 +443,8 @@ fn receive_and_restore(
             Ok(Msg::Commit(_)) => Decision::Commit,
             Ok(Msg::Abort(a)) => Decision::Abort(format!(
                 "source aborted ({}): {}; restored tasks stopped",
-                a.stage, a.reason
+                crate::util::printable(&a.stage),
+                crate::util::printable(&a.reason)
             )),
             Ok(other) => Decision::Abort(format!("expected Commit, got {}", msg_name(&other))),
             // The source may or may not have stopped its tasks: never run a second copy; stop

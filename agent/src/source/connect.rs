@@ -74,7 +74,7 @@ pub fn open(
         Ok(Msg::Abort(a)) => {
             return Err(Error::new(
                 Kind::Refused,
-                format!("destination refused: {}", a.reason),
+                format!("destination refused: {}", crate::util::printable(&a.reason)),
             ))
         }
         Ok(other) => {

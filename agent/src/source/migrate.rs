@@ -123,7 +123,11 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         Ok(Msg::Abort(a)) => {
             return Err(Error::new(
                 Kind::Refused,
-                format!("destination refused ({}): {}", a.stage, a.reason),
+                format!(
+                    "destination refused ({}): {}",
+                    crate::util::printable(&a.stage),
+                    crate::util::printable(&a.reason)
+                ),
             ))
         }
         Ok(other) => return Err(Error::other(format!("unexpected {other:?} in preflight"))),
@@ -220,7 +224,11 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         .map_err(|e| wire_to_error(e, "sending commit"))
         .and_then(|()| match conn.recv_control(IDLE_TIMEOUT, "commit") {
             Ok(Msg::Done(d)) => Ok(d),
-            Ok(Msg::Abort(a)) => Err(Error::other(format!("{}: {}", a.stage, a.reason))),
+            Ok(Msg::Abort(a)) => Err(Error::other(format!(
+                "{}: {}",
+                crate::util::printable(&a.stage),
+                crate::util::printable(&a.reason)
+            ))),
             Ok(other) => Err(Error::other(format!("unexpected {other:?} after commit"))),
             Err(e) => Err(wire_to_error(
                 e,
@@ -364,7 +372,11 @@ fn run_dump(
                         let _ = swrk.notify_reply(false);
                         return Err(Error::new(
                             Kind::RolledBack,
-                            format!("destination failed to restore ({}): {}", a.stage, a.reason),
+                            format!(
+                                "destination failed to restore ({}): {}",
+                                crate::util::printable(&a.stage),
+                                crate::util::printable(&a.reason)
+                            ),
                         ));
                     }
                     Ok(other) => {

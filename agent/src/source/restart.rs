@@ -109,7 +109,11 @@ pub fn run(
         Ok(Msg::Abort(a)) => {
             return Err(Error::new(
                 Kind::Refused,
-                format!("destination refused ({}): {}", a.stage, a.reason),
+                format!(
+                    "destination refused ({}): {}",
+                    crate::util::printable(&a.stage),
+                    crate::util::printable(&a.reason)
+                ),
             ))
         }
         Ok(other) => return Err(Error::other(format!("unexpected {other:?} in preflight"))),
@@ -150,7 +154,7 @@ pub fn run(
             Ok(Msg::Done(d)) => Ok(d.restored_pid),
             Ok(Msg::Abort(a)) => Err(Error::other(format!(
                 "destination could not start it: {}",
-                a.reason
+                crate::util::printable(&a.reason)
             ))),
             Ok(other) => Err(Error::other(format!("unexpected {other:?}"))),
             Err(e) => Err(wire_to_error(e, "waiting for the destination")),

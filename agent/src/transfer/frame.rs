@@ -122,6 +122,11 @@ impl SendHalf {
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
+
+    /// Closes both directions: the peer reads EOF, and a read blocked on this socket returns.
+    pub fn shutdown_both(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl RecvHalf {

@@ -14,6 +14,7 @@ use crate::limits::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::Instant;
 
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 const MAGIC: &[u8; 4] = b"HAUL";
@@ -62,12 +63,33 @@ fn write_msg(s: &mut TcpStream, msg: &[u8]) -> Result<(), WireError> {
         .map_err(|err| WireError::Io { op: "write", err })
 }
 
+/// `read_exact` that must finish by `deadline` in total: the handshake timeout bounds the whole
+/// handshake, so a peer trickling one byte at a time cannot hold a slot.
+fn read_by(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
+        match s.read(buf.get_mut(filled..).unwrap_or_default()) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn read_msg<'b>(
     s: &mut TcpStream,
     buf: &'b mut [u8; HANDSHAKE_MSG_MAX],
+    deadline: Instant,
 ) -> Result<&'b [u8], WireError> {
     let mut len = [0u8; 4];
-    s.read_exact(&mut len).map_err(io_err("authentication"))?;
+    read_by(s, &mut len, deadline).map_err(io_err("authentication"))?;
     let len = u32::from_be_bytes(len) as usize;
     if len > HANDSHAKE_MSG_MAX {
         return Err(WireError::FrameTooLarge {
@@ -76,7 +98,7 @@ fn read_msg<'b>(
         });
     }
     let msg = buf.get_mut(..len).ok_or(WireError::FrameTooShort { len })?;
-    s.read_exact(msg).map_err(io_err("authentication"))?;
+    read_by(s, msg, deadline).map_err(io_err("authentication"))?;
     Ok(msg)
 }
 
@@ -113,6 +135,7 @@ pub fn connect(
     mut stream: TcpStream,
     key: Option<&Key>,
 ) -> Result<(SendHalf, RecvHalf), WireError> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|err| WireError::Io {
@@ -124,9 +147,7 @@ pub fn connect(
         .write_all(&ours)
         .map_err(|err| WireError::Io { op: "write", err })?;
     let mut theirs = [0u8; 8];
-    stream
-        .read_exact(&mut theirs)
-        .map_err(io_err("the protocol preamble"))?;
+    read_by(&mut stream, &mut theirs, deadline).map_err(io_err("the protocol preamble"))?;
     let (version, secure) = describe(&theirs)?;
     if version != PROTOCOL_VERSION {
         return Err(WireError::Preamble(format!(
@@ -155,7 +176,7 @@ pub fn connect(
         .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
     write_msg(&mut stream, out.get(..n).unwrap_or_default())?;
     let mut buf = [0u8; HANDSHAKE_MSG_MAX];
-    let msg = match read_msg(&mut stream, &mut buf) {
+    let msg = match read_msg(&mut stream, &mut buf, deadline) {
         Ok(m) => m,
         Err(WireError::Closed { .. }) | Err(WireError::Io { .. }) => {
             return Err(WireError::Auth(
@@ -176,6 +197,7 @@ pub fn connect(
 
 /// Destination side (Noise responder).
 pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, RecvHalf), WireError> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|err| WireError::Io {
@@ -184,9 +206,7 @@ pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, Rec
         })?;
     let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut theirs = [0u8; 8];
-    stream
-        .read_exact(&mut theirs)
-        .map_err(io_err("the protocol preamble"))?;
+    read_by(&mut stream, &mut theirs, deadline).map_err(io_err("the protocol preamble"))?;
     let ours = preamble(key.is_some());
     // Answer before judging, so the source can say what differs.
     stream
@@ -216,7 +236,7 @@ pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, Rec
         .build_responder()
         .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
     let mut buf = [0u8; HANDSHAKE_MSG_MAX];
-    let msg = read_msg(&mut stream, &mut buf)?;
+    let msg = read_msg(&mut stream, &mut buf, deadline)?;
     let mut payload = [0u8; HANDSHAKE_MSG_MAX];
     hs.read_message(msg, &mut payload).map_err(|_| {
         WireError::Auth("peer failed authentication: its key differs from ours".into())

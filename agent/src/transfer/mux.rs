@@ -106,13 +106,16 @@ impl Conn {
         }
     }
 
-    /// Closes both directions and waits for the reader; returns bytes received on the wire.
-    pub fn close(mut self) -> u64 {
-        if let Ok(tx) = self.tx.lock() {
-            tx.shutdown();
+    /// Closes the connection and waits for the reader thread; returns bytes received on the
+    /// wire. Both directions are shut down and the queue is dropped first, so a reader blocked
+    /// on a silent peer or on a full queue ends at once (a refused peer never keeps a slot).
+    pub fn close(self) -> u64 {
+        let Conn { tx, rx, reader, .. } = self;
+        drop(rx);
+        if let Ok(tx) = tx.lock() {
+            tx.shutdown_both();
         }
-        // The reader ends at EOF or error; closing our side makes the peer close its side.
-        self.reader.take().and_then(|h| h.join().ok()).unwrap_or(0)
+        reader.and_then(|h| h.join().ok()).unwrap_or(0)
     }
 
     /// Bytes sent so far, headers included.

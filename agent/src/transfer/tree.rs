@@ -198,14 +198,33 @@ impl TreeSink {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                     Err(err) => return Err(perr("mkdir", &e.path, err)),
                 }
-                self.finish_meta(&dir, &name, &e, true)?;
+                // Whatever is there now must be a directory, not a symlink the peer planted:
+                // open it without following links and set its metadata through that fd.
+                let fd = rustix::fs::openat(
+                    &dir,
+                    name.as_str(),
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|err| perr("not a directory:", &e.path, err))?;
+                set_meta(&fd, &e)?;
             }
             Ok(TreeKind::TreeSymlink) => {
                 // Replace on pass 2; never follow.
                 let _ = rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty());
                 rustix::fs::symlinkat(e.target.as_str(), &dir, name.as_str())
                     .map_err(|err| perr("symlink", &e.path, err))?;
-                self.finish_meta(&dir, &name, &e, false)?;
+                // A symlink's own owner and times; never anything through it.
+                rustix::fs::chownat(
+                    &dir,
+                    name.as_str(),
+                    Some(rustix::fs::Uid::from_raw(e.uid)),
+                    Some(rustix::fs::Gid::from_raw(e.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|err| perr("chown", &e.path, err))?;
+                rustix::fs::utimensat(&dir, name.as_str(), &times(&e), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|err| perr("utimens", &e.path, err))?;
             }
             Ok(TreeKind::TreeFile) => {
                 let fd = rustix::fs::openat(
@@ -259,47 +278,23 @@ impl TreeSink {
                 end.size
             )));
         }
-        let ts = times(&e);
-        rustix::fs::fchown(
-            &file,
-            Some(rustix::fs::Uid::from_raw(e.uid)),
-            Some(rustix::fs::Gid::from_raw(e.gid)),
-        )
-        .map_err(|err| perr("chown", &path, err))?;
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(e.mode & 0o7777))
-            .map_err(|err| perr("chmod", &path, err))?;
-        rustix::fs::futimens(&file, &ts).map_err(|err| perr("utimens", &path, err))?;
+        set_meta(&file, &e)?;
         Ok(())
     }
+}
 
-    fn finish_meta(
-        &self,
-        dir: &OwnedFd,
-        name: &str,
-        e: &TreeEntry,
-        chmod: bool,
-    ) -> Result<(), WireError> {
-        rustix::fs::chownat(
-            dir,
-            name,
-            Some(rustix::fs::Uid::from_raw(e.uid)),
-            Some(rustix::fs::Gid::from_raw(e.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|err| perr("chown", &e.path, err))?;
-        if chmod {
-            rustix::fs::chmodat(
-                dir,
-                name,
-                Mode::from_raw_mode(e.mode & 0o7777),
-                AtFlags::empty(),
-            )
-            .map_err(|err| perr("chmod", &e.path, err))?;
-        }
-        rustix::fs::utimensat(dir, name, &times(e), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|err| perr("utimens", &e.path, err))?;
-        Ok(())
-    }
+/// Owner, mode and times of an entry, set through its own descriptor.
+fn set_meta(fd: impl std::os::fd::AsFd, e: &TreeEntry) -> Result<(), WireError> {
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw(e.uid)),
+        Some(rustix::fs::Gid::from_raw(e.gid)),
+    )
+    .map_err(|err| perr("chown", &e.path, err))?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(e.mode & 0o7777))
+        .map_err(|err| perr("chmod", &e.path, err))?;
+    rustix::fs::futimens(&fd, &times(e)).map_err(|err| perr("utimens", &e.path, err))?;
+    Ok(())
 }
 
 fn times(e: &TreeEntry) -> Timestamps {
@@ -316,6 +311,7 @@ fn times(e: &TreeEntry) -> Timestamps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("haul-tree-{tag}-{}", std::process::id()));
@@ -394,6 +390,17 @@ mod tests {
             .entry(entry("link/passwd", TreeKind::TreeFile, ""))
             .is_err());
         assert!(s.entry(entry("link/x", TreeKind::TreeDir, "")).is_err());
+        // A directory entry named like the symlink must not chmod through it.
+        let canary = outside.join("canary");
+        std::fs::write(&canary, b"x").unwrap();
+        std::fs::set_permissions(&canary, std::fs::Permissions::from_mode(0o600)).unwrap();
+        s.entry(entry("c", TreeKind::TreeSymlink, canary.to_str().unwrap()))
+            .unwrap();
+        let mut dir_entry = entry("c", TreeKind::TreeDir, "");
+        dir_entry.mode = 0o4777;
+        assert!(s.entry(dir_entry).is_err());
+        assert_eq!(std::fs::metadata(&canary).unwrap().mode() & 0o7777, 0o600);
+        std::fs::remove_file(&canary).unwrap();
         // A file entry named like an existing symlink does not follow it either.
         assert!(s.entry(entry("link", TreeKind::TreeFile, "")).is_err());
         assert!(
