@@ -14,6 +14,8 @@ pub mod inspect;
 pub mod limits;
 pub mod logger;
 pub mod plan;
+#[cfg(test)]
+mod protocol_tests;
 pub mod register;
 pub mod service;
 pub mod source;

@@ -84,3 +84,12 @@ pub const TREE_PATH_MAX: usize = 4096;
 /// killed on Abort, or in doubt with its images kept); shorter than systemd's default
 /// `TimeoutStopSec` (90 s), so haul ends the wait itself rather than SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(80);
+
+/// Unacknowledged data older than this aborts the connection (TCP_USER_TIMEOUT): a destination
+/// that vanished without FIN is noticed in seconds, not after TCP's ~15 min of retransmissions,
+/// while the container waits frozen. 20 s tolerates short radio dropouts on edge links.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Keepalive probes start after this much silence (then every this much, 3 probes): a dead
+/// peer is found while waiting for a reply with nothing in flight.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);

@@ -2,6 +2,8 @@
 //! nothing about runc or the network; the orchestrators decide what to ask and how to answer
 //! each notification.
 
+#[cfg(test)]
+pub mod builtin_fake;
 mod error;
 #[cfg(test)]
 pub mod fake;

@@ -69,6 +69,11 @@ impl Swrk {
     /// `inherit_fd[].fd`); `images_dir_fd` and `work_dir_fd` need not be inherited (CRIU opens
     /// them through `/proc/<our pid>/fd/N`) but must stay open until CRIU answers.
     pub fn spawn(criu: &Path, inherit: &[BorrowedFd<'_>]) -> Result<Swrk, CriuError> {
+        // Test builds: `builtin:fake-criu` is a scripted CRIU in a thread of this process.
+        #[cfg(test)]
+        if let Some(sock) = super::builtin_fake::spawn(criu, inherit)? {
+            return Ok(Swrk::from_socket(sock));
+        }
         let (ours, theirs) = socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,

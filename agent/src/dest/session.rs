@@ -280,11 +280,20 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         Err(e) => {
             // Unmount the container's root before anything under the directory goes.
             drop(job.take());
-            keep_logs(cfg, &work, &id);
+            let kept = keep_logs(cfg, &work, &id);
             if let Err(r) = work.remove() {
                 log::warn!("{r}");
             }
-            Err(e.context(format!("migration {id}")))
+            let e = e.context(format!("migration {id}"));
+            if kept.is_empty() {
+                Err(e)
+            } else {
+                // The logs quoted above were in the removed directory; these are the copies.
+                Err(Error::new(
+                    e.kind,
+                    format!("{e}\n    CRIU logs kept: {}", kept.join(", ")),
+                ))
+            }
         }
     }
 }
@@ -295,20 +304,22 @@ enum Outcome {
 }
 
 /// Copies CRIU's logs of a failed migration to `<work root>/logs/` before the directory goes.
-fn keep_logs(cfg: &SessionConfig, work: &WorkDir, id: &str) {
+fn keep_logs(cfg: &SessionConfig, work: &WorkDir, id: &str) -> Vec<String> {
+    let mut kept = Vec::new();
     let logs = cfg.work_root.join("logs");
     if std::fs::create_dir_all(&logs).is_err() {
-        return;
+        return kept;
     }
     for name in ["page-server.log", "restore.log"] {
         let from = work.path.join(name);
         if from.exists() {
             let to = logs.join(format!("{id}-{name}"));
             if std::fs::copy(&from, &to).is_ok() {
-                log::info!("CRIU log kept: {}", to.display());
+                kept.push(to.display().to_string());
             }
         }
     }
+    kept
 }
 
 fn receive_and_restore(

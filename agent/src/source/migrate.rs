@@ -187,7 +187,9 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             }
         }
     }
-    let progress = Progress::start(o.quiet, "pages", conn.counters.clone());
+    let expected =
+        super::progress::resident_bytes(&super::progress::tasks(job.pid, job.freezer.as_deref()));
+    let progress = Progress::start(o.quiet, "pages", conn.counters.clone(), expected);
     let opts = (job.dump_opts)(work.raw(), ps_criu_no);
     swrk.set_log(work.path.join("dump.log"));
     let outcome = run_dump(&mut swrk, &conn, &work.path, relay, opts, job.pid, o.quiet);

@@ -21,10 +21,13 @@ pub fn phase(quiet: bool, text: &str) {
 
 impl Progress {
     /// Reports `bytes` (a live counter) until stopped.
+    /// `expected`: the resident memory of the tasks (an estimate of the pages to send), 0 if
+    /// unknown.
     pub fn start(
         quiet: bool,
         label: &'static str,
         bytes: Arc<crate::transfer::mux::Counters>,
+        expected: u64,
     ) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
         if quiet {
@@ -52,7 +55,15 @@ impl Progress {
                     last = b;
                     let secs = start.elapsed().as_secs_f64().max(0.001);
                     let mib = b as f64 / 1048576.0;
-                    let line = format!("haul: {label}: {mib:.1} MiB at {:.0} MiB/s", mib / secs);
+                    let total = if expected > 0 {
+                        format!(" of ~{:.0}", expected as f64 / 1048576.0)
+                    } else {
+                        String::new()
+                    };
+                    let line = format!(
+                        "haul: {label}: {mib:.1}{total} MiB at {:.0} MiB/s",
+                        mib / secs
+                    );
                     let mut err = std::io::stderr().lock();
                     if tty {
                         let _ = write!(err, "\r{line}\x1b[K");
@@ -80,4 +91,39 @@ impl Progress {
 
 fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
+}
+
+/// Resident memory of `pids` (VmRSS from /proc/PID/status, bounded reads): what CRIU will
+/// roughly send as pages.
+pub fn resident_bytes(pids: &[i32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| {
+            let bytes = crate::util::read_bounded(
+                std::path::Path::new(&format!("/proc/{p}/status")),
+                16 * 1024,
+            )
+            .ok()?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .sum()
+}
+
+/// The pids of the tasks in a cgroup directory (`cgroup.procs`), or just `root`.
+pub fn tasks(root: i32, cgroup: Option<&std::path::Path>) -> Vec<i32> {
+    let from_cgroup = cgroup.and_then(|d| {
+        let bytes = crate::util::read_bounded(&d.join("cgroup.procs"), 1 << 20).ok()?;
+        Some(
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>(),
+        )
+    });
+    match from_cgroup {
+        Some(v) if !v.is_empty() => v,
+        _ => vec![root],
+    }
 }

@@ -10,7 +10,7 @@
 
 use super::frame::{Cipher, RecvHalf, SendHalf};
 use super::{Key, WireError, PROTOCOL_VERSION};
-use crate::limits::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
+use crate::limits::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_IDLE, TCP_USER_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -120,6 +120,17 @@ fn halves(stream: TcpStream, cipher: Cipher) -> Result<(SendHalf, RecvHalf), Wir
             err,
         })?;
     let _ = stream.set_nodelay(true);
+    // A peer that vanishes without FIN (link down, packets dropped) must not leave a write
+    // blocked for TCP's retransmission timeout (~15 min) while the container is frozen:
+    // unacknowledged data aborts the connection after TCP_USER_TIMEOUT, a blocked write
+    // returns after IDLE_TIMEOUT, and keepalive probes find a silent dead peer.
+    let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
+    let ms = u32::try_from(TCP_USER_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
+    let _ = rustix::net::sockopt::set_tcp_user_timeout(&stream, ms);
+    let _ = rustix::net::sockopt::set_socket_keepalive(&stream, true);
+    let _ = rustix::net::sockopt::set_tcp_keepidle(&stream, KEEPALIVE_IDLE);
+    let _ = rustix::net::sockopt::set_tcp_keepintvl(&stream, KEEPALIVE_IDLE);
+    let _ = rustix::net::sockopt::set_tcp_keepcnt(&stream, 3);
     let rx = stream.try_clone().map_err(|err| WireError::Io {
         op: "clone socket",
         err,

@@ -1,0 +1,326 @@
+//! Whole migrations between two haul instances in one test process: the source orchestrator
+//! (`migrate_pid`) and a destination session (`dest::session::run`, as `haul serve` runs it)
+//! talk over a real loopback TCP connection authenticated with a key, each driving the fake
+//! CRIU of `criu::builtin_fake` instead of `criu swrk`. No root, no CRIU, no exec, so they
+//! also run under qemu-user (`cargo xtask test --target aarch64-unknown-linux-musl`).
+//!
+//! The fake never touches the pid it "dumps" (the test process itself) nor the pid it
+//! "restores"; the destination serves a pid migration, which mounts nothing and creates no
+//! cgroups. Each test has its own port, directories and fake tags, so they run in parallel.
+
+use crate::criu::builtin_fake::{self, Log};
+use crate::dest::serve::{Limits, Slot};
+use crate::dest::session::{self, SessionConfig};
+use crate::error::{Error, Kind};
+use crate::limits::PENDING_HANDSHAKES;
+use crate::source::migrate::{migrate_pid, Options};
+use crate::transfer::Key;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+/// A fresh directory for one test, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("haul-protocol-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The fake CRIU's path, its sessions filed under `tag`.
+fn fake(tag: &str, options: &str) -> PathBuf {
+    PathBuf::from(format!("{},tag={tag}{options}", builtin_fake::PATH))
+}
+
+/// A destination that serves one connection, as `haul serve` does, on 127.0.0.1.
+struct Destination {
+    addr: String,
+    work_root: PathBuf,
+    thread: JoinHandle<()>,
+}
+
+fn destination(dir: &Scratch, key: Key, criu: PathBuf) -> Destination {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let work_root = dir.join("dst-work");
+    let cfg = SessionConfig {
+        key: Some(key),
+        criu,
+        work_root: work_root.clone(),
+        keep_images: false,
+        runc_root: dir.join("runc"),
+        bundle_root: dir.join("bundles"),
+        stdio_dir: dir.join("stdio"),
+        runc: "runc".into(),
+    };
+    let thread = std::thread::spawn(move || {
+        let limits = Limits::new();
+        let (stream, peer) = listener.accept().unwrap();
+        let pending = Slot::take(&limits.pending, PENDING_HANDSHAKES).unwrap();
+        session::run(stream, &peer.to_string(), &cfg, &limits, pending);
+    });
+    Destination {
+        addr,
+        work_root,
+        thread,
+    }
+}
+
+/// What a migration left: the source's result and what each side's fake saw.
+struct Outcome {
+    result: Result<(), Error>,
+    source: Vec<Log>,
+    destination: Vec<Log>,
+}
+
+impl Outcome {
+    fn describe(&self) -> String {
+        format!(
+            "source fake: {:#?}\ndestination fakes: {:#?}",
+            self.source, self.destination
+        )
+    }
+
+    /// The destination's fake session (or page server) whose log starts with `first`.
+    fn dst(&self, first: &str) -> &Log {
+        self.destination
+            .iter()
+            .find(|l| l.events.first().is_some_and(|e| e.starts_with(first)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no destination fake began with {first}\n{}",
+                    self.describe()
+                )
+            })
+    }
+}
+
+/// Migrates this test process's pid (the fake dumps nothing) to `dst` and waits for both sides.
+fn migrate(s: &Scratch, dst: Destination, tag: &str, key: &Key, dst_tag: &str) -> Outcome {
+    let criu = fake(tag, "");
+    let work_root = s.join("src-work");
+    let stats = s.join("stats.json");
+    let o = Options {
+        to: &dst.addr,
+        key: Some(key),
+        criu: &criu,
+        work_root: &work_root,
+        stats_json: Some(&stats),
+        keep_work: false,
+        quiet: true,
+    };
+    let pid = i32::try_from(std::process::id()).unwrap();
+    let result = migrate_pid(pid, &o);
+    dst.thread.join().unwrap();
+    Outcome {
+        result,
+        source: builtin_fake::join(tag),
+        destination: builtin_fake::join(dst_tag),
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// The number after `"field":` in the summary JSON.
+fn json_number(json: &str, field: &str) -> u64 {
+    let key = format!("\"{field}\":");
+    let at = json
+        .find(&key)
+        .unwrap_or_else(|| panic!("{field} missing: {json}"))
+        + key.len();
+    let digits: String = json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{field} is not a number: {json}"))
+}
+
+fn events(log: &Log) -> Vec<&str> {
+    log.events.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_pid_migration_runs_the_whole_protocol_over_loopback() {
+    let s = Scratch::new("full");
+    let key = Key::generate().unwrap();
+    let dst = destination(&s, key.clone(), fake("full-dst", ""));
+    let dst_work = dst.work_root.clone();
+    let out = migrate(&s, dst, "full-src", &key, "full-dst");
+    if let Err(e) = &out.result {
+        panic!("migration failed: {e}\n{}", out.describe());
+    }
+    for log in out.source.iter().chain(&out.destination) {
+        assert!(log.failure.is_none(), "{}", out.describe());
+    }
+
+    assert_eq!(out.source.len(), 1, "{}", out.describe());
+    assert_eq!(
+        events(&out.source[0]),
+        [
+            "VERSION",
+            "DUMP",
+            "pre-dump -> true",
+            "post-dump -> true",
+            "DUMP ok"
+        ]
+    );
+    // Welcome's VERSION and the page server, the page server's stream, the restorer.
+    assert_eq!(out.destination.len(), 3, "{}", out.describe());
+    assert_eq!(
+        events(out.dst("VERSION")),
+        ["VERSION", "PAGE_SERVER", "PAGE_SERVER ok"]
+    );
+    assert_eq!(
+        events(out.dst("page server")),
+        [format!(
+            "page server: {} bytes",
+            builtin_fake::PAGE_STREAM_LEN
+        )]
+    );
+    assert_eq!(
+        events(out.dst("RESTORE")),
+        [
+            "RESTORE",
+            "images intact",
+            "pre-restore -> true",
+            "setup-namespaces -> true",
+            "post-restore -> true",
+            "pre-resume -> true",
+            "post-resume -> true",
+            "RESTORE ok"
+        ]
+    );
+
+    let json = std::fs::read_to_string(s.join("stats.json")).unwrap();
+    assert_eq!(
+        json_number(&json, "page_bytes"),
+        builtin_fake::PAGE_STREAM_LEN as u64
+    );
+    assert_eq!(
+        json_number(&json, "restored_pid"),
+        builtin_fake::RESTORED_PID as u64
+    );
+    let images = builtin_fake::image_files();
+    assert_eq!(json_number(&json, "image_files"), images.len() as u64);
+    assert_eq!(
+        json_number(&json, "image_bytes"),
+        images.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+    );
+    // CRIU's stats files on each side reach the summary.
+    assert_eq!(json_number(&json, "pages_written"), builtin_fake::PAGES);
+    assert_eq!(
+        json_number(&json, "criu_frozen_us"),
+        u64::from(builtin_fake::DUMP_FROZEN_US)
+    );
+    assert_eq!(
+        json_number(&json, "criu_restore_us"),
+        u64::from(builtin_fake::RESTORE_US)
+    );
+    assert!(
+        entries(&dst_work).is_empty(),
+        "destination left {:?}",
+        entries(&dst_work)
+    );
+    assert!(entries(&s.join("src-work")).is_empty(), "source work left");
+}
+
+#[test]
+fn a_failed_restore_rolls_the_source_back() {
+    let s = Scratch::new("rollback");
+    let key = Key::generate().unwrap();
+    let dst = destination(&s, key.clone(), fake("rollback-dst", ",fail-restore"));
+    let dst_work = dst.work_root.clone();
+    let out = migrate(&s, dst, "rollback-src", &key, "rollback-dst");
+    let err = match &out.result {
+        Ok(()) => panic!("the migration succeeded\n{}", out.describe()),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind, Kind::RolledBack, "{err}\n{}", out.describe());
+    assert!(
+        err.message.contains(builtin_fake::RESTORE_REFUSED),
+        "the source's error does not quote the destination's: {err}"
+    );
+    for log in out.source.iter().chain(&out.destination) {
+        assert!(log.failure.is_none(), "{}", out.describe());
+    }
+    // The source's CRIU was told the post-dump script failed: the tasks resume there.
+    assert_eq!(
+        events(&out.source[0]),
+        [
+            "VERSION",
+            "DUMP",
+            "pre-dump -> true",
+            "post-dump -> false",
+            "DUMP failed"
+        ]
+    );
+    assert_eq!(
+        events(out.dst("RESTORE")),
+        [
+            "RESTORE",
+            "images intact",
+            "pre-restore -> true",
+            "RESTORE failed"
+        ]
+    );
+    assert!(
+        !s.join("stats.json").exists(),
+        "summary of a failed migration"
+    );
+    // The destination removed its work directory and kept CRIU's log of the failed restore.
+    assert_eq!(entries(&dst_work), ["logs"]);
+    let logs = entries(&dst_work.join("logs"));
+    assert!(
+        logs.len() == 1 && logs[0].ends_with("-restore.log"),
+        "kept logs: {logs:?}"
+    );
+}
+
+#[test]
+fn a_wrong_key_is_refused_before_the_destination_starts_criu() {
+    let s = Scratch::new("auth");
+    let dst = destination(&s, Key::generate().unwrap(), fake("auth-dst", ""));
+    let dst_work = dst.work_root.clone();
+    let out = migrate(&s, dst, "auth-src", &Key::generate().unwrap(), "auth-dst");
+    let err = match &out.result {
+        Ok(()) => panic!("the migration succeeded with a wrong key"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind, Kind::Auth, "{err}");
+    assert!(
+        out.destination.is_empty(),
+        "the destination started CRIU for an unauthenticated peer: {}",
+        out.describe()
+    );
+    // The source only asked its CRIU's version, then let it go.
+    assert_eq!(out.source.len(), 1, "{}", out.describe());
+    assert_eq!(events(&out.source[0]), ["VERSION", "closed"]);
+    assert!(out.source[0].failure.is_none(), "{}", out.describe());
+    assert!(entries(&dst_work).is_empty());
+    assert!(entries(&s.join("src-work")).is_empty());
+}
