@@ -42,7 +42,8 @@ const SWEEP_MS: u64 = 1000;
 const SLOW_RATE: &str = "32mbit";
 /// A fast case's `haul migrate` must end within this.
 const QUICK: Duration = Duration::from_secs(60);
-/// A case that waits for haul's idle timeout (IDLE_TIMEOUT, 120 s) ends within this.
+/// A case that waits for haul to notice a dead connection ends within this: TCP_USER_TIMEOUT
+/// (20 s) and keepalive (10 s, 3 probes) at worst IDLE_TIMEOUT (120 s).
 const SLOW: Duration = Duration::from_secs(150);
 
 // ---------------------------------------------------------------------------------------------
@@ -547,6 +548,8 @@ struct Expect<'a> {
     other_dst: &'a [&'a str],
     /// Mount points expected under the test directory.
     mounts: &'a [PathBuf],
+    /// The source's runc root may still list the container, not running (after exit 7).
+    src_stale: bool,
 }
 
 impl<'a> Expect<'a> {
@@ -557,6 +560,7 @@ impl<'a> Expect<'a> {
             in_doubt: false,
             other_dst: &[],
             mounts: &[],
+            src_stale: false,
         }
     }
 }
@@ -589,11 +593,18 @@ impl Setup {
                 let st = runc_state(&self.dst_root, e.dst_id).unwrap();
                 assert_eq!(st.status, "running", "{st:?}");
                 assert_eq!(st.pid, pids[0], "runc state of the destination");
-                assert!(
-                    runc_state(&c.src_root, &c.id).is_err(),
-                    "the source runc root still has {}",
-                    c.id
-                );
+                match runc_state(&c.src_root, &c.id) {
+                    Err(_) => {}
+                    // After exit 7 the source never heard Done, so it did not `runc delete`.
+                    Ok(st) if e.src_stale => {
+                        assert_ne!(st.status, "running", "{st:?}");
+                        summary.push_str(&format!(
+                            " [the source runc root still lists it: {}]",
+                            st.status
+                        ));
+                    }
+                    Ok(st) => panic!("the source runc root still has {}: {st:?}", c.id),
+                }
                 summary.push_str(" (on the destination, registered)");
             }
             Runs::Nowhere => {}
@@ -926,8 +937,6 @@ fn d1_packets_dropped_during_preflight() {
 }
 
 #[test]
-#[ignore = "haul bug: a cut page stream blocks the source's write for TCP's retransmission \
-            timeout (~15 min, no write timeout/TCP_USER_TIMEOUT), the container frozen all along"]
 fn d2_link_down_while_pages_stream() {
     let Some(mut s) = setup("fid2") else { return };
     s.serve();
@@ -1118,7 +1127,7 @@ fn criu_with_fault(s: &Setup, fault: u32) -> PathBuf {
     std::fs::write(
         &p,
         format!(
-            "#!/bin/sh\nCRIU_FAULT={fault} exec {} \"$@\"\n",
+            "#!/bin/sh\nexport CRIU_FAULT={fault}\nexec {} \"$@\"\n",
             criu.display()
         ),
     )
@@ -1127,11 +1136,14 @@ fn criu_with_fault(s: &Setup, fault: u32) -> PathBuf {
     p
 }
 
-/// CRIU's FI_RESTORE_ROOT_ONLY (2): the restore of the root task fails (BUG()).
+/// CRIU's own fault injection on the destination: FI_POST_RESTORE (6) fails the restore at its
+/// very end, the tasks restored and about to be held (`goto out_kill`). (FI_RESTORE_ROOT_ONLY,
+/// 2, does nothing to a container: the root task SIGKILLs itself, and the init of a pid
+/// namespace ignores SIGKILL sent from inside it.)
 #[test]
 fn f2_criu_fault_injection_fails_the_restore() {
     let Some(mut s) = setup("fif2") else { return };
-    let criu = criu_with_fault(&s, 2);
+    let criu = criu_with_fault(&s, 6);
     s.serve_with(ServeOpts {
         criu: Some(criu),
         ..ServeOpts::default()
@@ -1143,7 +1155,7 @@ fn f2_criu_fault_injection_fails_the_restore() {
     evidence(
         "f2",
         &format!(
-            "CRIU_FAULT=2 on the destination: exit 6 in {:?} ({}); {sum}",
+            "CRIU_FAULT=6 (FI_POST_RESTORE) on the destination: exit 6 in {:?} ({}); {sum}",
             out.took,
             out.last_line()
         ),
@@ -1155,6 +1167,9 @@ fn f2_criu_fault_injection_fails_the_restore() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "haul bug: SIGKILLed while frozen, haul migrate leaves the container's freezer cgroup \
+            FROZEN for good: haul froze it itself, and CRIU, resuming the tasks when haul's socket \
+            closes, restores the freezer state it found (FROZEN); runc shows it `paused`"]
 fn g_source_killed_while_frozen() {
     let Some(mut s) = setup("fig") else { return };
     s.serve();
@@ -1169,6 +1184,29 @@ fn g_source_killed_while_frozen() {
     wait_for("serve ending the migration", QUICK, || {
         s.dst_work_entries().is_empty().then_some(())
     });
+    // CRIU resumed the tasks when haul's socket closed; the cgroup haul froze must thaw too.
+    let fz = c.freezer_state();
+    // (CRIU thaws it for a moment when it lets the tasks go: it must stay thawed.)
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut thawed_since: Option<Instant> = None;
+    while Instant::now() < end && thawed_since.is_none_or(|t| t.elapsed() < Duration::from_secs(1))
+    {
+        let thawed = std::fs::read_to_string(&fz).unwrap().trim() == "THAWED";
+        thawed_since = if thawed {
+            thawed_since.or(Some(Instant::now()))
+        } else {
+            None
+        };
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = std::fs::read_to_string(&fz).unwrap();
+    assert_eq!(
+        state.trim(),
+        "THAWED",
+        "{} 10 s after haul migrate was killed; runc state: {:?}",
+        fz.display(),
+        runc_state(&s.src_root, &c.id)
+    );
     let sum = s.check(&c, &Expect::new(Runs::Src, &c));
     evidence(
         "g",
@@ -1187,10 +1225,10 @@ fn interrupted(tag: &str, sig: Signal, group: bool) -> String {
     let mut m = s.spawn_migrate(&c, &[], &[]);
     m.wait_for_line("freezing and dumping", QUICK).unwrap();
     let got = wait_rx(&s, base, 1 << 20);
-    assert_eq!(
-        std::fs::read_to_string(c.freezer_state()).unwrap().trim(),
-        "FROZEN"
-    );
+    // Stopped (CRIU holds the tasks with ptrace and thaws the cgroup meanwhile).
+    let hb = Heartbeat::read(&c.wb.heartbeat);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(Heartbeat::read(&c.wb.heartbeat), hb, "the workload runs");
     let pid = rustix::process::Pid::from_raw(m.pid() as i32).unwrap();
     if group {
         rustix::process::kill_process_group(pid, sig).unwrap();
@@ -1198,13 +1236,23 @@ fn interrupted(tag: &str, sig: Signal, group: bool) -> String {
         m.guard().signal(sig).unwrap();
     }
     let out = finish(m, QUICK);
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!(
+        "2 s after the signal: freezer {}, runc {:?}, copies {:?}, destination {}",
+        std::fs::read_to_string(c.freezer_state())
+            .unwrap_or_default()
+            .trim(),
+        runc_state(&s.src_root, &c.id).map(|st| st.status),
+        c.wb.pids(),
+        s.dst_leftovers(&c)
+    );
     out.expect(6, &["keeps running on this host"], &s);
     wait_for("serve ending the migration", QUICK, || {
         s.dst_work_entries().is_empty().then_some(())
     });
     let sum = s.check(&c, &Expect::new(Runs::Src, &c));
     format!(
-        "{sig:?} to {} after {:.1} MiB sent, container FROZEN: exit 6 in {:?} ({}); {sum}",
+        "{sig:?} to {} after {:.1} MiB sent, container stopped: exit 6 in {:?} ({}); {sum}",
         if group { "the process group" } else { "haul" },
         got as f64 / 1048576.0,
         out.took,
@@ -1250,7 +1298,9 @@ fn recover(s: &mut Setup, c: &Ctr) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     eprintln!("haul recover ({:?}): {}\n{err}", t.elapsed(), out.status);
     assert!(out.status.success(), "haul recover failed: {err}");
-    let sum = s.check(c, &Expect::new(Runs::Dst, c));
+    let mut e = Expect::new(Runs::Dst, c);
+    e.src_stale = true;
+    let sum = s.check(c, &e);
     format!("`haul recover` exit 0 in {:?}: {sum}", t.elapsed())
 }
 
@@ -1312,14 +1362,17 @@ fn old_criu(s: &Setup, major: i32, minor: i32) -> PathBuf {
     let bin = s.dir.join("version.pb");
     std::fs::write(&bin, resp.encode_to_vec()).unwrap();
     let p = s.dir.join(format!("criu-{major}.{minor}"));
+    // bash: dash cannot redirect descriptors above 9, and haul's swrk socket often is one.
+    let bash = find_tool("bash").expect("bash for the fake criu");
     std::fs::write(
         &p,
         format!(
-            "#!/bin/sh\n\
+            "#!{}\n\
              # fake criu {major}.{minor}: `criu swrk FD` answers one request (VERSION)\n\
              [ \"$1\" = swrk ] || {{ echo \"Version: {major}.{minor}\"; exit 0; }}\n\
-             eval \"dd bs=65536 count=1 of=/dev/null <&$2 2>/dev/null\"\n\
-             eval \"cat {} >&$2\"\n",
+             dd bs=65536 count=1 of=/dev/null status=none <&\"$2\"\n\
+             cat {} >&\"$2\"\n",
+            bash.display(),
             bin.display()
         ),
     )

@@ -190,8 +190,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     format!("rep {round}/{}", opts.reps)
                 };
                 eprintln!("bench: {} {mib} MiB, {what}", method.name());
+                let load1 = loadavg()
+                    .split_whitespace()
+                    .next()
+                    .and_then(|l| l.parse().ok());
                 match lab.measure(method, mib, &bundle) {
                     Ok(mut s) => {
+                        s.load1 = load1;
                         eprintln!("bench:   {}", s.one_line());
                         if round > 0 {
                             s.rep = round;
@@ -298,6 +303,8 @@ struct Sample {
     relay_hwm_kib: Option<u64>,
     /// link only.
     link_mib_s: Option<f64>,
+    /// 1-minute load average of the machine just before the run.
+    load1: Option<f64>,
 }
 
 impl Sample {
@@ -323,6 +330,7 @@ impl Sample {
             migrate_hwm_kib: None,
             relay_hwm_kib: None,
             link_mib_s: None,
+            load1: None,
         }
     }
 
@@ -1448,6 +1456,14 @@ impl Report<'_> {
              the end (other work may run on this machine)",
             m.nproc, m.cpu, m.mem_gib, m.kernel, m.load_start, self.machine_end_load
         );
+        if let Some(l) = Stat::of(self.samples.iter().filter_map(|x| x.load1)) {
+            let _ = writeln!(
+                s,
+                "- 1-minute load average before each measured run: median {:.1}, {:.1} to {:.1} \
+                 (2 cores: above 2, the runs shared the CPUs with other work)",
+                l.median, l.min, l.max
+            );
+        }
         let _ = writeln!(s, "- {}; {}; haul {}", m.criu, m.runc, m.haul_rev);
         let _ = writeln!(s, "- command: `{}`", self.command());
         let _ = writeln!(
@@ -1493,8 +1509,10 @@ impl Report<'_> {
              memwrite_time, which overlap, and reads about half of it), or the raw link; **peak RSS** is VmHWM of `haul serve` after the migration, VmHWM of `haul migrate` \
              polled every millisecond until it exits, and VmHWM of serve's stdio relay (CRIU and \
              runc, children of haul, are not counted). For haul, CRIU's frozen time includes the \
-             destination's restore: the source holds its tasks frozen at `post-dump` until the \
-             destination holds the restored copy. Cells: median [min–max].\n",
+             destination's restore (the source holds its tasks frozen at `post-dump` until the \
+             destination holds the restored copy), and CRIU's restore time includes the hold at \
+             `post-restore` until the source's commit arrives (CRIU stops that timer after the \
+             post-restore script). Cells: median [min–max].\n",
             LINK_BYTES >> 20
         );
         for &mib in &self.opts.sizes {
@@ -1635,7 +1653,7 @@ impl Report<'_> {
                      \"haul_page_mib_per_s\": {}, \"criu_memdump_ms\": {}, \
                      \"criu_pages_written\": {}, \"page_mib_per_s\": {}, \
                      \"serve_hwm_kib\": {}, \"migrate_hwm_kib\": {}, \"relay_hwm_kib\": {}, \
-                     \"link_mib_per_s\": {}}}",
+                     \"link_mib_per_s\": {}, \"load1\": {}}}",
                     x.method.name(),
                     x.mib,
                     x.rep,
@@ -1656,6 +1674,7 @@ impl Report<'_> {
                     jopt(x.migrate_hwm_kib.map(|b| b as f64)),
                     jopt(x.relay_hwm_kib.map(|b| b as f64)),
                     jopt(x.link_mib_s),
+                    jopt(x.load1),
                 )
             })
             .collect();

@@ -207,6 +207,21 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             drop(swrk);
             drop(thaw_guard);
             conn.close();
+            // Keep CRIU's log, not the images: a device's disk is small.
+            let logs = o.work_root.join("logs");
+            let kept = logs.join(format!("{id}-dump.log"));
+            let kept = std::fs::create_dir_all(&logs)
+                .and_then(|()| std::fs::copy(work.path.join("dump.log"), &kept))
+                .map(|_| kept.display().to_string())
+                .unwrap_or_default();
+            if let Err(r) = work.remove() {
+                log::warn!("{r}");
+            }
+            let e = if kept.is_empty() {
+                e
+            } else {
+                Error::new(e.kind, format!("{e}\n    CRIU log kept: {kept}"))
+            };
             return Err(e.context(format!(
                 "migration failed; {what} keeps running on this host"
             )));
