@@ -5,7 +5,6 @@
 use crate::error::{Context, Error, Kind, Result};
 use crate::inspect::{read_mountinfo, read_proc_cgroup, MountInfoBuf, ProcCgroupBuf, ProcPid};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// A hierarchy mounted on this host and this process's cgroup in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,34 +106,6 @@ fn is_controller_option(o: &str) -> bool {
             | "nsdelegate"
             | "memory_recursiveprot"
     ) && !o.starts_with("release_agent=")
-}
-
-/// Freezes a v1 freezer cgroup and waits until the kernel reports FROZEN, polling every
-/// millisecond (CRIU polls in 100 ms steps; doing it here saves that).
-pub fn freeze(dir: &Path, timeout: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    let state = dir.join("freezer.state");
-    std::fs::write(&state, "FROZEN")
-        .ctx(Kind::RolledBack, format!("freezing {}", dir.display()))?;
-    loop {
-        let now = std::fs::read_to_string(&state).unwrap_or_default();
-        if now.trim() == "FROZEN" {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            let _ = thaw(dir);
-            return Err(Error::new(
-                Kind::RolledBack,
-                format!(
-                    "{} did not freeze within {} ms (state {})",
-                    dir.display(),
-                    timeout.as_millis(),
-                    now.trim()
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Thaws a v1 freezer cgroup.

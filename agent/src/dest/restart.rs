@@ -75,6 +75,8 @@ pub fn run(conn: &Conn, cfg: &SessionConfig, mut job: RuncRestore) -> Result<()>
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
     }
+    crate::sys::unblock_signals_in_child(&mut cmd)
+        .map_err(|e| Error::other(format!("signal mask: {e}")))?;
     let status = cmd
         .status()
         .map_err(|e| Error::other(format!("running {}: {e}", cfg.runc.display())))?;

@@ -52,6 +52,8 @@ pub fn plumb(pipes: &[(String, Vec<usize>)], log: &Path) -> Result<Plumbing> {
         cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
+        crate::sys::unblock_signals_in_child(&mut cmd)
+            .map_err(|e| Error::other(format!("signal mask: {e}")))?;
         let child = cmd
             .spawn()
             .map_err(|e| Error::other(format!("starting the stdio relay: {e}")))?;

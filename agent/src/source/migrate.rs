@@ -87,6 +87,9 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
 
 /// Runs a migration job (see the module docs for the order of events).
 pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
+    // Before any thread starts: SIGTERM/SIGINT are taken by a thread, which rolls back.
+    let signals =
+        crate::service::Signals::start().ctx(Kind::Setup, "setting up signal handling")?;
     let started = Instant::now();
     let id = crate::util::migration_id();
     let what = format!("{} {}", job.kind, job.name);
@@ -165,34 +168,58 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
 
     phase(o.quiet, &format!("freezing and dumping {what}"));
     let frozen_start = Instant::now();
-    let thaw_guard = match &job.freezer {
-        Some(dir) => {
-            let took = crate::cgroups::freeze(dir, std::time::Duration::from_secs(5))?;
-            log::debug!("froze {} in {} us", dir.display(), took.as_micros());
-            Some(Thaw(dir.clone()))
-        }
-        None => None,
-    };
-    // --fs copy, pass 2: what changed since pass 1, now that nothing can change.
-    if let (Some((root, tops)), Some(snap)) = (&job.tree, &snapshot) {
-        let tops: Vec<&str> = tops.iter().map(String::as_str).collect();
-        match crate::transfer::tree::send_tree(&conn, root, &tops, 2, Some(snap)) {
-            Ok((_, n, b)) => log::info!("bundle pass 2: {n} changed entries, {b} bytes"),
-            Err(e) => {
-                drop(thaw_guard);
-                return Err(Error::new(
-                    Kind::RolledBack,
-                    format!("copying the bundle's changes: {e}; {what} keeps running on this host"),
-                ));
-            }
-        }
+    // CRIU freezes the cgroup itself (freeze_cgroup) so that CRIU, knowing it froze it, thaws it
+    // on any failure even if haul is killed. haul thaws it too on a rollback it sees, in case
+    // CRIU crashed, unless it was frozen before haul started.
+    let thaw_guard = job.freezer.as_ref().and_then(|dir| {
+        let state = std::fs::read_to_string(dir.join("freezer.state")).unwrap_or_default();
+        (state.trim() == "THAWED").then(|| Thaw(dir.clone()))
+    });
+    // SIGTERM/SIGINT before the commit: cut CRIU's page stream and the connection, so the dump
+    // fails and everything rolls back; after it, finish.
+    let stage = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let interrupted = Arc::new(std::sync::Mutex::new(None::<&'static str>));
+    {
+        let (stage, interrupted) = (stage.clone(), interrupted.clone());
+        let (ps, tx) = (ps_ours.clone(), conn.sender());
+        let _ = std::thread::Builder::new()
+            .name("haul-interrupt".into())
+            .spawn(move || loop {
+                let Ok(reqs) = signals.wait(None) else { return };
+                for r in reqs {
+                    let crate::service::Request::Stop(name) = r else {
+                        continue;
+                    };
+                    if stage.load(std::sync::atomic::Ordering::Acquire) != 0 {
+                        log::warn!(
+                            "{name}: the tasks here are already stopped; finishing the commit"
+                        );
+                        continue;
+                    }
+                    log::warn!("{name}: aborting the migration; the container stays here");
+                    if let Ok(mut i) = interrupted.lock() {
+                        *i = Some(name);
+                    }
+                    let _ = rustix::net::shutdown(&*ps, rustix::net::Shutdown::Both);
+                    if let Ok(t) = tx.lock() {
+                        t.shutdown_both();
+                    }
+                    return;
+                }
+            });
     }
     let expected =
         super::progress::resident_bytes(&super::progress::tasks(job.pid, job.freezer.as_deref()));
     let progress = Progress::start(o.quiet, "pages", conn.counters.clone(), expected);
     let opts = (job.dump_opts)(work.raw(), ps_criu_no);
     swrk.set_log(work.path.join("dump.log"));
-    let outcome = run_dump(&mut swrk, &conn, &work.path, relay, opts, job.pid, o.quiet);
+    let pass2 = match (&job.tree, &snapshot) {
+        (Some((root, tops)), Some(snap)) => Some((root.as_path(), tops.as_slice(), snap)),
+        _ => None,
+    };
+    let outcome = run_dump(
+        &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
+    );
     progress.stop();
 
     let (image_files, image_bytes, page_bytes) = match outcome {
@@ -221,6 +248,13 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
                 e
             } else {
                 Error::new(e.kind, format!("{e}\n    CRIU log kept: {kept}"))
+            };
+            let e = match interrupted.lock().ok().and_then(|i| *i) {
+                Some(name) => Error::new(
+                    Kind::RolledBack,
+                    format!("interrupted by {name}; rolled back ({e})"),
+                ),
+                None => e,
             };
             return Err(e.context(format!(
                 "migration failed; {what} keeps running on this host"
@@ -275,7 +309,8 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     }
 
     let dstats = stats::dump(&work.path).unwrap_or_default();
-    let transfer_secs = (f64::from(dstats.memdump_time) + f64::from(dstats.memwrite_time)) / 1e6;
+    // CRIU's memwrite runs inside memdump: the pages went out during memdump.
+    let transfer_secs = f64::from(dstats.memdump_time) / 1e6;
     let summary = Summary {
         kind: job.kind,
         id: &job.name,
@@ -329,6 +364,8 @@ impl Drop for Thaw {
 /// Sends DUMP and runs it until CRIU's final answer. Returns (image files, image bytes, page
 /// bytes). On error, post-dump was not answered `true`: the caller drops CRIU and the tasks
 /// resume with their memory intact.
+// One call site; the arguments are the dump's distinct inputs, grouping them would only rename.
+#[allow(clippy::too_many_arguments)]
 fn run_dump(
     swrk: &mut Swrk,
     conn: &crate::transfer::Conn,
@@ -336,6 +373,8 @@ fn run_dump(
     relay: JoinHandle<Result<u64, WireError>>,
     opts: haul_proto::criu::CriuOpts,
     pid: i32,
+    pass2: Option<(&Path, &[String], &crate::transfer::tree::Snapshot)>,
+    stage: &std::sync::atomic::AtomicU8,
     quiet: bool,
 ) -> Result<(u32, u64, u64)> {
     swrk.send(&Swrk::request(CriuReqType::Dump, opts))
@@ -375,6 +414,19 @@ fn run_dump(
                         page_bytes as f64 / 1048576.0
                     ),
                 );
+                // --fs copy, pass 2: what changed since pass 1, now that the tasks are frozen.
+                if let Some((root, tops, snap)) = pass2 {
+                    let tops: Vec<&str> = tops.iter().map(String::as_str).collect();
+                    let (_, n, b) =
+                        crate::transfer::tree::send_tree(conn, root, &tops, 2, Some(snap))
+                            .map_err(|e| {
+                                Error::new(
+                                    Kind::RolledBack,
+                                    format!("copying the bundle's changes: {e}"),
+                                )
+                            })?;
+                    log::info!("bundle pass 2: {n} changed entries, {b} bytes");
+                }
                 let (files, bytes) = images::send_dir(conn, dir, sent)
                     .map_err(|e| Error::new(Kind::RolledBack, format!("sending images: {e}")))?;
                 phase(quiet, "restoring on the destination");
@@ -409,6 +461,7 @@ fn run_dump(
                             .with_kind(Kind::RolledBack));
                     }
                 }
+                stage.store(1, std::sync::atomic::Ordering::Release);
                 swrk.notify_reply(true)
                     .map_err(|e| Error::new(Kind::RolledBack, e.to_string()))?;
                 committed = true;

@@ -64,7 +64,10 @@ fn stop(bin: &Path, root: &Path, id: &str, signal: &str, timeout: Duration) -> R
 /// original pipes are gone).
 fn start_again(bin: &Path, root: &Path, id: &str, bundle: &str) -> Result<()> {
     let _ = runc(bin, root).args(["delete", "--force", id]).status();
-    let st = runc(bin, root)
+    let mut cmd = runc(bin, root);
+    crate::sys::unblock_signals_in_child(&mut cmd)
+        .map_err(|e| Error::other(format!("signal mask: {e}")))?;
+    let st = cmd
         .args(["run", "-d", "--bundle", bundle, id])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

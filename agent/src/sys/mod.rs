@@ -19,6 +19,7 @@ use std::process::{Child, Command};
 /// these descriptors.
 pub fn spawn_inheriting(cmd: &mut Command, inherit: &[BorrowedFd<'_>]) -> io::Result<Child> {
     let fds: Vec<RawFd> = inherit.iter().map(|fd| fd.as_raw_fd()).collect();
+    unblock_signals_in_child(cmd)?;
     // SAFETY: the closure runs in the child between fork and exec. It only borrows descriptor
     // numbers that are open in the parent (the caller holds `BorrowedFd`s, so they stay open
     // until `spawn` returns, and fork copies them) and calls `fcntl(F_SETFD)` through rustix,
@@ -99,6 +100,22 @@ const SIG_BLOCK: c_int = 0;
 ))]
 const SIG_BLOCK: c_int = 1;
 
+/// `SIG_UNBLOCK`: 1 on Linux, except on the MIPS and SPARC families.
+#[cfg(not(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+const SIG_UNBLOCK: c_int = 1;
+#[cfg(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+const SIG_UNBLOCK: c_int = 2;
+
 /// The C library's `sigset_t`: 1024 bits in glibc and in musl on every architecture (128 bytes).
 /// Only `sigemptyset` and `sigaddset` touch the bits, so haul does not depend on their order.
 #[repr(C)]
@@ -136,6 +153,27 @@ pub fn block_signals(set: &SignalSet) -> io::Result<()> {
     let rc = unsafe { pthread_sigmask(SIG_BLOCK, &set.0, std::ptr::null_mut()) };
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Makes `cmd`'s child start with SIGTERM, SIGINT and SIGHUP unblocked: haul blocks them in
+/// its own threads (they are taken by `sigwait`), and a blocked mask is inherited across exec,
+/// which would leave a container started by runc deaf to `runc kill`.
+pub fn unblock_signals_in_child(cmd: &mut std::process::Command) -> io::Result<()> {
+    use rustix::process::Signal;
+    let set = SignalSet::new(&[Signal::TERM, Signal::INT, Signal::HUP])?;
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // `pthread_sigmask`, which is async-signal-safe; `set` was built before the fork and is
+    // moved into the closure, so nothing is allocated after the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = pthread_sigmask(SIG_UNBLOCK, &set.0, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(())
+        });
     }
     Ok(())
 }

@@ -63,9 +63,15 @@ impl WireError {
     pub fn from_read(err: std::io::Error, during: &'static str, timeout_secs: u64) -> Self {
         match err.kind() {
             std::io::ErrorKind::UnexpectedEof => WireError::Closed { during },
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => WireError::Timeout {
+            // Our own read timeout (SO_RCVTIMEO) reports WouldBlock.
+            std::io::ErrorKind::WouldBlock => WireError::Timeout {
                 during,
                 secs: timeout_secs,
+            },
+            // ETIMEDOUT comes from the kernel: TCP_USER_TIMEOUT or keepalive gave up.
+            std::io::ErrorKind::TimedOut => WireError::Io {
+                op: "read (the peer stopped acknowledging: link down or host gone)",
+                err,
             },
             _ => WireError::Io { op: "read", err },
         }
