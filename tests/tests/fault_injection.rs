@@ -819,8 +819,6 @@ fn a_destination_killed_while_pages_stream() {
 /// What haul migrate says after case a should name the cause: the destination (connection)
 /// went away, not only that CRIU's dump failed.
 #[test]
-#[ignore = "haul bug: when the page stream breaks (destination killed, link cut, destination \
-            disk full), haul migrate only says `criu DUMP failed; CRIU log: ...`"]
 fn a2_message_names_the_lost_destination() {
     let Some(mut s) = setup("fia2") else { return };
     s.serve();
@@ -980,9 +978,6 @@ fn d1_packets_dropped_during_preflight() {
 /// A dead connection found by TCP_USER_TIMEOUT or keepalive (~20 s) must not be reported as
 /// "peer sent nothing for 120 s" (the idle timeout): the message should say what happened.
 #[test]
-#[ignore = "haul bug: ETIMEDOUT from TCP_USER_TIMEOUT/keepalive is classified as the idle \
-            timeout (WireError::from_read): `peer sent nothing for 120 s` after ~20 s, on both \
-            sides and in the IN-DOUBT note"]
 fn d5_dead_connection_message_states_the_cause() {
     let Some(mut s) = setup("fid5") else { return };
     let c = s.start_container(None, None);
@@ -1164,8 +1159,6 @@ fn e_destination_work_dir_full() {
 
 /// After case e the message should say the destination ran out of space.
 #[test]
-#[ignore = "haul bug: a full destination work directory is reported as `criu DUMP failed` on \
-            the source; serve logs only `local CRIU page server stopped taking pages: Broken pipe`"]
 fn e2_message_says_the_destination_is_full() {
     let Some(mut s) = setup("fie2") else { return };
     small_dst_work_dir(&s);
@@ -1253,9 +1246,6 @@ fn f2_criu_fault_injection_fails_the_restore() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "haul bug: SIGKILLed while frozen, haul migrate leaves the container's freezer cgroup \
-            FROZEN for good: haul froze it itself, and CRIU, resuming the tasks when haul's socket \
-            closes, restores the freezer state it found (FROZEN); runc shows it `paused`"]
 fn g_source_killed_while_frozen() {
     let Some(mut s) = setup("fig") else { return };
     s.serve();
@@ -1347,16 +1337,12 @@ fn interrupted(tag: &str, sig: Signal, group: bool) -> String {
 }
 
 #[test]
-#[ignore = "haul bug: haul migrate has no SIGTERM/SIGINT handling: it dies at once, leaving the \
-            container's freezer cgroup FROZEN (it froze it itself) and no exit code/message"]
 fn l1_sigterm_to_the_source_while_frozen() {
     let ev = interrupted("fil1", Signal::TERM, false);
     evidence("l1", &ev);
 }
 
 #[test]
-#[ignore = "haul bug: haul migrate has no SIGTERM/SIGINT handling: it dies at once, leaving the \
-            container's freezer cgroup FROZEN (it froze it itself) and no exit code/message"]
 fn l2_sigint_to_the_source_process_group_while_frozen() {
     let ev = interrupted("fil2", Signal::INT, true);
     evidence("l2", &ev);

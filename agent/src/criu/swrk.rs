@@ -15,6 +15,7 @@ use rustix::net::{
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -91,7 +92,11 @@ impl Swrk {
             .env("PATH", CRIU_PATH_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C (SIGINT to the terminal's foreground group) must
+            // reach haul, which rolls back through CRIU, not kill CRIU mid-dump (that would
+            // leave its network lock in place).
+            .process_group(0);
         let mut fds = Vec::with_capacity(inherit.len() + 1);
         fds.push(theirs.as_fd());
         fds.extend_from_slice(inherit);

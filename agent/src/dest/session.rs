@@ -373,10 +373,12 @@ fn receive_and_restore(
             .map_err(|e| Error::other(format!("dup: {e}")))?,
     );
     loop {
-        match conn
-            .recv(IDLE_TIMEOUT, "image transfer")
-            .map_err(|e| wire(e, "receiving images"))?
-        {
+        match conn.recv(IDLE_TIMEOUT, "image transfer").map_err(|e| {
+            match disk_full(&work.path) {
+                Some(full) => Error::other(format!("{full} ({e})")),
+                None => wire(e, "receiving images"),
+            }
+        })? {
             Incoming::FileData(d) => match tree.as_mut() {
                 Some(t) if t.in_file() => t.data(&d).map_err(|e| wire(e, "bundle"))?,
                 _ => sink.data(&d).map_err(|e| wire(e, "images"))?,
@@ -477,6 +479,20 @@ fn receive_and_restore(
     };
     conn.send(Msg::Done(done)).map_err(|e| wire(e, "done"))?;
     Ok(Outcome::Done(done))
+}
+
+/// "the destination's work directory ... is full" when it has almost no space left (a page
+/// server that stopped taking pages usually means this).
+fn disk_full(dir: &std::path::Path) -> Option<String> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    (free < 4 << 20).then(|| {
+        format!(
+            "the destination's work directory {} is full ({} KiB free)",
+            dir.display(),
+            free / 1024
+        )
+    })
 }
 
 /// What the destination does with tasks held at post-restore.

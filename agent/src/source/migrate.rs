@@ -394,7 +394,27 @@ fn run_dump(
                 log::warn!("criu reported an error after the tasks were stopped: {e}");
                 break;
             }
-            Err(e) => return Err(Error::new(Kind::RolledBack, e.to_string())),
+            Err(e) => {
+                // Say why CRIU failed when the cause is on the other side: the page relay broke
+                // (destination gone, link cut) or the destination aborted with a reason.
+                let mut why = String::new();
+                if let Some(h) = relay.take() {
+                    if h.is_finished() {
+                        if let Ok(Err(we)) = h.join() {
+                            why = format!("the connection to the destination broke while pages streamed ({we}); ");
+                        }
+                    }
+                }
+                if let Ok(Msg::Abort(a)) =
+                    conn.recv_control(std::time::Duration::from_millis(500), "abort")
+                {
+                    why.push_str(&format!(
+                        "the destination says: {}; ",
+                        crate::util::printable(&a.reason)
+                    ));
+                }
+                return Err(Error::new(Kind::RolledBack, format!("{why}{e}")));
+            }
         };
         match event {
             Event::Notify { script, .. } if script == "post-dump" => {
