@@ -28,8 +28,14 @@ fn every_command_has_help_with_an_example() {
         &["recover"],
     ] {
         let text = help(cmd);
-        assert!(text.contains("Examples:"), "haul {cmd:?} --help has no example:\n{text}");
-        assert!(text.contains("haul "), "haul {cmd:?} --help example does not run haul:\n{text}");
+        assert!(
+            text.contains("Examples:"),
+            "haul {cmd:?} --help has no example:\n{text}"
+        );
+        assert!(
+            text.contains("haul "),
+            "haul {cmd:?} --help example does not run haul:\n{text}"
+        );
     }
 }
 
@@ -38,7 +44,10 @@ fn exit_codes_are_in_the_help() {
     for cmd in [&[][..], &["migrate", "pid"], &["migrate", "runc"]] {
         let text = help(cmd);
         for code in ["5 ", "6 ", "7 "] {
-            assert!(text.contains(code), "haul {cmd:?} --help lacks exit code {code}:\n{text}");
+            assert!(
+                text.contains(code),
+                "haul {cmd:?} --help lacks exit code {code}:\n{text}"
+            );
         }
         assert!(text.contains("rolled back"), "{text}");
     }

@@ -242,16 +242,17 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
             if let Some(j) = job.take() {
                 j.commit();
             }
-            log::info!(
-                "{peer}: migration {id} done: pid {} runs here (restore {} ms)",
-                done.restored_pid,
-                done.restore_time_us / 1000
-            );
             if !cfg.keep_images {
                 if let Err(e) = work.remove() {
                     log::warn!("{e}");
                 }
             }
+            conn.send(Msg::Done(done)).map_err(|e| wire(e, "done"))?;
+            log::info!(
+                "{peer}: migration {id} done: pid {} runs here (restore {} ms)",
+                done.restored_pid,
+                done.restore_time_us / 1000
+            );
             Ok(())
         }
         Ok(Outcome::InDoubt(why)) => {
@@ -477,7 +478,8 @@ fn receive_and_restore(
         pages_restored: rs.pages_restored.unwrap_or(0),
         page_bytes_received: received,
     };
-    conn.send(Msg::Done(done)).map_err(|e| wire(e, "done"))?;
+    // Done goes out after the clean-up below (migrate), so a source that exits 0 finds the
+    // destination already tidy.
     Ok(Outcome::Done(done))
 }
 

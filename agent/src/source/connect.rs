@@ -108,3 +108,23 @@ pub fn open(
     }
     Ok((conn, welcome))
 }
+
+/// Sends Prepare and waits for the destination's preflight answer: Prepared, or Abort with its
+/// reason (exit 5: nothing was touched here).
+pub fn preflight(conn: &Conn, prepare: haul_proto::haul::Prepare) -> Result<()> {
+    conn.send(Msg::Prepare(prepare))
+        .map_err(|e| wire_to_error(e, "sending prepare"))?;
+    match conn.recv_control(crate::limits::IDLE_TIMEOUT, "preflight") {
+        Ok(Msg::Prepared(_)) => Ok(()),
+        Ok(Msg::Abort(a)) => Err(Error::new(
+            Kind::Refused,
+            format!(
+                "destination refused ({}): {}",
+                crate::util::printable(&a.stage),
+                crate::util::printable(&a.reason)
+            ),
+        )),
+        Ok(other) => Err(Error::other(format!("unexpected {other:?} in preflight"))),
+        Err(e) => Err(wire_to_error(e, "preflight").with_kind(Kind::Refused)),
+    }
+}

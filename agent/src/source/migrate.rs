@@ -119,23 +119,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         o.quiet,
         "preflight: the destination checks it can restore and starts its page server",
     );
-    conn.send(Msg::Prepare(job.prepare.clone()))
-        .map_err(|e| wire_to_error(e, "sending prepare"))?;
-    match conn.recv_control(IDLE_TIMEOUT, "preflight") {
-        Ok(Msg::Prepared(_)) => {}
-        Ok(Msg::Abort(a)) => {
-            return Err(Error::new(
-                Kind::Refused,
-                format!(
-                    "destination refused ({}): {}",
-                    crate::util::printable(&a.stage),
-                    crate::util::printable(&a.reason)
-                ),
-            ))
-        }
-        Ok(other) => return Err(Error::other(format!("unexpected {other:?} in preflight"))),
-        Err(e) => return Err(wire_to_error(e, "preflight").with_kind(Kind::Refused)),
-    }
+    super::connect::preflight(&conn, job.prepare.clone())?;
 
     // --fs copy, pass 1: the whole bundle tree, while the container still runs.
     let mut snapshot = None;

@@ -105,23 +105,7 @@ pub fn run(
         quiet,
         "preflight: the destination checks it can start the container",
     );
-    conn.send(Msg::Prepare(prepare))
-        .map_err(|e| wire_to_error(e, "sending prepare"))?;
-    match conn.recv_control(IDLE_TIMEOUT, "preflight") {
-        Ok(Msg::Prepared(_)) => {}
-        Ok(Msg::Abort(a)) => {
-            return Err(Error::new(
-                Kind::Refused,
-                format!(
-                    "destination refused ({}): {}",
-                    crate::util::printable(&a.stage),
-                    crate::util::printable(&a.reason)
-                ),
-            ))
-        }
-        Ok(other) => return Err(Error::other(format!("unexpected {other:?} in preflight"))),
-        Err(e) => return Err(wire_to_error(e, "preflight").with_kind(Kind::Refused)),
-    }
+    super::connect::preflight(&conn, prepare)?;
     let mut snapshot = None;
     if let Some((root, tops)) = &tree {
         phase(quiet, &format!("copying the bundle {}", root.display()));

@@ -40,26 +40,37 @@ pub fn send_dir(
             mode,
         }))
         .map_err(|e| e.to_string())?;
-        let mut size = 0u64;
-        loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            conn.send_file_data(buf.get(..n).unwrap_or_default())
-                .map_err(|e| e.to_string())?;
-            size += n as u64;
-        }
-        conn.send(Msg::FileEnd(FileEnd { size }))
-            .map_err(|e| e.to_string())?;
+        let size = stream_file(conn, &mut f, &path, &mut buf)?;
         files += 1;
         bytes += size;
     }
     conn.send(Msg::ImagesDone(ImagesDone { files, bytes }))
         .map_err(|e| e.to_string())?;
     Ok((files, bytes))
+}
+
+/// Sends the bytes of an open file in FILE_DATA frames, then FileEnd with their count.
+pub fn stream_file(
+    conn: &Conn,
+    f: &mut std::fs::File,
+    path: &Path,
+    buf: &mut [u8],
+) -> Result<u64, String> {
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        conn.send_file_data(buf.get(..n).unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        size += n as u64;
+    }
+    conn.send(Msg::FileEnd(FileEnd { size }))
+        .map_err(|e| e.to_string())?;
+    Ok(size)
 }
 
 /// Checks a file name from the peer: a plain, short, printable name.

@@ -13,7 +13,7 @@ use crate::limits::{TREE_BYTES_MAX, TREE_ENTRIES_MAX, TREE_PATH_MAX};
 use haul_proto::haul::{control::Msg, FileEnd, TreeDone, TreeEntry, TreeKind};
 use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -93,21 +93,7 @@ pub fn send_tree(
         entries += 1;
         if kind == TreeKind::TreeFile {
             let mut f = std::fs::File::open(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
-            let mut size = 0u64;
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(|e| format!("{}: {e}", abs.display()))?;
-                if n == 0 {
-                    break;
-                }
-                conn.send_file_data(buf.get(..n).unwrap_or_default())
-                    .map_err(|e| e.to_string())?;
-                size += n as u64;
-            }
-            conn.send(Msg::FileEnd(FileEnd { size }))
-                .map_err(|e| e.to_string())?;
-            bytes += size;
+            bytes += super::images::stream_file(conn, &mut f, &abs, &mut buf)?;
         }
     }
     conn.send(Msg::TreeDone(TreeDone {
