@@ -8,7 +8,7 @@ use super::mux::send_frame;
 use super::WireError;
 use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -64,9 +64,4 @@ pub fn spawn_outbound(
             op: "spawn relay thread",
             err,
         })
-}
-
-/// Total bytes so far.
-pub fn bytes(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }
