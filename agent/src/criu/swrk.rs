@@ -149,6 +149,18 @@ impl Swrk {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Whether CRIU has sent something (or closed the socket) within `timeout`.
+    pub fn readable(&self, timeout: Duration) -> bool {
+        let Ok(ts) = rustix::event::Timespec::try_from(timeout) else {
+            return true;
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            &self.sock,
+            rustix::event::PollFlags::IN,
+        )];
+        !matches!(rustix::event::poll(&mut fds, Some(&ts)), Ok(0))
+    }
+
     /// Sets the log file of the request in flight (quoted in errors).
     pub fn set_log(&mut self, path: PathBuf) {
         self.log = Some(path);
@@ -346,7 +358,8 @@ impl Swrk {
 
     /// Waits for CRIU to exit (after DUMP or RESTORE it exits by itself).
     pub fn finish(mut self) {
-        let _ = self.wait_briefly(Duration::from_secs(5));
+        // After a large dump CRIU may clean up for seconds; it is not killed for that.
+        let _ = self.wait_briefly(Duration::from_secs(60));
     }
 }
 

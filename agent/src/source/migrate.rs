@@ -470,6 +470,14 @@ fn run_dump(
                     .map_err(|e| Error::new(Kind::RolledBack, e.to_string()))?;
                 committed = true;
                 result = Some((files, bytes, page_bytes));
+                // CRIU now kills the tasks, then cleans up before answering DUMP (seconds for a
+                // large memory). The commit only needs the tasks dead: the root task is the init
+                // of its pid namespace, so when it is gone every task of the tree is. Commit
+                // then, and collect CRIU's answer afterwards (`finish`).
+                if wait_gone_or_answer(pid, swrk) {
+                    log::debug!("pid {pid} is gone; committing before criu's DUMP answer");
+                    break;
+                }
             }
             Event::Notify { .. } => swrk
                 .notify_reply(true)
@@ -484,6 +492,19 @@ fn run_dump(
         }
     }
     result.ok_or_else(|| Error::new(Kind::RolledBack, "criu finished the dump without post-dump"))
+}
+
+/// Waits until `pid` no longer runs (true) or CRIU has something to say (false), checking
+/// every millisecond.
+fn wait_gone_or_answer(pid: i32, swrk: &Swrk) -> bool {
+    loop {
+        if !process_exists(pid) {
+            return true;
+        }
+        if swrk.readable(std::time::Duration::from_millis(1)) {
+            return false;
+        }
+    }
 }
 
 /// True when `/proc/<pid>` exists (a zombie counts as gone: its memory is released).
