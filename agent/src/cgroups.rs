@@ -108,6 +108,36 @@ fn is_controller_option(o: &str) -> bool {
     ) && !o.starts_with("release_agent=")
 }
 
+/// Reaps haul's own zombie children before a cgroup is removed: with `rst_sibling` a restored
+/// root task is haul's child, and after a failed restore its zombie keeps the cgroup busy.
+/// Only zombies (state Z) whose parent is this process are waited for, by pid, so this never
+/// blocks; a zombie is dead, so nothing else needs its status.
+fn reap_dead_children_in(_dir: &Path) {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) S ppid ...": the fields after the last ')'.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut f = rest.split(' ');
+        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<i32>().ok()));
+        if state == Some("Z") && ppid == Some(me) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
+            }
+        }
+    }
+}
+
 /// Thaws a v1 freezer cgroup.
 pub fn thaw(dir: &Path) -> Result<()> {
     std::fs::write(dir.join("freezer.state"), "THAWED")
@@ -190,6 +220,7 @@ impl Drop for Created {
                 // The process moved in (CRIU) may still live: move it back first. rmdir
                 // only: a cgroup with tasks left is not removed.
                 let _ = std::fs::write(parent.join("cgroup.procs"), self.pid.to_string());
+                reap_dead_children_in(d);
                 if let Err(e) = std::fs::remove_dir(d) {
                     log::warn!("cannot remove cgroup {}: {e}", d.display());
                 }
