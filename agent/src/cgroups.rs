@@ -220,8 +220,25 @@ impl Drop for Created {
                 // The process moved in (CRIU) may still live: move it back first. rmdir
                 // only: a cgroup with tasks left is not removed.
                 let _ = std::fs::write(parent.join("cgroup.procs"), self.pid.to_string());
-                reap_dead_children_in(d);
-                if let Err(e) = std::fs::remove_dir(d) {
+                // A task killed by a failed restore may still be exiting: reap and retry
+                // for up to a second.
+                let mut last = None;
+                for _ in 0..50 {
+                    reap_dead_children_in(d);
+                    match std::fs::remove_dir(d) {
+                        Ok(()) => {
+                            last = None;
+                            break;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            last = None;
+                            break;
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                if let Some(e) = last {
                     log::warn!("cannot remove cgroup {}: {e}", d.display());
                 }
             }
