@@ -9,7 +9,6 @@
 use super::journal::{self, Stage, PREPARE, PREPARE_MAX};
 use super::runc::RuncRestore;
 use super::session::{restore_held, Decision, Held, SessionConfig};
-use crate::criu::Swrk;
 use crate::error::{Error, Result};
 use crate::workdir::{mounts_under, remove_tree_checked, WorkDir};
 use haul_proto::haul::{FsMode, Prepare};
@@ -162,19 +161,7 @@ pub fn complete(dir: &Path, cfg: &SessionConfig) -> Result<()> {
         .unwrap_or_default();
     let root = dir.parent().unwrap_or(Path::new("/"));
     let work = WorkDir::open(root, &name)?;
-    if let Some(j) = job.as_mut() {
-        j.plumb()?;
-    }
-    let fds = job.as_ref().map(|j| j.restorer_fds()).unwrap_or_default();
-    let mut restorer = Swrk::spawn(&cfg.criu, &fds).map_err(|e| Error::setup(e.to_string()))?;
-    drop(fds);
-    if let Some(j) = job.as_mut() {
-        j.release_pipes();
-        let pid = restorer
-            .pid()
-            .ok_or_else(|| Error::other("restoring criu has no pid"))?;
-        j.attach(pid)?;
-    }
+    let mut restorer = super::session::spawn_restorer(cfg, job.as_mut())?;
     match restore_held(&work, &mut job, &mut restorer, |_| Ok(Decision::Commit))? {
         Held::Done(pid) => {
             if let Some(j) = job.take() {

@@ -349,19 +349,7 @@ fn receive_and_restore(
 
     // Start the restoring CRIU now, so it is ready when the images are; for a container, with
     // the stdio pipes it hands over and inside the container's new cgroups.
-    if let Some(j) = job.as_mut() {
-        j.plumb()?;
-    }
-    let fds = job.as_ref().map(|j| j.restorer_fds()).unwrap_or_default();
-    let mut restorer = Swrk::spawn(&cfg.criu, &fds).map_err(|e| Error::setup(e.to_string()))?;
-    drop(fds);
-    if let Some(j) = job.as_mut() {
-        j.release_pipes();
-        let pid = restorer
-            .pid()
-            .ok_or_else(|| Error::other("restoring criu has no pid"))?;
-        j.attach(pid)?;
-    }
+    let mut restorer = spawn_restorer(cfg, job.as_mut())?;
     conn.send(Msg::Prepared(Prepared {}))
         .map_err(|e| wire(e, "prepared"))?;
 
@@ -495,6 +483,25 @@ fn disk_full(dir: &std::path::Path) -> Option<String> {
             free / 1024
         )
     })
+}
+
+/// Starts the restoring CRIU: for a container, with the stdio pipes it hands over (inherited,
+/// then haul's copies closed) and moved into the container's new cgroups.
+pub fn spawn_restorer(cfg: &SessionConfig, job: Option<&mut RuncRestore>) -> Result<Swrk> {
+    let Some(j) = job else {
+        return Swrk::spawn(&cfg.criu, &[]).map_err(|e| Error::setup(e.to_string()));
+    };
+    j.plumb()?;
+    let restorer = {
+        let fds = j.restorer_fds();
+        Swrk::spawn(&cfg.criu, &fds).map_err(|e| Error::setup(e.to_string()))?
+    };
+    j.release_pipes();
+    let pid = restorer
+        .pid()
+        .ok_or_else(|| Error::other("restoring criu has no pid"))?;
+    j.attach(pid)?;
+    Ok(restorer)
 }
 
 /// What the destination does with tasks held at post-restore.
