@@ -93,6 +93,9 @@ pub struct Recover {
             then exit 0. A second signal, or the end of the wait, exits at once with 1: the CRIU of\n\
             each migration still in flight sees haul's sockets close and aborts, a restore held for\n\
             the commit is killed, and the source rolls back (its workload keeps running there).\n\n\
+            --idle-timeout: a source silent that long while serve waits for it (its description,\n\
+            image files, pages, the bundle) is dropped with one logged reason and its migration\n\
+            rolled back; the wait for the commit (60 s) and the handshake (10 s) have their own.\n\n\
             Each migration gets a fresh directory under --work-dir; it is removed after a successful\n\
             restore. If the source stops its tasks but the commit never arrives, the restored tasks\n\
             are stopped and the complete images stay in that directory with a file IN-DOUBT\n\
@@ -138,6 +141,26 @@ pub struct Serve {
     /// runc binary (default: runc on PATH)
     #[argh(option)]
     pub runc: Option<PathBuf>,
+    /// seconds a silent source is waited for before its migration is dropped (default 120,
+    /// from 1 to 86400)
+    #[argh(
+        option,
+        default = "crate::limits::IDLE_TIMEOUT.as_secs()",
+        from_str_fn(idle_timeout_secs)
+    )]
+    pub idle_timeout: u64,
+}
+
+/// `--idle-timeout SECS`: whole seconds within `IDLE_TIMEOUT_MIN..=IDLE_TIMEOUT_MAX`.
+fn idle_timeout_secs(value: &str) -> Result<u64, String> {
+    use crate::limits::{IDLE_TIMEOUT_MAX, IDLE_TIMEOUT_MIN};
+    let (min, max) = (IDLE_TIMEOUT_MIN.as_secs(), IDLE_TIMEOUT_MAX.as_secs());
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "--idle-timeout {value:?}: give whole seconds from {min} to {max}"
+        )),
+    }
 }
 
 /// Source: migrate something to a host running `haul serve`.

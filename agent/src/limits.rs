@@ -52,7 +52,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest silence tolerated on an established connection while a peer is expected to send.
 /// CRIU may take long to dump or restore a large process tree; 120 s is generous but finite.
+/// The destination's default for `haul serve --idle-timeout`.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Shortest `--idle-timeout`: a second (0 would give up before the peer could answer).
+pub const IDLE_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+
+/// Longest `--idle-timeout`: a day. A finite wait keeps a vanished source from holding one of
+/// the `CONCURRENT_MIGRATIONS` slots for ever.
+pub const IDLE_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How long the destination holds restored tasks at post-restore waiting for Commit before it
 /// gives up (kills them, keeps the images).

@@ -107,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
                 bundle_root: s.bundle_root,
                 stdio_dir: s.stdio_dir,
                 runc: s.runc.unwrap_or_else(|| "runc".into()),
+                idle_timeout: std::time::Duration::from_secs(s.idle_timeout),
             };
             // Migrations interrupted by a crash: clean up, or keep in-doubt ones for `haul recover`.
             haul::dest::recover::scan(&cfg);
@@ -154,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
                 bundle_root: r.bundle_root,
                 stdio_dir: r.stdio_dir,
                 runc: r.runc.unwrap_or_else(|| "runc".into()),
+                idle_timeout: haul::limits::IDLE_TIMEOUT,
             };
             haul::dest::recover::complete(&r.dir, &cfg)
         }

@@ -66,6 +66,7 @@ fn destination(dir: &Scratch, key: Key, criu: PathBuf) -> Destination {
         bundle_root: dir.join("bundles"),
         stdio_dir: dir.join("stdio"),
         runc: "runc".into(),
+        idle_timeout: crate::limits::IDLE_TIMEOUT,
     };
     let thread = std::thread::spawn(move || {
         let limits = Limits::new();

@@ -5,7 +5,6 @@
 use super::runc::RuncRestore;
 use super::session::{msg_name, SessionConfig};
 use crate::error::{Error, Result};
-use crate::limits::IDLE_TIMEOUT;
 use crate::transfer::{Conn, Incoming};
 use haul_proto::haul::{control::Msg, Done, Prepared};
 use std::process::{Command, Stdio};
@@ -17,7 +16,7 @@ pub fn run(conn: &Conn, cfg: &SessionConfig, mut job: RuncRestore) -> Result<()>
     loop {
         let wire =
             |e: crate::transfer::WireError| Error::other(format!("receiving the bundle: {e}"));
-        match conn.recv(IDLE_TIMEOUT, "restart").map_err(wire)? {
+        match conn.recv(cfg.idle_timeout, "restart").map_err(wire)? {
             Incoming::FileData(d) => match tree.as_mut() {
                 Some(t) => t.data(&d).map_err(wire)?,
                 None => return Err(Error::other("file data without --fs copy")),

@@ -238,6 +238,7 @@ fn with_key(cfg: &SessionConfig, key: Key) -> SessionConfig {
         bundle_root: cfg.bundle_root.clone(),
         stdio_dir: cfg.stdio_dir.clone(),
         runc: cfg.runc.clone(),
+        idle_timeout: cfg.idle_timeout,
     }
 }
 
@@ -334,6 +335,7 @@ mod tests {
             bundle_root: dir.join("bundles"),
             stdio_dir: dir.join("stdio"),
             runc: "runc".into(),
+            idle_timeout: crate::limits::IDLE_TIMEOUT,
         }
     }
 

@@ -7,7 +7,7 @@ use super::runc::RuncRestore;
 use super::serve::{Limits, Slot};
 use crate::criu::{self, stats, Event, Swrk, Version};
 use crate::error::{Error, Kind, Result};
-use crate::limits::{COMMIT_TIMEOUT, CONCURRENT_MIGRATIONS, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
+use crate::limits::{COMMIT_TIMEOUT, CONCURRENT_MIGRATIONS, HANDSHAKE_TIMEOUT};
 use crate::transfer::images::ImageSink;
 use crate::transfer::{handshake, pages, Conn, Incoming, Key, WireError, PROTOCOL_VERSION};
 use crate::workdir::WorkDir;
@@ -19,6 +19,7 @@ use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct SessionConfig {
     pub key: Option<Key>,
@@ -34,11 +35,13 @@ pub struct SessionConfig {
     pub stdio_dir: PathBuf,
     /// The runc binary.
     pub runc: PathBuf,
+    /// Longest silence of the peer while this side waits for it (`--idle-timeout`).
+    pub idle_timeout: Duration,
 }
 
 /// Handles one connection; logs its outcome (never panics the server).
 pub fn run(stream: TcpStream, peer: &str, cfg: &SessionConfig, limits: &Limits, pending: Slot) {
-    let (tx, rx) = match handshake::accept(stream, cfg.key.as_ref()) {
+    let (tx, rx) = match handshake::accept(stream, cfg.key.as_ref(), cfg.idle_timeout) {
         Ok(h) => h,
         Err(e) => {
             log::warn!("{peer}: connection refused: {e}");
@@ -151,7 +154,7 @@ fn check(conn: &Conn, cfg: &SessionConfig) -> Result<()> {
     }))
     .map_err(|e| wire(e, "welcome"))?;
     drop(swrk);
-    match conn.recv_control(IDLE_TIMEOUT, "check") {
+    match conn.recv_control(cfg.idle_timeout, "check") {
         Ok(Msg::CpuCheck(c)) => {
             let result = crate::check::cpu_check_here(&cfg.criu, &cfg.work_root, &c.cpuinfo_img);
             conn.send(Msg::CpuCheckResult(result))
@@ -182,7 +185,7 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
     }))
     .map_err(|e| wire(e, "welcome"))?;
 
-    let prepare = match conn.recv_control(IDLE_TIMEOUT, "prepare") {
+    let prepare = match conn.recv_control(cfg.idle_timeout, "prepare") {
         Ok(Msg::Prepare(p)) => p,
         Ok(Msg::Abort(a)) => {
             return Err(Error::other(format!(
@@ -362,7 +365,7 @@ fn receive_and_restore(
             .map_err(|e| Error::other(format!("dup: {e}")))?,
     );
     loop {
-        match conn.recv(IDLE_TIMEOUT, "image transfer").map_err(|e| {
+        match conn.recv(cfg.idle_timeout, "image transfer").map_err(|e| {
             match disk_full(&work.path) {
                 Some(full) => Error::other(format!("{full} ({e})")),
                 None => wire(e, "receiving images"),

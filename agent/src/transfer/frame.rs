@@ -52,9 +52,10 @@ pub struct SendHalf {
     pub wire_bytes: u64,
 }
 
-/// The receiving half, owned by the connection's reader thread.
-pub struct RecvHalf {
-    stream: TcpStream,
+/// The receiving half, owned by the connection's reader thread. Generic over the byte source
+/// so the fuzz targets and tests can feed it from memory; haul reads a `TcpStream`.
+pub struct RecvHalf<S = TcpStream> {
+    stream: S,
     cipher: Cipher,
     nonce: u64,
     wire: Vec<u8>,
@@ -129,8 +130,8 @@ impl SendHalf {
     }
 }
 
-impl RecvHalf {
-    pub fn new(stream: TcpStream, cipher: Cipher, timeout_secs: u64) -> Self {
+impl<S: Read> RecvHalf<S> {
+    pub fn new(stream: S, cipher: Cipher, timeout_secs: u64) -> Self {
         RecvHalf {
             stream,
             cipher,

@@ -14,14 +14,14 @@ use crate::limits::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_IDLE, TCP_USER_TI
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+pub(crate) const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 const MAGIC: &[u8; 4] = b"HAUL";
 /// A Noise handshake message of NNpsk0 is at most 32 + 16 + payload bytes; haul sends no payload.
-const HANDSHAKE_MSG_MAX: usize = 128;
+pub(crate) const HANDSHAKE_MSG_MAX: usize = 128;
 
-fn preamble(secure: bool) -> [u8; 8] {
+pub(crate) fn preamble(secure: bool) -> [u8; 8] {
     let v = PROTOCOL_VERSION.to_be_bytes();
     [
         MAGIC[0],
@@ -56,7 +56,20 @@ fn io_err(during: &'static str) -> impl Fn(std::io::Error) -> WireError {
     move |e| WireError::from_read(e, during, HANDSHAKE_TIMEOUT.as_secs())
 }
 
-fn write_msg(s: &mut TcpStream, msg: &[u8]) -> Result<(), WireError> {
+/// What the handshake needs of its socket: a byte stream whose reads can be given a timeout.
+/// haul's is a `TcpStream`; the fuzz target drives the responder from memory.
+pub trait HandshakeIo: Read + Write {
+    /// `SO_RCVTIMEO`: a blocked read returns `WouldBlock` after `timeout`.
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl HandshakeIo for TcpStream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
+fn write_msg(s: &mut impl Write, msg: &[u8]) -> Result<(), WireError> {
     let len = u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes();
     s.write_all(&len)
         .and_then(|()| s.write_all(msg))
@@ -65,7 +78,7 @@ fn write_msg(s: &mut TcpStream, msg: &[u8]) -> Result<(), WireError> {
 
 /// `read_exact` that must finish by `deadline` in total: the handshake timeout bounds the whole
 /// handshake, so a peer trickling one byte at a time cannot hold a slot.
-fn read_by(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+fn read_by(s: &mut impl HandshakeIo, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -84,7 +97,7 @@ fn read_by(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Res
 }
 
 fn read_msg<'b>(
-    s: &mut TcpStream,
+    s: &mut impl HandshakeIo,
     buf: &'b mut [u8; HANDSHAKE_MSG_MAX],
     deadline: Instant,
 ) -> Result<&'b [u8], WireError> {
@@ -102,7 +115,10 @@ fn read_msg<'b>(
     Ok(msg)
 }
 
-fn builder<'a>(key: &'a Key, prologue: &'a [u8]) -> Result<snow::Builder<'a>, WireError> {
+pub(crate) fn builder<'a>(
+    key: &'a Key,
+    prologue: &'a [u8],
+) -> Result<snow::Builder<'a>, WireError> {
     let params = NOISE_PARAMS
         .parse()
         .map_err(|e| WireError::Auth(format!("noise parameters: {e}")))?;
@@ -112,9 +128,18 @@ fn builder<'a>(key: &'a Key, prologue: &'a [u8]) -> Result<snow::Builder<'a>, Wi
         .map_err(|e| WireError::Auth(format!("noise setup: {e}")))
 }
 
-fn halves(stream: TcpStream, cipher: Cipher) -> Result<(SendHalf, RecvHalf), WireError> {
+/// The two halves of an authenticated connection. `read_timeout` is the socket's: the source
+/// sets `IDLE_TIMEOUT`; the destination none, since each of its waits on the peer has its own
+/// timeout (`Conn::recv`) and a silence while it restores is no fault of the peer's. `idle`
+/// bounds a blocked write.
+fn halves(
+    stream: TcpStream,
+    cipher: Cipher,
+    read_timeout: Option<Duration>,
+    idle: Duration,
+) -> Result<(SendHalf, RecvHalf), WireError> {
     stream
-        .set_read_timeout(Some(IDLE_TIMEOUT))
+        .set_read_timeout(read_timeout)
         .map_err(|err| WireError::Io {
             op: "set timeout",
             err,
@@ -123,8 +148,8 @@ fn halves(stream: TcpStream, cipher: Cipher) -> Result<(SendHalf, RecvHalf), Wir
     // A peer that vanishes without FIN (link down, packets dropped) must not leave a write
     // blocked for TCP's retransmission timeout (~15 min) while the container is frozen:
     // unacknowledged data aborts the connection after TCP_USER_TIMEOUT, a blocked write
-    // returns after IDLE_TIMEOUT, and keepalive probes find a silent dead peer.
-    let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
+    // returns after the idle timeout, and keepalive probes find a silent dead peer.
+    let _ = stream.set_write_timeout(Some(idle));
     let ms = u32::try_from(TCP_USER_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
     let _ = rustix::net::sockopt::set_tcp_user_timeout(&stream, ms);
     let _ = rustix::net::sockopt::set_socket_keepalive(&stream, true);
@@ -137,7 +162,7 @@ fn halves(stream: TcpStream, cipher: Cipher) -> Result<(SendHalf, RecvHalf), Wir
     })?;
     Ok((
         SendHalf::new(stream, cipher.clone()),
-        RecvHalf::new(rx, cipher, IDLE_TIMEOUT.as_secs()),
+        RecvHalf::new(rx, cipher, idle.as_secs()),
     ))
 }
 
@@ -173,7 +198,7 @@ pub fn connect(
         )));
     }
     let Some(key) = key else {
-        return halves(stream, None);
+        return halves(stream, None, Some(IDLE_TIMEOUT), IDLE_TIMEOUT);
     };
     let mut prologue = [0u8; 16];
     prologue[..8].copy_from_slice(&ours);
@@ -203,25 +228,40 @@ pub fn connect(
     let t = hs
         .into_stateless_transport_mode()
         .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
-    halves(stream, Some(Arc::new(t)))
+    halves(stream, Some(Arc::new(t)), Some(IDLE_TIMEOUT), IDLE_TIMEOUT)
 }
 
-/// Destination side (Noise responder).
-pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, RecvHalf), WireError> {
+/// Destination side (Noise responder). The whole handshake must finish within
+/// `HANDSHAKE_TIMEOUT`; afterwards a blocked write gives up after `idle` (`--idle-timeout`).
+pub fn accept(
+    mut stream: TcpStream,
+    key: Option<&Key>,
+    idle: Duration,
+) -> Result<(SendHalf, RecvHalf), WireError> {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    stream
-        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+    let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+    let cipher = respond(&mut stream, key, deadline)?;
+    halves(stream, cipher, None, idle)
+}
+
+/// The responder's handshake on `s`, finished by `deadline`: reads the initiator's preamble,
+/// answers with ours, checks version and mode, then (with a key) reads Noise message 1 and
+/// answers message 2. Returns the session keys (`None`: plaintext).
+pub fn respond(
+    s: &mut impl HandshakeIo,
+    key: Option<&Key>,
+    deadline: Instant,
+) -> Result<Cipher, WireError> {
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|err| WireError::Io {
             op: "set timeout",
             err,
         })?;
-    let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut theirs = [0u8; 8];
-    read_by(&mut stream, &mut theirs, deadline).map_err(io_err("the protocol preamble"))?;
+    read_by(s, &mut theirs, deadline).map_err(io_err("the protocol preamble"))?;
     let ours = preamble(key.is_some());
     // Answer before judging, so the source can say what differs.
-    stream
-        .write_all(&ours)
+    s.write_all(&ours)
         .map_err(|err| WireError::Io { op: "write", err })?;
     let (version, secure) = describe(&theirs)?;
     if version != PROTOCOL_VERSION {
@@ -236,9 +276,8 @@ pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, Rec
             mode(key.is_some())
         )));
     }
-    let _ = stream.set_write_timeout(None);
     let Some(key) = key else {
-        return halves(stream, None);
+        return Ok(None);
     };
     let mut prologue = [0u8; 16];
     prologue[..8].copy_from_slice(&theirs);
@@ -247,7 +286,7 @@ pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, Rec
         .build_responder()
         .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
     let mut buf = [0u8; HANDSHAKE_MSG_MAX];
-    let msg = read_msg(&mut stream, &mut buf, deadline)?;
+    let msg = read_msg(s, &mut buf, deadline)?;
     let mut payload = [0u8; HANDSHAKE_MSG_MAX];
     hs.read_message(msg, &mut payload).map_err(|_| {
         WireError::Auth("peer failed authentication: its key differs from ours".into())
@@ -256,11 +295,11 @@ pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, Rec
     let n = hs
         .write_message(&[], &mut out)
         .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
-    write_msg(&mut stream, out.get(..n).unwrap_or_default())?;
+    write_msg(s, out.get(..n).unwrap_or_default())?;
     let t = hs
         .into_stateless_transport_mode()
         .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
-    halves(stream, Some(Arc::new(t)))
+    Ok(Some(Arc::new(t)))
 }
 
 #[cfg(test)]
@@ -276,7 +315,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            accept(s, server_key.as_ref())
+            accept(s, server_key.as_ref(), IDLE_TIMEOUT)
         });
         let c = connect(TcpStream::connect(addr).unwrap(), client_key.as_ref());
         (c, server.join().unwrap())
@@ -337,7 +376,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            let (_, mut rx) = accept(s, None).unwrap();
+            let (_, mut rx) = accept(s, None, IDLE_TIMEOUT).unwrap();
             rx.recv("test").map(|_| ()).unwrap_err().to_string()
         });
         let mut s = TcpStream::connect(addr).unwrap();
@@ -356,7 +395,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            accept(s, None).err().unwrap().to_string()
+            accept(s, None, IDLE_TIMEOUT).err().unwrap().to_string()
         });
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"GET / HTTP/1.0\r\n").unwrap();

@@ -9,10 +9,10 @@ use haul_proto::haul::{control::Msg, Control};
 use prost::Message;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the orchestrator receives.
 #[derive(Debug)]
@@ -32,26 +32,69 @@ pub struct Counters {
 
 type Sink = Arc<Mutex<Option<Arc<OwnedFd>>>>;
 
+type Queue = (
+    SyncSender<Result<Incoming, WireError>>,
+    Receiver<Result<Incoming, WireError>>,
+);
+
+/// The queue between the reader thread and the orchestrator: `INCOMING_QUEUE` frames at most,
+/// then the reader waits (and so does the peer, through TCP's window).
+fn queue() -> Queue {
+    sync_channel(INCOMING_QUEUE)
+}
+
+/// When the last frame of any kind arrived. Page data goes straight to the page server, not
+/// through the queue, so the orchestrator's waits ask this whether the peer was really silent.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    /// Milliseconds after `start` of the last frame.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last frame (or since the connection started).
+    fn silence(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
 pub struct Conn {
     tx: Arc<Mutex<SendHalf>>,
     rx: Receiver<Result<Incoming, WireError>>,
     sink: Sink,
     reader: Option<JoinHandle<u64>>,
+    activity: Arc<Activity>,
     pub counters: Arc<Counters>,
 }
 
 impl Conn {
     /// Starts the reader thread over an authenticated connection.
     pub fn start(tx: SendHalf, rx: RecvHalf) -> Conn {
-        let (qtx, qrx) = sync_channel(INCOMING_QUEUE);
+        let (qtx, qrx) = queue();
         let sink: Sink = Arc::new(Mutex::new(None));
         let counters = Arc::new(Counters::default());
+        let activity = Arc::new(Activity::new());
         let reader = {
             let sink = sink.clone();
             let counters = counters.clone();
+            let activity = activity.clone();
             std::thread::Builder::new()
                 .name("haul-conn-rx".into())
-                .spawn(move || read_loop(rx, qtx, sink, counters))
+                .spawn(move || read_loop(rx, qtx, sink, counters, activity))
                 .ok()
         };
         Conn {
@@ -59,6 +102,7 @@ impl Conn {
             rx: qrx,
             sink,
             reader,
+            activity,
             counters,
         }
     }
@@ -84,15 +128,26 @@ impl Conn {
         send_frame(&self.tx, Kind::FileData, data)
     }
 
-    /// Next control message or file chunk, waiting at most `timeout`.
+    /// Next control message or file chunk. Gives up once the peer has sent no frame at all
+    /// (page data included) for `timeout`, and not before `timeout` has passed.
     pub fn recv(&self, timeout: Duration, during: &'static str) -> Result<Incoming, WireError> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(WireError::Timeout {
-                during,
-                secs: timeout.as_secs(),
-            }),
-            Err(RecvTimeoutError::Disconnected) => Err(WireError::Closed { during }),
+        let mut wait = timeout;
+        loop {
+            match self.rx.recv_timeout(wait) {
+                Ok(r) => return r,
+                Err(RecvTimeoutError::Timeout) => {
+                    let silence = self.activity.silence();
+                    if silence >= timeout {
+                        return Err(WireError::Timeout {
+                            during,
+                            secs: timeout.as_secs(),
+                        });
+                    }
+                    // Pages kept coming: wait until `timeout` after the last one.
+                    wait = timeout - silence;
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(WireError::Closed { during }),
+            }
         }
     }
 
@@ -132,19 +187,29 @@ pub fn send_frame(tx: &Mutex<SendHalf>, kind: Kind, payload: &[u8]) -> Result<()
     guard.send(kind, payload)
 }
 
+/// Decodes the payload of a control frame: one `haul.Control` carrying a message.
+pub fn decode_control(body: &[u8]) -> Result<Msg, WireError> {
+    match Control::decode(body) {
+        Ok(Control { msg: Some(m) }) => Ok(m),
+        Ok(Control { msg: None }) => Err(WireError::BadControl("empty message".into())),
+        Err(e) => Err(WireError::BadControl(e.to_string())),
+    }
+}
+
 fn read_loop(
     mut rx: RecvHalf,
-    q: std::sync::mpsc::SyncSender<Result<Incoming, WireError>>,
+    q: SyncSender<Result<Incoming, WireError>>,
     sink: Sink,
     counters: Arc<Counters>,
+    activity: Arc<Activity>,
 ) -> u64 {
     loop {
-        let item = match rx.recv("the migration") {
-            Ok((Kind::Control, body)) => match Control::decode(body) {
-                Ok(Control { msg: Some(m) }) => Ok(Incoming::Control(m)),
-                Ok(Control { msg: None }) => Err(WireError::BadControl("empty message".into())),
-                Err(e) => Err(WireError::BadControl(e.to_string())),
-            },
+        let frame = rx.recv("the migration");
+        if frame.is_ok() {
+            activity.touch();
+        }
+        let item = match frame {
+            Ok((Kind::Control, body)) => decode_control(body).map(Incoming::Control),
             Ok((Kind::FileData, body)) => Ok(Incoming::FileData(body.to_vec())),
             Ok((Kind::PageData, body)) => {
                 let fd = sink.lock().ok().and_then(|s| s.clone());

@@ -411,7 +411,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            let (tx, rx) = handshake::accept(s, None).unwrap();
+            let (tx, rx) = handshake::accept(s, None, crate::limits::IDLE_TIMEOUT).unwrap();
             let conn = Conn::start(tx, rx);
             let mut passes: Vec<Vec<String>> = vec![Vec::new()];
             loop {
