@@ -10,6 +10,8 @@ pub mod cli;
 pub mod criu;
 pub mod dest;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod limits;
 pub mod logger;

@@ -6,9 +6,8 @@ use super::session::SessionConfig;
 use super::stdio::{plumb, Plumbing};
 use crate::cgroups::{hierarchies, Created, HostHierarchy};
 use crate::error::{Context, Error, Kind, Result};
-use crate::inspect::{
-    bounds::STATE_JSON_MAX, parse_state, read_proc_stat, ContainerId, ProcPid, ProcStatBuf,
-};
+use crate::inspect::bounds::{MAX_MASKED_PATHS, MAX_MOUNTS, STATE_JSON_MAX, STDIO_FDS};
+use crate::inspect::{parse_state, read_proc_stat, ContainerId, ProcPid, ProcStatBuf};
 use crate::plan::runc::{self, Container, Destination, Hierarchy};
 use crate::register::{rfc3339_now, state_json, Claim, Registration};
 use crate::transfer::tree::TreeSink;
@@ -55,6 +54,48 @@ fn destination_from(
         root_mount: root_mount.into(),
         inherit: inherit.to_vec(),
     }
+}
+
+/// Checks what a container description from the source must satisfy before anything on this
+/// host is looked at: a valid destination id, a bounded state.json that haul's parser accepts
+/// and that is UTF-8 (it is patched as text at registration), three stdio entries, and no more
+/// cgroup mounts or masked files than the source's own parser keeps. Returns state.json's text.
+pub fn check_description(rc: &RuncContainer) -> Result<String> {
+    let refuse = |m: String| Error::new(Kind::Refused, m);
+    ContainerId::new(&rc.dst_id)
+        .map_err(|e| refuse(format!("container id {:?}: {e}", rc.dst_id)))?;
+    if rc.state_json.len() > STATE_JSON_MAX {
+        return Err(refuse(format!(
+            "state.json from the source is {} bytes; the limit is {STATE_JSON_MAX}",
+            rc.state_json.len()
+        )));
+    }
+    let mut text = vec![0u8; rc.state_json.len()];
+    parse_state(&rc.state_json, &mut text)
+        .map_err(|e| refuse(format!("state.json from the source: {e}")))?;
+    if rc.stdio.len() != STDIO_FDS {
+        return Err(refuse(format!(
+            "malformed container description from the source: {} stdio entries, not {STDIO_FDS}",
+            rc.stdio.len()
+        )));
+    }
+    for (what, n, max) in [
+        ("cgroup mounts", rc.cgroup_mounts.len(), MAX_MOUNTS),
+        ("masked files", rc.masked_files.len(), MAX_MASKED_PATHS),
+    ] {
+        if n > max {
+            return Err(refuse(format!(
+                "malformed container description from the source: {n} {what}; the limit is {max}"
+            )));
+        }
+    }
+    let text = String::from_utf8(rc.state_json.clone())
+        .map_err(|_| refuse("state.json from the source is not UTF-8".into()))?;
+    // The registration patches this text once the tasks are restored: a text it cannot patch is
+    // refused now, before anything freezes.
+    crate::register::json_patch::patch(&text, &[])
+        .map_err(|e| refuse(format!("state.json from the source: {e}")))?;
+    Ok(text)
 }
 
 /// The rootfs bind-mounted on a private mount point; unmounted (then removed) on drop.
@@ -143,26 +184,13 @@ impl RuncRestore {
 
     fn preflight_with(rc: RuncContainer, cfg: &SessionConfig, kept: bool) -> Result<RuncRestore> {
         let refuse = |m: String| Error::new(Kind::Refused, m);
-        ContainerId::new(&rc.dst_id)
-            .map_err(|e| refuse(format!("container id {:?}: {e}", rc.dst_id)))?;
+        let state_text = check_description(&rc)?;
         let copy = rc.fs == FsMode::FsCopy as i32;
-        if rc.state_json.len() > STATE_JSON_MAX {
-            return Err(refuse(format!(
-                "state.json from the source is {} bytes; the limit is {STATE_JSON_MAX}",
-                rc.state_json.len()
-            )));
-        }
+        // Parsed again to keep its fields (they borrow these buffers); it parsed above.
         let json = rc.state_json.clone();
         let mut text = vec![0u8; json.len()];
         let st = parse_state(&json, &mut text)
             .map_err(|e| refuse(format!("state.json from the source: {e}")))?;
-        if rc.stdio.len() != 3 || rc.cgroup_mounts.len() > 64 || rc.masked_files.len() > 64 {
-            return Err(refuse(
-                "malformed container description from the source".into(),
-            ));
-        }
-        let state_text = String::from_utf8(rc.state_json.clone())
-            .map_err(|_| refuse("state.json from the source is not UTF-8".into()))?;
 
         let dir = cfg.runc_root.join(&rc.dst_id);
         if dir.exists() {

@@ -1,0 +1,1228 @@
+//! Entry points of the fuzz targets in `fuzz/` (not an API): each feeds bytes to a parser of
+//! outside input the way haul runs it, returns normally for any bytes, and asserts the
+//! properties that parser promises. A panic is a finding. The input format of each target is
+//! defined here, next to [`seeds`], which builds the generated seed inputs in `fuzz/seeds/`.
+//!
+//! | target | what haul does with the bytes |
+//! |---|---|
+//! | `frames` | frame headers and bodies as `RecvHalf` reads them, plain or decrypted |
+//! | `handshake` | preamble and Noise message 1 from an untrusted initiator, as `accept` reads them |
+//! | `dest_control` | frames of a source as `haul serve` handles them: control messages, the runc description and its state.json patch, image files, the `--fs copy` tree |
+//! | `criu_responses` | datagrams of `criu swrk` as `Swrk` reads them (VERSION, FEATURE_CHECK, a DUMP with notifications) |
+//! | `criu_stats` | CRIU's `stats-dump` / `stats-restore` files |
+//! | `criu_log` | the error lines picked from a CRIU log |
+//! | `json_patch` | the source's state.json text patched for registration |
+
+use crate::criu::{log_excerpt, stats, Event, Swrk};
+use crate::dest::runc::check_description;
+use crate::limits::{CRIU_LOG_ERROR_LINES, FRAME_MAX, FRAME_PLAINTEXT_MAX, HANDSHAKE_TIMEOUT};
+use crate::register::{state_json, Registration};
+use crate::transfer::frame::{Kind, RecvHalf};
+use crate::transfer::handshake::{self, builder, preamble, HandshakeIo, HANDSHAKE_MSG_MAX};
+use crate::transfer::images::ImageSink;
+use crate::transfer::mux::decode_control;
+use crate::transfer::tree::TreeSink;
+use crate::transfer::{Key, PROTOCOL_VERSION};
+use haul_proto::criu::{
+    CriuFeatures, CriuNotify, CriuOpts, CriuReqType, CriuResp, CriuRestoreResp, CriuVersion,
+    DumpStatsEntry, RestoreStatsEntry, StatsEntry,
+};
+use haul_proto::haul::{
+    control::Msg, Abort, Commit, Control, CpuCheck, FileBegin, FileEnd, FsMode, Hello, ImagesDone,
+    Prepare, Purpose, RuncContainer, Start, TreeDone, TreeEntry, TreeKind,
+};
+use prost::Message;
+use snow::StatelessTransportState;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The pre-shared key of the fuzz targets and their seeds (not a secret: the seeds must
+/// authenticate).
+pub const KEY: [u8; 32] = *b"haul fuzz key, not a secret!!!!!";
+
+/// The initiator's ephemeral key in the handshake seeds, fixed so the seeds are reproducible.
+const SEED_EPHEMERAL: [u8; 32] = [7; 32];
+
+// ---------------------------------------------------------------------------------------------
+// Byte streams from memory
+// ---------------------------------------------------------------------------------------------
+
+/// A peer in memory: reads hand out at most `chunk` bytes (the peer's segments), then end of
+/// file; what is written is kept.
+struct Memory<'a> {
+    input: &'a [u8],
+    chunk: usize,
+    output: Vec<u8>,
+}
+
+impl Read for Memory<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.chunk).min(self.input.len());
+        let (head, tail) = self.input.split_at(n);
+        if let Some(dst) = buf.get_mut(..n) {
+            dst.copy_from_slice(head);
+        }
+        self.input = tail;
+        Ok(n)
+    }
+}
+
+impl Write for Memory<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl HandshakeIo for Memory<'_> {
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Splits `data` into `[u16 big-endian length][bytes]` records; a short last one is kept.
+fn records(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (len, rest) = data.split_first_chunk::<2>()?;
+        let n = usize::from(u16::from_be_bytes(*len)).min(rest.len());
+        let (rec, rest) = rest.split_at(n);
+        data = rest;
+        Some(rec)
+    })
+}
+
+/// Appends one `[u16 big-endian length][bytes]` record.
+fn push_record(out: &mut Vec<u8>, rec: &[u8]) {
+    let len = u16::try_from(rec.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(rec.get(..usize::from(len)).unwrap_or(rec));
+}
+
+// ---------------------------------------------------------------------------------------------
+// frames
+// ---------------------------------------------------------------------------------------------
+
+/// Both ends of a Noise session with [`KEY`], made once per process: (initiator, responder).
+fn session() -> Option<(Arc<StatelessTransportState>, Arc<StatelessTransportState>)> {
+    static SESSION: OnceLock<Option<(Arc<StatelessTransportState>, Arc<StatelessTransportState>)>> =
+        OnceLock::new();
+    SESSION
+        .get_or_init(|| {
+            let key = Key(KEY);
+            let (hello, mut hs) = initiate(&key, None)?;
+            let mut peer = Memory {
+                input: &hello,
+                chunk: usize::MAX,
+                output: Vec::new(),
+            };
+            let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+            let responder = handshake::respond(&mut peer, Some(&key), deadline).ok()??;
+            // The responder wrote its preamble, then [u32 length][Noise message 2].
+            let msg2 = peer.output.get(12..)?;
+            let mut payload = [0u8; HANDSHAKE_MSG_MAX];
+            hs.read_message(msg2, &mut payload).ok()?;
+            let initiator = hs.into_stateless_transport_mode().ok()?;
+            Some((Arc::new(initiator), responder))
+        })
+        .clone()
+}
+
+/// The initiator's first bytes (keyed preamble, then Noise message 1 with its length) and its
+/// handshake state.
+fn initiate(key: &Key, ephemeral: Option<&[u8; 32]>) -> Option<(Vec<u8>, snow::HandshakeState)> {
+    let ours = preamble(true);
+    let mut prologue = [0u8; 16];
+    prologue[..8].copy_from_slice(&ours);
+    prologue[8..].copy_from_slice(&preamble(true));
+    let mut b = builder(key, &prologue).ok()?;
+    if let Some(e) = ephemeral {
+        b = b.fixed_ephemeral_key_for_testing_only(e);
+    }
+    let mut hs = b.build_initiator().ok()?;
+    let mut msg = [0u8; HANDSHAKE_MSG_MAX];
+    let n = hs.write_message(&[], &mut msg).ok()?;
+    let mut bytes = ours.to_vec();
+    bytes.extend_from_slice(&u32::try_from(n).ok()?.to_be_bytes());
+    bytes.extend_from_slice(msg.get(..n)?);
+    Some((bytes, hs))
+}
+
+/// `frames`: the first byte picks how the rest reaches a `RecvHalf`:
+/// - `0 mod 3`: as the wire bytes of a plaintext (`--insecure`) connection;
+/// - `1 mod 3`: as the wire bytes of an encrypted connection (forgeries: nothing may decrypt);
+/// - `2 mod 3`: as `[u16 length][plaintext]` records, each encrypted into one frame by the peer's
+///   half of a real session first, so the decrypted `[kind][payload]` bodies are the fuzzer's.
+pub fn frames(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 3 {
+        0 => {
+            read_frames(RecvHalf::new(rest, None, 0));
+        }
+        1 => {
+            if let Some((_, responder)) = session() {
+                let n = read_frames(RecvHalf::new(rest, Some(responder), 0));
+                // Without the session's keys nothing authenticates.
+                assert_eq!(n, 0, "a forged frame decrypted");
+            }
+        }
+        _ => {
+            if let Some((initiator, responder)) = session() {
+                let wire = seal(&initiator, rest);
+                read_frames(RecvHalf::new(&wire[..], Some(responder), 0));
+            }
+        }
+    }
+}
+
+/// Encrypts each record (cut to `FRAME_PLAINTEXT_MAX`) into one `[u32 length][body]` frame.
+fn seal(initiator: &StatelessTransportState, data: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let mut body = vec![0u8; FRAME_MAX];
+    for (nonce, rec) in (0u64..).zip(records(data)) {
+        let plain = rec.get(..FRAME_PLAINTEXT_MAX).unwrap_or(rec);
+        let Ok(n) = initiator.write_message(nonce, plain, &mut body) else {
+            return wire;
+        };
+        wire.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+        wire.extend_from_slice(body.get(..n).unwrap_or_default());
+    }
+    wire
+}
+
+/// Reads frames until the first error, as the connection's reader does; returns how many.
+fn read_frames<R: Read>(mut rx: RecvHalf<R>) -> usize {
+    let mut frames = 0usize;
+    loop {
+        match rx.recv("fuzzing") {
+            Ok((kind, payload)) => {
+                frames += 1;
+                assert!(payload.len() < FRAME_MAX, "payload over the frame cap");
+                if kind == Kind::Control {
+                    let _ = decode_control(payload);
+                }
+            }
+            Err(e) => {
+                let _ = e.to_string();
+                return frames;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// handshake
+// ---------------------------------------------------------------------------------------------
+
+/// `handshake`: the first byte's low bit says whether the responder has [`KEY`] (1) or runs
+/// `--insecure` (0); its other bits, if not zero, how many bytes each read returns (a peer
+/// trickling its bytes). The rest is what the initiator sends.
+pub fn handshake(data: &[u8]) {
+    let Some((&opts, rest)) = data.split_first() else {
+        return;
+    };
+    let key = Key(KEY);
+    let key = (opts & 1 == 1).then_some(&key);
+    let chunk = match usize::from(opts >> 1) {
+        0 => usize::MAX,
+        n => n,
+    };
+    let mut peer = Memory {
+        input: rest,
+        chunk,
+        output: Vec::new(),
+    };
+    let result = handshake::respond(&mut peer, key, Instant::now() + HANDSHAKE_TIMEOUT);
+    // The responder answers a complete preamble with its own before judging it ...
+    if rest.len() >= 8 {
+        assert!(peer.output.starts_with(&preamble(key.is_some())));
+    }
+    match result {
+        Ok(cipher) => assert_eq!(cipher.is_some(), key.is_some(), "mode changed"),
+        // ... and sends nothing more to a peer it refused.
+        Err(e) => {
+            let _ = e.to_string();
+            assert!(peer.output.len() <= 8, "answered a refused peer");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dest_control
+// ---------------------------------------------------------------------------------------------
+
+/// Where the destination's files go while fuzzing: `<tmp>/haul-fuzz-<pid>/`, holding `canary/`
+/// (absolute symlink targets are moved under it) and `l1/l2/l3/l4/work/` (the migration's
+/// directory, deep enough that the relative targets kept stay inside). Made once per process.
+fn scratch() -> Option<&'static Path> {
+    static ROOT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("haul-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("canary")).ok()?;
+        std::fs::create_dir_all(root.join("l1/l2/l3/l4")).ok()?;
+        Some(root)
+    })
+    .as_deref()
+}
+
+/// Most `..` components kept in a symlink target: from the deepest directory a migration can
+/// name within a few levels they stay inside the scratch root.
+const DOTDOT_KEPT: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Hello,
+    Check,
+    Prepare { runc: bool },
+    Receiving,
+    Restart,
+    Commit,
+    Done,
+}
+
+/// The destination's side of one migration, as `dest::session` and `dest::restart` route what
+/// the source sends, with real sinks in a scratch directory but no CRIU and no runc.
+struct Dest {
+    work: PathBuf,
+    canary: PathBuf,
+    stage: Stage,
+    images: Option<ImageSink>,
+    tree: Option<TreeSink>,
+}
+
+type Step = Result<(), String>;
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn open_dir(p: &Path) -> Result<OwnedFd, String> {
+    std::fs::create_dir_all(p).map_err(text)?;
+    rustix::fs::open(
+        p,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(text)
+}
+
+impl Dest {
+    fn frame(&mut self, kind: u8, payload: &[u8]) -> Step {
+        match kind {
+            1 => {
+                let m = decode_control(payload).map_err(text)?;
+                self.control(m)
+            }
+            4 => self.file_data(payload),
+            // Page data and its end go to the CRIU page server, which exists from Prepared on.
+            2 | 3 if self.stage == Stage::Receiving => Ok(()),
+            other => Err(format!("frame kind {other} here")),
+        }
+    }
+
+    fn file_data(&mut self, d: &[u8]) -> Step {
+        match (self.stage, self.tree.as_mut(), self.images.as_mut()) {
+            (Stage::Receiving, Some(t), _) if t.in_file() => t.data(d).map_err(text),
+            (Stage::Receiving, _, Some(s)) => s.data(d).map_err(text),
+            (Stage::Restart, Some(t), _) => t.data(d).map_err(text),
+            _ => Err("file data outside a file".into()),
+        }
+    }
+
+    fn control(&mut self, m: Msg) -> Step {
+        match (self.stage, m) {
+            (_, Msg::Abort(a)) => Err(format!(
+                "aborted during {}: {}",
+                crate::util::printable(&a.stage),
+                crate::util::printable(&a.reason)
+            )),
+            (Stage::Hello, Msg::Hello(h)) => {
+                let _ = crate::util::printable(&h.migration_id);
+                if h.protocol != u32::from(PROTOCOL_VERSION) {
+                    return Err("protocol version differs".into());
+                }
+                self.stage = match Purpose::try_from(h.purpose) {
+                    Ok(Purpose::Check) => Stage::Check,
+                    Ok(Purpose::MigratePid) => Stage::Prepare { runc: false },
+                    Ok(Purpose::MigrateRunc) => Stage::Prepare { runc: true },
+                    _ => return Err("unsupported purpose".into()),
+                };
+                Ok(())
+            }
+            // Its image goes to CRIU's CPU check as a file.
+            (Stage::Check, Msg::CpuCheck(_)) => {
+                self.stage = Stage::Done;
+                Ok(())
+            }
+            (Stage::Prepare { runc }, Msg::Prepare(p)) => self.prepare(runc, p),
+            (Stage::Receiving | Stage::Restart, Msg::TreeEntry(e)) => match self.tree.as_mut() {
+                Some(t) => t.entry(confine(e, &self.canary)).map_err(text),
+                None => Err("bundle tree sent without --fs copy".into()),
+            },
+            (Stage::Receiving | Stage::Restart, Msg::TreeDone(d)) => {
+                let _ = (d.pass, d.entries, d.bytes);
+                Ok(())
+            }
+            (Stage::Receiving, Msg::FileBegin(b)) => match self.images.as_mut() {
+                Some(s) => s.begin(b).map_err(text),
+                None => Err("no image directory".into()),
+            },
+            (Stage::Receiving, Msg::FileEnd(e)) => match (self.tree.as_mut(), self.images.as_mut())
+            {
+                (Some(t), _) if t.in_file() => t.end(e).map_err(text),
+                (_, Some(s)) => s.end(e).map_err(text),
+                _ => Err("no image directory".into()),
+            },
+            (Stage::Restart, Msg::FileEnd(e)) => match self.tree.as_mut() {
+                Some(t) => t.end(e).map_err(text),
+                None => Err("file end without --fs copy".into()),
+            },
+            (Stage::Receiving, Msg::ImagesDone(d)) => match self.images.as_ref() {
+                Some(s) => {
+                    s.done(&d).map_err(text)?;
+                    self.stage = Stage::Commit;
+                    Ok(())
+                }
+                None => Err("no image directory".into()),
+            },
+            (Stage::Restart, Msg::Start(_)) | (Stage::Commit, Msg::Commit(_)) => {
+                self.stage = Stage::Done;
+                Ok(())
+            }
+            (stage, other) => Err(format!(
+                "unexpected {} at {stage:?}",
+                crate::dest::session::msg_name(&other)
+            )),
+        }
+    }
+
+    fn prepare(&mut self, runc: bool, p: Prepare) -> Step {
+        let _ = p.encode_to_vec();
+        let mut copy = false;
+        let mut restart = false;
+        if runc {
+            let rc = p
+                .runc
+                .ok_or("runc migration without a container description")?;
+            let source = check_description(&rc).map_err(text)?;
+            patch_for_registration(&source, &rc)?;
+            copy = rc.fs == FsMode::FsCopy as i32;
+            restart = rc.restart;
+        }
+        if copy {
+            self.tree = Some(TreeSink::new(open_dir(&self.work.join("bundle"))?));
+        }
+        if restart {
+            self.stage = Stage::Restart;
+        } else {
+            self.images = Some(ImageSink::new(open_dir(&self.work.join("images"))?));
+            self.stage = Stage::Receiving;
+        }
+        Ok(())
+    }
+}
+
+/// Patches the source's state.json as the registration does, and checks the result is a fixed
+/// point of the same patch and, if haul's own parser accepted the source, accepted too with the
+/// new id.
+fn patch_for_registration(source: &str, rc: &RuncContainer) -> Step {
+    let [a, b, c] = [0, 1, 2].map(|i| rc.stdio.get(i).cloned().unwrap_or_default());
+    let reg = Registration {
+        id: &rc.dst_id,
+        init_pid: 4242,
+        init_start: 123_456,
+        created: "2026-01-01T00:00:00.000000000Z".into(),
+        rootfs: "/var/lib/haul/bundles/x/rootfs",
+        bundle: "/var/lib/haul/bundles/x",
+        cgroup_paths: vec![("memory".into(), "/sys/fs/cgroup/memory/x".into())],
+        namespace_paths: vec![("NEWPID".into(), "/proc/4242/ns/pid".into())],
+        external_descriptors: [a, b, c],
+        labels: Vec::new(),
+    };
+    let out = state_json(source, &reg).map_err(text)?;
+    let again = state_json(&out, &reg).map_err(|e| format!("patched text: {e}"));
+    assert_eq!(
+        again.as_deref(),
+        Ok(out.as_str()),
+        "patch is not a fixed point"
+    );
+    let mut buf = vec![0u8; source.len()];
+    if crate::inspect::parse_state(source.as_bytes(), &mut buf).is_ok() {
+        let mut buf = vec![0u8; out.len()];
+        let parsed = crate::inspect::parse_state(out.as_bytes(), &mut buf);
+        let id = parsed.as_ref().map(|s| s.id.as_str());
+        assert_eq!(
+            id,
+            Ok(rc.dst_id.as_str()),
+            "haul rejects or misreads its own patch"
+        );
+    }
+    Ok(())
+}
+
+/// The harness's only change to what the peer sends: symlink targets that would point outside
+/// the scratch root (absolute, or with many `..`) are moved under `canary`, and directories
+/// keep their owner's access so the scratch directory can be removed without root.
+fn confine(mut e: TreeEntry, canary: &Path) -> TreeEntry {
+    if e.kind == TreeKind::TreeDir as i32 {
+        e.mode |= 0o700;
+    }
+    if e.kind == TreeKind::TreeSymlink as i32 {
+        let t = Path::new(&e.target);
+        let dotdots = t
+            .components()
+            .filter(|c| *c == Component::ParentDir)
+            .count();
+        if t.is_absolute() {
+            e.target = format!("{}{}", canary.display(), e.target);
+        } else if dotdots > DOTDOT_KEPT {
+            let mut kept = 0;
+            let parts: Vec<&str> = e
+                .target
+                .split('/')
+                .filter(|c| {
+                    let drop = *c == ".." && kept >= DOTDOT_KEPT;
+                    if *c == ".." {
+                        kept += 1;
+                    }
+                    !drop
+                })
+                .collect();
+            e.target = parts.join("/");
+        }
+    }
+    e
+}
+
+/// Splits `data` into `[kind][u16 big-endian length][payload]` frames.
+fn script(mut data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || {
+        let (&kind, rest) = data.split_first()?;
+        let (len, rest) = rest.split_first_chunk::<2>()?;
+        let n = usize::from(u16::from_be_bytes(*len)).min(rest.len());
+        let (payload, rest) = rest.split_at(n);
+        data = rest;
+        Some((kind, payload))
+    })
+}
+
+fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    out.push(kind);
+    push_record(out, payload);
+}
+
+fn push_control(out: &mut Vec<u8>, m: Msg) {
+    push_frame(out, 1, &Control { msg: Some(m) }.encode_to_vec());
+}
+
+/// Lists a directory (empty if it cannot be read).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `dest_control`: `[kind][u16 big-endian length][payload]` frames from a source (kind 1
+/// control, 2 page data, 3 page end, 4 file data), handled in order until the destination
+/// would close the connection. Afterwards nothing may exist outside the migration's directory.
+pub fn dest_control(data: &[u8]) {
+    let Some(root) = scratch() else {
+        return;
+    };
+    let work = root.join("l1/l2/l3/l4/work");
+    let _ = std::fs::remove_dir_all(&work);
+    if std::fs::create_dir(&work).is_err() {
+        return;
+    }
+    let mut dest = Dest {
+        work: work.clone(),
+        canary: root.join("canary"),
+        stage: Stage::Hello,
+        images: None,
+        tree: None,
+    };
+    for (kind, payload) in script(data) {
+        if dest.frame(kind, payload).is_err() {
+            break;
+        }
+    }
+    drop(dest);
+    let _ = std::fs::remove_dir_all(&work);
+    assert_eq!(
+        entries(&root.join("canary")),
+        Vec::<String>::new(),
+        "wrote through a symlink"
+    );
+    for (dir, expected) in [
+        ("", &["canary", "l1"][..]),
+        ("l1", &["l2"]),
+        ("l1/l2", &["l3"]),
+        ("l1/l2/l3", &["l4"]),
+        ("l1/l2/l3/l4", &[]),
+    ] {
+        let mut found = entries(&root.join(dir));
+        found.sort();
+        assert_eq!(found, expected, "created outside the migration in {dir:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRIU
+// ---------------------------------------------------------------------------------------------
+
+/// `criu_responses`: `[u16 length][datagram]` records, queued as what `criu swrk` sends; haul
+/// then asks VERSION and FEATURE_CHECK and runs a DUMP, answering each notification, as far as
+/// the datagrams take it.
+pub fn criu_responses(data: &[u8]) {
+    use rustix::net::{send, socketpair, AddressFamily, SendFlags, SocketFlags, SocketType};
+    let Ok((ours, theirs)) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    ) else {
+        return;
+    };
+    for d in records(data) {
+        if send(&theirs, d, SendFlags::NOSIGNAL | SendFlags::DONTWAIT).is_err() {
+            break;
+        }
+    }
+    // Non-blocking: once the queued datagrams are read, a read fails instead of waiting.
+    let mut swrk = Swrk::from_socket(ours);
+    match swrk.version() {
+        Ok(v) => {
+            let _ = (v < crate::criu::MIN_VERSION, v.to_string());
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    if let Ok(f) = swrk.features() {
+        let _ = (f.mem_track, f.lazy_pages);
+    }
+    if swrk
+        .send(&Swrk::request(CriuReqType::Dump, CriuOpts::default()))
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        match swrk.next_event() {
+            Ok(Event::Notify { script, pid }) => {
+                let _ = (script.len(), pid);
+                if swrk.notify_reply(true).is_err() {
+                    break;
+                }
+            }
+            Ok(Event::Done(resp)) => {
+                let _ = resp.dump.map(|d| d.restored);
+                break;
+            }
+            Err(e) => {
+                let _ = e.to_string();
+                break;
+            }
+        }
+    }
+    drop(theirs);
+}
+
+/// `criu_stats`: the bytes of a `stats-dump` or `stats-restore` file.
+pub fn criu_stats(data: &[u8]) {
+    if let Some(e) = stats::parse(data) {
+        let _ = (
+            e.dump.map(|d| d.frozen_time),
+            e.restore.map(|r| r.restore_time),
+        );
+    }
+}
+
+/// `criu_log`: the tail of a CRIU log; the lines quoted in an error.
+pub fn criu_log(data: &[u8]) {
+    let lines = log_excerpt::select(&String::from_utf8_lossy(data));
+    assert!(lines.len() <= CRIU_LOG_ERROR_LINES, "too many lines quoted");
+    assert!(lines
+        .iter()
+        .all(|l| !log_excerpt::is_harmless(l) && !l.contains('\n')));
+}
+
+/// `json_patch`: the source's state.json text, patched for registration.
+pub fn json_patch(data: &[u8]) {
+    let Ok(source) = std::str::from_utf8(data) else {
+        return;
+    };
+    let rc = RuncContainer {
+        dst_id: "web2".into(),
+        stdio: vec!["/dev/null".into(), "pipe:[1]".into(), "pipe:[1]".into()],
+        ..Default::default()
+    };
+    let _ = patch_for_registration(source, &rc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeds
+// ---------------------------------------------------------------------------------------------
+
+/// One generated seed: `fuzz/seeds/<target>/<name>`.
+#[derive(Debug)]
+pub struct Seed {
+    pub target: &'static str,
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+fn seed(target: &'static str, name: &'static str, bytes: Vec<u8>) -> Seed {
+    Seed {
+        target,
+        name,
+        bytes,
+    }
+}
+
+fn hello(purpose: Purpose) -> Msg {
+    Msg::Hello(Hello {
+        protocol: u32::from(PROTOCOL_VERSION),
+        agent_version: "0.1.0".into(),
+        criu: None,
+        purpose: purpose as i32,
+        migration_id: "m-1795938661250-9f3a01c2".into(),
+    })
+}
+
+fn file(out: &mut Vec<u8>, name: &str, bytes: &[u8]) {
+    push_control(
+        out,
+        Msg::FileBegin(FileBegin {
+            name: name.into(),
+            mode: 0o600,
+        }),
+    );
+    push_frame(out, 4, bytes);
+    push_control(
+        out,
+        Msg::FileEnd(FileEnd {
+            size: bytes.len() as u64,
+        }),
+    );
+}
+
+fn tree_entry(out: &mut Vec<u8>, path: &str, kind: TreeKind, target: &str) {
+    push_control(
+        out,
+        Msg::TreeEntry(TreeEntry {
+            path: path.into(),
+            kind: kind as i32,
+            mode: if kind == TreeKind::TreeDir {
+                0o755
+            } else {
+                0o644
+            },
+            uid: 0,
+            gid: 0,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 0,
+            target: target.into(),
+        }),
+    );
+}
+
+fn images(out: &mut Vec<u8>) {
+    push_frame(out, 2, b"\x01\x00\x00\x00page-server bytes");
+    push_frame(out, 3, &[]);
+    file(out, "core-1.img", b"\x54\x59\x04\x12core");
+    file(out, "pstree.img", b"\x54\x59\x04\x12pstree");
+    push_control(
+        out,
+        Msg::ImagesDone(ImagesDone {
+            files: 2,
+            bytes: 18,
+        }),
+    );
+}
+
+fn runc_description(state_json: Vec<u8>, fs: FsMode, restart: bool) -> Msg {
+    Msg::Prepare(Prepare {
+        expected_page_bytes: 0,
+        runc: Some(RuncContainer {
+            id: "ctp".into(),
+            dst_id: "ctp-b".into(),
+            state_json,
+            stdio: vec!["/dev/null".into(), "pipe:[1]".into(), "pipe:[1]".into()],
+            cgroup_mounts: vec!["/sys/fs/cgroup/memory".into()],
+            masked_files: vec!["/proc/kcore".into()],
+            fs: fs as i32,
+            readonly_root: false,
+            restart,
+        }),
+    })
+}
+
+fn bundle_tree(out: &mut Vec<u8>) {
+    tree_entry(out, "config.json", TreeKind::TreeFile, "");
+    push_frame(out, 4, b"{}");
+    push_control(out, Msg::FileEnd(FileEnd { size: 2 }));
+    tree_entry(out, "rootfs", TreeKind::TreeDir, "");
+    tree_entry(out, "rootfs/bin", TreeKind::TreeDir, "");
+    tree_entry(out, "rootfs/bin/busybox", TreeKind::TreeFile, "");
+    push_frame(out, 4, b"\x7fELF");
+    push_control(out, Msg::FileEnd(FileEnd { size: 4 }));
+    tree_entry(out, "rootfs/bin/sh", TreeKind::TreeSymlink, "busybox");
+    tree_entry(out, "rootfs/etc", TreeKind::TreeSymlink, "/etc");
+    push_control(
+        out,
+        Msg::TreeDone(TreeDone {
+            pass: 1,
+            entries: 6,
+            bytes: 6,
+        }),
+    );
+}
+
+fn criu_resp(kind: CriuReqType, success: bool) -> CriuResp {
+    CriuResp {
+        r#type: kind as i32,
+        success,
+        ..Default::default()
+    }
+}
+
+fn notify(script: &str, pid: i32) -> Vec<u8> {
+    CriuResp {
+        notify: Some(CriuNotify {
+            script: Some(script.into()),
+            pid: Some(pid),
+        }),
+        ..criu_resp(CriuReqType::Notify, true)
+    }
+    .encode_to_vec()
+}
+
+fn version_4_1_1() -> Vec<u8> {
+    CriuResp {
+        version: Some(CriuVersion {
+            major_number: 4,
+            minor_number: 1,
+            sublevel: Some(1),
+            ..Default::default()
+        }),
+        ..criu_resp(CriuReqType::Version, true)
+    }
+    .encode_to_vec()
+}
+
+fn features() -> Vec<u8> {
+    CriuResp {
+        features: Some(CriuFeatures {
+            mem_track: Some(true),
+            lazy_pages: Some(false),
+            pidfd_store: None,
+        }),
+        ..criu_resp(CriuReqType::FeatureCheck, true)
+    }
+    .encode_to_vec()
+}
+
+fn records_of(recs: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in recs {
+        push_record(&mut out, r);
+    }
+    out
+}
+
+fn stats_file(entry: &StatsEntry) -> Vec<u8> {
+    let body = entry.encode_to_vec();
+    let mut out = Vec::new();
+    out.extend_from_slice(&0x5510_5940u32.to_le_bytes());
+    out.extend_from_slice(&0x5709_3306u32.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The generated seeds (messages encoded here, and copies of files under `fixtures`).
+pub fn seeds(fixtures: &Path) -> Result<Vec<Seed>, String> {
+    let fixture = |rel: &str| -> Result<Vec<u8>, String> {
+        let p = fixtures.join(rel);
+        std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let mut out = Vec::new();
+
+    // frames
+    let mut plain = vec![0u8];
+    for (kind, payload) in [
+        (
+            1u8,
+            Control {
+                msg: Some(hello(Purpose::MigratePid)),
+            }
+            .encode_to_vec(),
+        ),
+        (4, b"file bytes".to_vec()),
+        (2, b"page-server bytes".to_vec()),
+        (3, Vec::new()),
+    ] {
+        plain.extend_from_slice(&u32::try_from(payload.len() + 1).unwrap_or(0).to_be_bytes());
+        plain.push(kind);
+        plain.extend_from_slice(&payload);
+    }
+    out.push(seed("frames", "plain-stream", plain));
+    let mut big = vec![0u8];
+    big.extend_from_slice(&u32::try_from(FRAME_MAX + 1).unwrap_or(0).to_be_bytes());
+    out.push(seed("frames", "plain-over-the-cap", big));
+    out.push(seed(
+        "frames",
+        "plain-unknown-kind",
+        vec![0, 0, 0, 0, 2, 9, 0],
+    ));
+    let mut sealed = vec![2u8];
+    for rec in [
+        [
+            &[1u8][..],
+            &Control {
+                msg: Some(hello(Purpose::MigrateRunc)),
+            }
+            .encode_to_vec(),
+        ]
+        .concat(),
+        b"\x04file bytes".to_vec(),
+        b"\x02page-server bytes".to_vec(),
+        vec![3],
+        Vec::new(),
+        vec![1, 0xff, 0xff],
+        vec![0x7f],
+    ] {
+        push_record(&mut sealed, &rec);
+    }
+    out.push(seed("frames", "sealed-stream", sealed));
+    let mut forged = vec![1u8, 0, 0, 0, 40];
+    forged.extend_from_slice(&[0x5a; 40]);
+    out.push(seed("frames", "forged", forged));
+
+    // handshake
+    let key = Key(KEY);
+    let (keyed, _) = initiate(&key, Some(&SEED_EPHEMERAL)).ok_or("noise initiator")?;
+    out.push(seed("handshake", "keyed", [&[1u8][..], &keyed].concat()));
+    out.push(seed(
+        "handshake",
+        "keyed-trickle",
+        [&[1u8 | 3 << 1][..], &keyed].concat(),
+    ));
+    out.push(seed(
+        "handshake",
+        "insecure",
+        [&[0u8][..], &preamble(false)].concat(),
+    ));
+    let mut v2 = preamble(true);
+    v2[5] = 2;
+    out.push(seed(
+        "handshake",
+        "other-version",
+        [&[1u8][..], &v2].concat(),
+    ));
+    out.push(seed(
+        "handshake",
+        "mode-differs",
+        [&[1u8][..], &preamble(false)].concat(),
+    ));
+    out.push(seed(
+        "handshake",
+        "not-haul",
+        b"\x01GET / HTTP/1.0\r\n\r\n".to_vec(),
+    ));
+    let mut long = vec![1u8];
+    long.extend_from_slice(&preamble(true));
+    long.extend_from_slice(&1000u32.to_be_bytes());
+    out.push(seed("handshake", "noise-too-long", long));
+
+    // dest_control
+    let state = fixture("runc-1.1.5-cgroupv1-hybrid/state.json")?;
+    let mut pid = Vec::new();
+    push_control(&mut pid, hello(Purpose::MigratePid));
+    push_control(&mut pid, Msg::Prepare(Prepare::default()));
+    images(&mut pid);
+    push_control(&mut pid, Msg::Commit(Commit {}));
+    out.push(seed("dest_control", "pid", pid));
+    let mut shared = Vec::new();
+    push_control(&mut shared, hello(Purpose::MigrateRunc));
+    push_control(
+        &mut shared,
+        runc_description(state.clone(), FsMode::FsShared, false),
+    );
+    images(&mut shared);
+    push_control(&mut shared, Msg::Commit(Commit {}));
+    out.push(seed("dest_control", "runc-shared", shared));
+    let mut copy = Vec::new();
+    push_control(&mut copy, hello(Purpose::MigrateRunc));
+    push_control(
+        &mut copy,
+        runc_description(state.clone(), FsMode::FsCopy, false),
+    );
+    bundle_tree(&mut copy);
+    images(&mut copy);
+    push_control(&mut copy, Msg::Commit(Commit {}));
+    out.push(seed("dest_control", "runc-copy", copy));
+    let mut restart = Vec::new();
+    push_control(&mut restart, hello(Purpose::MigrateRunc));
+    push_control(&mut restart, runc_description(state, FsMode::FsCopy, true));
+    bundle_tree(&mut restart);
+    push_control(&mut restart, Msg::Start(Start {}));
+    out.push(seed("dest_control", "runc-restart", restart));
+    let mut check = Vec::new();
+    push_control(&mut check, hello(Purpose::Check));
+    push_control(
+        &mut check,
+        Msg::CpuCheck(CpuCheck {
+            cpuinfo_img: b"\x54\x59\x04\x12cpuinfo".to_vec(),
+        }),
+    );
+    out.push(seed("dest_control", "check", check));
+    let mut abort = Vec::new();
+    push_control(&mut abort, hello(Purpose::MigratePid));
+    push_control(&mut abort, Msg::Prepare(Prepare::default()));
+    file(&mut abort, "../evil", b"x");
+    push_control(
+        &mut abort,
+        Msg::Abort(Abort {
+            stage: "dump".into(),
+            reason: "criu failed\nnext line".into(),
+        }),
+    );
+    out.push(seed("dest_control", "bad-name-abort", abort));
+
+    // criu_responses
+    let dump_resp = CriuResp {
+        dump: Some(haul_proto::criu::CriuDumpResp {
+            restored: Some(false),
+        }),
+        ..criu_resp(CriuReqType::Dump, true)
+    };
+    out.push(seed(
+        "criu_responses",
+        "dump",
+        records_of(&[
+            version_4_1_1(),
+            features(),
+            notify("network-lock", 0),
+            notify("post-dump", 0),
+            notify("network-unlock", 0),
+            dump_resp.encode_to_vec(),
+        ]),
+    ));
+    out.push(seed(
+        "criu_responses",
+        "restore-events",
+        records_of(&[
+            version_4_1_1(),
+            features(),
+            notify("setup-namespaces", 4242),
+            notify("post-restore", 4242),
+            CriuResp {
+                restore: Some(CriuRestoreResp { pid: 4242 }),
+                ..criu_resp(CriuReqType::Restore, true)
+            }
+            .encode_to_vec(),
+        ]),
+    ));
+    out.push(seed(
+        "criu_responses",
+        "failures",
+        records_of(&[
+            CriuResp {
+                cr_errno: Some(1),
+                cr_errmsg: Some("rlimit: Can't setup RLIMIT_NOFILE".into()),
+                ..criu_resp(CriuReqType::Version, false)
+            }
+            .encode_to_vec(),
+            criu_resp(CriuReqType::Dump, true).encode_to_vec(),
+            CriuResp {
+                cr_errno: Some(16),
+                cr_errmsg: Some("Can't freeze".into()),
+                ..criu_resp(CriuReqType::Empty, false)
+            }
+            .encode_to_vec(),
+        ]),
+    ));
+
+    // criu_stats
+    out.push(seed(
+        "criu_stats",
+        "dump",
+        stats_file(&StatsEntry {
+            dump: Some(DumpStatsEntry {
+                freezing_time: 1200,
+                frozen_time: 45_000,
+                memdump_time: 9000,
+                memwrite_time: 8000,
+                pages_scanned: 2048,
+                pages_written: 300,
+                page_pipes: Some(1),
+                ..Default::default()
+            }),
+            restore: None,
+        }),
+    ));
+    out.push(seed(
+        "criu_stats",
+        "restore",
+        stats_file(&StatsEntry {
+            dump: None,
+            restore: Some(RestoreStatsEntry {
+                forking_time: 800,
+                restore_time: 52_000,
+                pages_restored: Some(300),
+                ..Default::default()
+            }),
+        }),
+    ));
+
+    // criu_log
+    out.push(seed(
+        "criu_log",
+        "errors",
+        b"(00.000010) Error (criu/util.c:123): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+          (00.001000) Dumping task 42\n\
+          (00.002000) Error (criu/mount.c:1100): mnt: Can't lookup mount=123 for fd=1 path=/x\n\
+          (00.002100) Error (criu/cr-dump.c:2000): Dumping FAILED.\n"
+            .to_vec(),
+    ));
+
+    // json_patch
+    for (name, rel) in [
+        ("hybrid-state.json", "runc-1.1.5-cgroupv1-hybrid/state.json"),
+        ("escapes-state.json", "runc-1.1.5-escapes/state.json"),
+        (
+            "cgroup2-only-state.json",
+            "cgroup2-only-synthetic/state.json",
+        ),
+    ] {
+        out.push(seed("json_patch", name, fixture(rel)?));
+    }
+    out.push(seed(
+        "json_patch",
+        "hooks-spelled-otherwise.json",
+        br#"{"id":"a","config":{"rootfs":"/r","HOOKS":{"poststop":[{"path":"/bin/sh"}]},"hook\u0073":{},"labels":["bundle=/b"]},"CONFIG":{"Hooks":{}}}"#
+            .to_vec(),
+    ));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+    }
+
+    /// The committed seeds are what [`seeds`] builds; `HAUL_UPDATE_SEEDS=1` (what
+    /// `cargo xtask fuzz --update-seeds` sets) writes them instead.
+    #[test]
+    fn committed_seeds_are_current() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+        let update = std::env::var_os("HAUL_UPDATE_SEEDS").is_some_and(|v| v == "1");
+        let mut stale = Vec::new();
+        for s in seeds(&fixtures()).unwrap() {
+            let path = dir.join(s.target).join(s.name);
+            if update {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &s.bytes).unwrap();
+            } else if std::fs::read(&path).ok().as_deref() != Some(&s.bytes[..]) {
+                stale.push(path.display().to_string());
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "stale or missing seeds (run `cargo xtask fuzz --update-seeds`): {stale:#?}"
+        );
+    }
+
+    /// Every seed runs through its target without a finding, and the seeds reach deep: the
+    /// handshake completes, the sealed frames decrypt, the migrations get to their end.
+    #[test]
+    fn seeds_pass_and_reach_the_end_of_their_protocol() {
+        for s in seeds(&fixtures()).unwrap() {
+            match s.target {
+                "frames" => frames(&s.bytes),
+                "handshake" => handshake(&s.bytes),
+                "dest_control" => dest_control(&s.bytes),
+                "criu_responses" => criu_responses(&s.bytes),
+                "criu_stats" => criu_stats(&s.bytes),
+                "criu_log" => criu_log(&s.bytes),
+                "json_patch" => json_patch(&s.bytes),
+                other => panic!("seed for unknown target {other}"),
+            }
+        }
+        let all = seeds(&fixtures()).unwrap();
+        let get = |t: &str, n: &str| {
+            &all.iter()
+                .find(|s| s.target == t && s.name == n)
+                .unwrap()
+                .bytes
+        };
+        // The keyed handshake authenticates.
+        let keyed = get("handshake", "keyed");
+        let key = Key(KEY);
+        let mut peer = Memory {
+            input: &keyed[1..],
+            chunk: 3,
+            output: Vec::new(),
+        };
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        assert!(handshake::respond(&mut peer, Some(&key), deadline)
+            .unwrap()
+            .is_some());
+        // Sealed records decrypt into frames of every kind.
+        let (initiator, responder) = session().unwrap();
+        let wire = seal(&initiator, &get("frames", "sealed-stream")[1..]);
+        let mut rx = RecvHalf::new(&wire[..], Some(responder), 0);
+        let kinds: Vec<Kind> = std::iter::from_fn(|| rx.recv("t").ok().map(|(k, _)| k)).collect();
+        assert_eq!(
+            kinds,
+            [Kind::Control, Kind::FileData, Kind::PageData, Kind::PageEof]
+        );
+        // Each migration seed is handled to its end.
+        let root = scratch().unwrap();
+        for name in ["pid", "runc-shared", "runc-copy", "runc-restart", "check"] {
+            let work = root.join("l1/l2/l3/l4/work");
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir(&work).unwrap();
+            let mut d = Dest {
+                work: work.clone(),
+                canary: root.join("canary"),
+                stage: Stage::Hello,
+                images: None,
+                tree: None,
+            };
+            for (kind, payload) in script(get("dest_control", name)) {
+                if let Err(e) = d.frame(kind, payload) {
+                    // Not root: the tree's chown fails; everything before it ran.
+                    assert!(
+                        e.contains("chown") && !rustix::process::geteuid().is_root(),
+                        "{name}: {e}"
+                    );
+                    break;
+                }
+            }
+            if rustix::process::geteuid().is_root() {
+                assert_eq!(d.stage, Stage::Done, "{name}");
+            }
+            drop(d);
+            std::fs::remove_dir_all(&work).unwrap();
+        }
+    }
+}
