@@ -55,7 +55,7 @@ pub fn state_json(source: &str, r: &Registration<'_>) -> Result<String> {
         Edit::Set(&["config", "rootfs"], string(r.rootfs)),
         Edit::Set(&["config", "labels"], array(&labels)),
         Edit::Set(&["config", "cgroups", "name"], string(r.id)),
-        Edit::Remove(&["config", "Hooks"]),
+        // Any spelling runc reads as its `Hooks` field ("Hooks", "HOOKS", "hook\u0073" ...).
         Edit::Remove(&["config", "hooks"]),
         Edit::Set(&["cgroup_paths"], object(&r.cgroup_paths)),
         Edit::Set(&["namespace_paths"], object(&r.namespace_paths)),
