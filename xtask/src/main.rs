@@ -1,13 +1,14 @@
 //! `cargo xtask`: everything CI and developers run, one file per subcommand.
 //!
 //! Subcommands: `proto [--check]`, `test [--target T]`, `demo`, `lab` (install test tools),
-//! `dist`, `size`, `deps`, `init-check`, `bench`.
+//! `dist`, `size`, `deps`, `init-check`, `bench`, `fuzz`.
 
 mod bench;
 mod demo;
 mod deps;
 mod dist;
 mod elf;
+mod fuzz;
 mod init_check;
 mod lab;
 mod proto;
@@ -27,7 +28,7 @@ commands:
                        pair), migrate a workload between them and print the summary
   test                 run every check and test CI runs (fmt, clippy also for the musl targets,
                        proto --check, init-check, deps, unit and end-to-end tests with real
-                       CRIU); installs missing tools first
+                       CRIU, 3 s of each fuzz target); installs missing tools first
   test --target T      build the tests that need neither CRIU nor root (lib tests of haul and
                        haul-proto) for T and run them, under qemu-aarch64-static for aarch64
   dist [--target T]    fully static, stripped haul binaries in target/dist/haul-<T> with
@@ -37,6 +38,11 @@ commands:
                        dist, then each binary's size against the 2 MiB goal and its largest
                        sections, crates and symbols (--compare-opt-levels: also build with
                        opt-level s, z and 3)
+  fuzz [--seconds N] [--target NAME] [--update-seeds]
+                       build the cargo-fuzz targets in fuzz/ (stable toolchain; installs
+                       cargo-fuzz if missing) and run each, or NAME, for N seconds (default 30)
+                       from fuzz/seeds; prints runs, coverage and new inputs per target and fails
+                       on a crash, naming the input (--update-seeds: rewrite the generated seeds)
   deps                 dependency policy of the shipped binary: no crate in two versions, no
                        crate that needs a C toolchain
   init-check           check the OpenRC, SysV and systemd files in init/ (syntax, config,
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
         "size" => size::run(rest),
         "deps" => deps::run(rest),
         "init-check" => init_check::run(rest),
+        "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

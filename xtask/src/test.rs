@@ -1,6 +1,6 @@
 //! `cargo xtask test [--target T]`.
 //!
-//! Without `--target`: every check CI runs on this host. With `--target` (a shipped musl
+//! Without `--target`: every check CI runs on this host, ending with a short fuzzing run. With `--target` (a shipped musl
 //! target): the unit tests that need neither CRIU nor root (the lib tests of `haul` and
 //! `haul-proto`: parsers on fixtures, protocol and crypto, option building, bad input), built
 //! for that target and run natively or under its QEMU runner.
@@ -8,6 +8,10 @@
 use crate::targets::{self, Target};
 use crate::{deps, init_check, lab, util};
 use std::time::Instant;
+
+/// Seconds each fuzz target runs in `cargo xtask test`: a smoke run that catches a target that
+/// no longer builds or crashes on its seeds or near them; long runs are `cargo xtask fuzz`.
+const FUZZ_SECONDS: u64 = 3;
 
 pub fn run(args: &[String]) -> Result<(), String> {
     if args.is_empty() {
@@ -46,7 +50,10 @@ fn host() -> Result<(), String> {
     for t in targets::SHIPPED {
         cross(t)?;
     }
-    Ok(())
+    crate::fuzz::fuzz(&crate::fuzz::Options {
+        seconds: FUZZ_SECONDS,
+        target: None,
+    })
 }
 
 /// `cargo test --lib` of the CRIU-free packages for `t`, through its runner.
