@@ -59,10 +59,11 @@ struct Server {
 impl Server {
     /// Starts `haul serve` on 127.0.0.1 (port chosen by the kernel, read from its log).
     fn start(tag: &str, tools: &[&str]) -> Option<Server> {
-        Server::start_with(tag, tools, false)
+        Server::start_with(tag, tools, false, &[])
     }
 
-    fn start_with(tag: &str, tools: &[&str], insecure: bool) -> Option<Server> {
+    /// `extra`: more `haul serve` options.
+    fn start_with(tag: &str, tools: &[&str], insecure: bool, extra: &[&str]) -> Option<Server> {
         let lab = Lab::require_or_skip(tools).expect("lab requirements")?;
         let criu = lab.tool("criu").expect("criu").to_path_buf();
         let dir = TempDir::new(tag).unwrap();
@@ -90,6 +91,7 @@ impl Server {
         if let Some(runc) = lab.tool("runc") {
             cmd.arg("--runc").arg(runc);
         }
+        cmd.args(extra);
         let serve = ChildWithLog::spawn(&format!("serve-{tag}"), &mut cmd).unwrap();
         let line = serve
             .wait_for_line("listening on ", Duration::from_secs(10))
@@ -783,7 +785,7 @@ fn bad_frames_and_undecodable_messages_are_refused() {
 /// `--insecure` serve the peer writes the body itself.
 #[test]
 fn unknown_frame_kinds_are_refused() {
-    let Some(srv) = Server::start_with("hostile-kind", &["criu"], true) else {
+    let Some(srv) = Server::start_with("hostile-kind", &["criu"], true, &[]) else {
         return;
     };
     for (name, body, needle) in [
@@ -1161,7 +1163,7 @@ fn more_files_than_the_limit_are_refused() {
 /// moves about 2 MiB/s (measured: 525 s for this 1 GiB), against seconds in plaintext.
 #[test]
 fn more_image_bytes_than_the_limit_are_refused() {
-    let Some(srv) = Server::start_with("hostile-bytes", &["criu"], true) else {
+    let Some(srv) = Server::start_with("hostile-bytes", &["criu"], true, &[]) else {
         return;
     };
     let case = srv.case("more bytes than IMAGE_BYTES_MAX");
@@ -1674,18 +1676,128 @@ fn slow_handshakes_do_not_lock_out_a_good_source() {
     case.clean(&srv);
 }
 
-/// A peer that stops talking after Welcome is closed after IDLE_TIMEOUT.
+/// `haul serve --idle-timeout` of `stall_after_welcome_is_closed_after_the_idle_timeout`.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// With `--idle-timeout 2`: a source that answers within it goes on; one silent for it after
+/// Welcome, or in the middle of the image transfer, is dropped with one logged reason and its
+/// migration directory removed; a real migration afterwards succeeds.
 #[test]
-#[ignore = "IDLE_TIMEOUT is 120 s and not configurable; run with --ignored to wait it out"]
 fn stall_after_welcome_is_closed_after_the_idle_timeout() {
-    let Some(srv) = Server::start("hostile-idle", &["criu"]) else {
+    let idle = IDLE.as_secs().to_string();
+    let Some(srv) =
+        Server::start_with("hostile-idle", &["criu"], false, &["--idle-timeout", &idle])
+    else {
         return;
     };
+    // At the limit's inside: Prepare after half the timeout is answered, and image frames spaced
+    // by half of it keep the transfer going past the timeout.
+    let case = srv.case("Prepare and image frames within the idle timeout");
+    let mut p = srv.hello(Purpose::MigratePid);
+    std::thread::sleep(IDLE / 2);
+    p.send(Msg::Prepare(Prepare::default()));
+    match p.recv(Duration::from_secs(30)) {
+        Ok(Msg::Prepared(_)) => {}
+        other => panic!(
+            "expected Prepared after {:?} of silence, got {other:?}",
+            IDLE / 2
+        ),
+    }
+    p.try_send(Kind::Control, &file_begin("core-1.img"))
+        .unwrap();
+    for _ in 0..4 {
+        std::thread::sleep(IDLE / 2);
+        p.try_send(Kind::FileData, b"abc").unwrap();
+    }
+    p.send(Msg::Abort(Abort {
+        stage: "test".into(),
+        reason: "done waiting".into(),
+    }));
+    p.expect_closed(CLOSE_WITHIN);
+    case.refused(&srv, &p.local, "source aborted during test: done waiting");
+
+    // One past it: silent after Welcome.
     let case = srv.case("stall after Welcome");
     let mut p = srv.hello(Purpose::MigratePid);
-    p.expect_closed(haul::limits::IDLE_TIMEOUT + TIMEOUT_SLACK);
-    case.refused(&srv, &p.local, "peer sent nothing for 120 s during prepare");
+    let t = Instant::now();
+    let got = p.expect_closed(IDLE + TIMEOUT_SLACK);
+    let after = t.elapsed();
+    assert!(
+        after >= IDLE - Duration::from_millis(200),
+        "closed after only {after:?}"
+    );
+    assert!(
+        got.iter().any(|m| matches!(m, Msg::Abort(_))),
+        "no Abort: {got:?}"
+    );
+    case.refused(
+        &srv,
+        &p.local,
+        "prepare: peer sent nothing for 2 s during prepare",
+    );
+
+    // Silent in the middle of the image transfer.
+    let case = srv.case("stall during the image transfer");
+    let (mut p, dir) = srv.prepared();
+    p.try_send(Kind::Control, &file_begin("core-1.img"))
+        .unwrap();
+    let t = Instant::now();
+    p.expect_closed(IDLE + TIMEOUT_SLACK);
+    let after = t.elapsed();
+    assert!(
+        after >= IDLE - Duration::from_millis(200),
+        "closed after only {after:?}"
+    );
+    case.refused(
+        &srv,
+        &p.local,
+        "peer sent nothing for 2 s during image transfer",
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+
     srv.check_succeeds();
+    srv.migrate_a_workload();
+}
+
+impl Server {
+    /// A real `haul migrate pid` of a small workload to this server succeeds, and the workload
+    /// runs on afterwards (then it is killed).
+    fn migrate_a_workload(&self) {
+        let hb = self.dir.join("heartbeat");
+        let mut w = Workload::start_with(None, &hb, &WorkloadOpts::default()).unwrap();
+        Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
+        let out = Command::new(&self.haul)
+            .args([
+                "migrate",
+                "pid",
+                &w.pid().to_string(),
+                "--to",
+                &self.addr.to_string(),
+            ])
+            .arg("--key")
+            .arg(&self.key_path)
+            .arg("--criu")
+            .arg(&self.criu)
+            .arg("--work-dir")
+            .arg(self.dir.join("src-work"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "haul migrate failed ({}):\n{}\nserve log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.serve.log_text()
+        );
+        w.wait_exit(Duration::from_secs(5)).unwrap();
+        assert!(!w.is_alive(), "the source copy still runs");
+        let pids = find_workload_pids(&hb);
+        assert_eq!(pids.len(), 1, "workload copies: {pids:?}");
+        let restored = PidGuard::new(pids[0]).unwrap();
+        Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
+        restored.kill().unwrap();
+        assert!(restored.wait_gone(Duration::from_secs(5)));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
