@@ -363,3 +363,35 @@ pub struct Check {
     #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
     pub work_dir: PathBuf,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{IDLE_TIMEOUT, IDLE_TIMEOUT_MAX, IDLE_TIMEOUT_MIN};
+
+    fn serve(extra: &[&str]) -> Result<Serve, String> {
+        let mut args = vec!["--listen", "127.0.0.1:1", "--insecure"];
+        args.extend_from_slice(extra);
+        Serve::from_args(&["serve"], &args).map_err(|e| e.output)
+    }
+
+    #[test]
+    fn idle_timeout_defaults_to_the_limit_and_takes_its_range() {
+        assert_eq!(serve(&[]).unwrap().idle_timeout, IDLE_TIMEOUT.as_secs());
+        for ok in [IDLE_TIMEOUT_MIN, IDLE_TIMEOUT_MAX] {
+            let secs = ok.as_secs().to_string();
+            assert_eq!(
+                serve(&["--idle-timeout", &secs]).unwrap().idle_timeout,
+                ok.as_secs()
+            );
+        }
+        for bad in [
+            IDLE_TIMEOUT_MIN.as_secs() - 1,
+            IDLE_TIMEOUT_MAX.as_secs() + 1,
+        ] {
+            let e = serve(&["--idle-timeout", &bad.to_string()]).unwrap_err();
+            assert!(e.contains("give whole seconds from 1 to 86400"), "{e}");
+        }
+        assert!(serve(&["--idle-timeout", "2.5"]).is_err());
+    }
+}

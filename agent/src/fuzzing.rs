@@ -110,7 +110,7 @@ fn push_record(out: &mut Vec<u8>, rec: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 
 /// Both ends of a Noise session with [`KEY`], made once per process: (initiator, responder).
-fn session() -> Option<(Arc<StatelessTransportState>, Arc<StatelessTransportState>)> {
+pub(crate) fn session() -> Option<(Arc<StatelessTransportState>, Arc<StatelessTransportState>)> {
     static SESSION: OnceLock<Option<(Arc<StatelessTransportState>, Arc<StatelessTransportState>)>> =
         OnceLock::new();
     SESSION
@@ -185,9 +185,18 @@ pub fn frames(data: &[u8]) {
 
 /// Encrypts each record (cut to `FRAME_PLAINTEXT_MAX`) into one `[u32 length][body]` frame.
 fn seal(initiator: &StatelessTransportState, data: &[u8]) -> Vec<u8> {
+    seal_each(initiator, records(data))
+}
+
+/// Encrypts each plaintext (cut to `FRAME_PLAINTEXT_MAX`) into one `[u32 length][body]` frame,
+/// with nonces from 0, as a `SendHalf` would.
+pub(crate) fn seal_each<'p>(
+    initiator: &StatelessTransportState,
+    plaintexts: impl IntoIterator<Item = &'p [u8]>,
+) -> Vec<u8> {
     let mut wire = Vec::new();
     let mut body = vec![0u8; FRAME_MAX];
-    for (nonce, rec) in (0u64..).zip(records(data)) {
+    for (nonce, rec) in (0u64..).zip(plaintexts) {
         let plain = rec.get(..FRAME_PLAINTEXT_MAX).unwrap_or(rec);
         let Ok(n) = initiator.write_message(nonce, plain, &mut body) else {
             return wire;

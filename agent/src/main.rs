@@ -108,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
                 stdio_dir: s.stdio_dir,
                 runc: s.runc.unwrap_or_else(|| "runc".into()),
                 idle_timeout: std::time::Duration::from_secs(s.idle_timeout),
+                commit_timeout: haul::limits::COMMIT_TIMEOUT,
             };
             // Migrations interrupted by a crash: clean up, or keep in-doubt ones for `haul recover`.
             haul::dest::recover::scan(&cfg);
@@ -156,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
                 stdio_dir: r.stdio_dir,
                 runc: r.runc.unwrap_or_else(|| "runc".into()),
                 idle_timeout: haul::limits::IDLE_TIMEOUT,
+                commit_timeout: haul::limits::COMMIT_TIMEOUT,
             };
             haul::dest::recover::complete(&r.dir, &cfg)
         }

@@ -14,10 +14,16 @@ use crate::dest::session::{self, SessionConfig};
 use crate::error::{Error, Kind};
 use crate::limits::PENDING_HANDSHAKES;
 use crate::source::migrate::{migrate_pid, Options};
-use crate::transfer::Key;
-use std::net::TcpListener;
+use crate::transfer::{handshake, Conn, Key};
+use haul_proto::haul::{
+    control::Msg, Commit, FileBegin, FileEnd, Hello, ImagesDone, Prepare, Purpose,
+};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A fresh directory for one test, removed when dropped.
 struct Scratch(PathBuf);
@@ -54,6 +60,15 @@ struct Destination {
 }
 
 fn destination(dir: &Scratch, key: Key, criu: PathBuf) -> Destination {
+    destination_with(dir, key, criu, crate::limits::COMMIT_TIMEOUT)
+}
+
+fn destination_with(
+    dir: &Scratch,
+    key: Key,
+    criu: PathBuf,
+    commit_timeout: std::time::Duration,
+) -> Destination {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let work_root = dir.join("dst-work");
@@ -67,6 +82,7 @@ fn destination(dir: &Scratch, key: Key, criu: PathBuf) -> Destination {
         stdio_dir: dir.join("stdio"),
         runc: "runc".into(),
         idle_timeout: crate::limits::IDLE_TIMEOUT,
+        commit_timeout,
     };
     let thread = std::thread::spawn(move || {
         let limits = Limits::new();
@@ -324,4 +340,123 @@ fn a_wrong_key_is_refused_before_the_destination_starts_criu() {
     assert!(out.source[0].failure.is_none(), "{}", out.describe());
     assert!(entries(&dst_work).is_empty());
     assert!(entries(&s.join("src-work")).is_empty());
+}
+
+/// A source scripted through haul's own library: authenticated, Hello and Prepare of a pid
+/// migration, the fake's page stream and image files, ImagesDone; returns the connection once
+/// the destination reported Ready, and the socket standing in for its CRIU's page socket.
+fn scripted_source_until_ready(addr: &str, key: &Key) -> (Conn, OwnedFd) {
+    use crate::transfer::frame::{Kind, PAYLOAD_MAX};
+    use crate::transfer::mux::send_frame;
+    let (tx, rx) = handshake::connect(TcpStream::connect(addr).unwrap(), Some(key)).unwrap();
+    let conn = Conn::start(tx, rx);
+    // What the destination's page server sends back goes to a socket nobody reads.
+    let (sink, criu) = crate::transfer::pages::socket_pair().unwrap();
+    conn.set_page_sink(Arc::new(sink));
+    let wait = Duration::from_secs(10);
+    conn.send(Msg::Hello(Hello {
+        protocol: u32::from(crate::transfer::PROTOCOL_VERSION),
+        agent_version: "scripted".into(),
+        criu: None,
+        purpose: Purpose::MigratePid as i32,
+        migration_id: "scripted".into(),
+    }))
+    .unwrap();
+    assert!(matches!(
+        conn.recv_control(wait, "welcome"),
+        Ok(Msg::Welcome(_))
+    ));
+    conn.send(Msg::Prepare(Prepare::default())).unwrap();
+    assert!(matches!(
+        conn.recv_control(wait, "prepared"),
+        Ok(Msg::Prepared(_))
+    ));
+    let tx = conn.sender();
+    for chunk in builtin_fake::page_stream().chunks(PAYLOAD_MAX) {
+        send_frame(&tx, Kind::PageData, chunk).unwrap();
+    }
+    send_frame(&tx, Kind::PageEof, &[]).unwrap();
+    let (mut files, mut bytes) = (0, 0);
+    for (name, data) in builtin_fake::image_files() {
+        conn.send(Msg::FileBegin(FileBegin {
+            name: name.into(),
+            mode: 0o600,
+        }))
+        .unwrap();
+        for chunk in data.chunks(PAYLOAD_MAX) {
+            conn.send_file_data(chunk).unwrap();
+        }
+        conn.send(Msg::FileEnd(FileEnd {
+            size: data.len() as u64,
+        }))
+        .unwrap();
+        files += 1;
+        bytes += data.len() as u64;
+    }
+    conn.send(Msg::ImagesDone(ImagesDone { files, bytes }))
+        .unwrap();
+    match conn.recv_control(wait, "ready") {
+        Ok(Msg::Ready(r)) => assert_eq!(r.restored_pid, builtin_fake::RESTORED_PID),
+        other => panic!("expected Ready, got {other:?}"),
+    }
+    (conn, criu)
+}
+
+/// The destination holds the restored tasks for Commit at most its commit timeout (1 s here,
+/// COMMIT_TIMEOUT in haul): a Commit inside it lets them run; without one it stops them and
+/// keeps the complete images in doubt.
+#[test]
+fn the_commit_wait_ends_at_its_limit_and_keeps_the_images_in_doubt() {
+    let limit = Duration::from_secs(1);
+    for (tag, commit_after) in [("commit-in-time", Some(limit / 2)), ("commit-never", None)] {
+        let s = Scratch::new(tag);
+        let key = Key::generate().unwrap();
+        let dst = destination_with(&s, key.clone(), fake(tag, ""), limit);
+        let work_root = dst.work_root.clone();
+        let (conn, _page_socket) = scripted_source_until_ready(&dst.addr, &key);
+        let ready = Instant::now();
+        match commit_after {
+            Some(after) => {
+                std::thread::sleep(after);
+                conn.send(Msg::Commit(Commit {})).unwrap();
+                match conn.recv_control(Duration::from_secs(10), "done") {
+                    Ok(Msg::Done(d)) => assert_eq!(d.restored_pid, builtin_fake::RESTORED_PID),
+                    other => panic!("{tag}: expected Done, got {other:?}"),
+                }
+                dst.thread.join().unwrap();
+                assert!(
+                    entries(&work_root).is_empty(),
+                    "{tag}: {:?}",
+                    entries(&work_root)
+                );
+                let events = builtin_fake::join(tag);
+                let restore = events.iter().find(|l| l.saw("RESTORE ok"));
+                assert!(
+                    restore.is_some_and(|l| l.saw("post-restore -> true")),
+                    "{events:#?}"
+                );
+            }
+            None => {
+                match conn.recv_control(limit * 5, "abort") {
+                    Ok(Msg::Abort(a)) => assert!(a.reason.contains("IN DOUBT"), "{a:?}"),
+                    other => panic!("{tag}: expected Abort, got {other:?}"),
+                }
+                let waited = ready.elapsed();
+                assert!(waited >= limit && waited < limit * 3, "{waited:?}");
+                dst.thread.join().unwrap();
+                let kept = entries(&work_root);
+                assert_eq!(kept.len(), 1, "{kept:?}");
+                let dir = work_root.join(&kept[0]);
+                let note = std::fs::read_to_string(dir.join("IN-DOUBT")).unwrap();
+                assert!(note.contains("no commit from the source"), "{note}");
+                assert!(dir.join("pages-1.img").is_file() && dir.join("core-1.img").is_file());
+                let events = builtin_fake::join(tag);
+                assert!(
+                    events.iter().any(|l| l.saw("post-restore -> false")),
+                    "{events:#?}"
+                );
+            }
+        }
+        conn.close();
+    }
 }

@@ -1804,6 +1804,40 @@ impl Server {
 // What a refused peer does next
 // ---------------------------------------------------------------------------------------------
 
+/// CONCURRENT_MIGRATIONS migrations at once are served (each at the image stage, holding a
+/// slot); one more is refused at its Hello with the reason; once they end, serve works again.
+#[test]
+fn one_migration_over_the_concurrency_limit_is_refused() {
+    let Some(srv) = Server::start("hostile-concurrent", &["criu"]) else {
+        return;
+    };
+    let case = srv.case("CONCURRENT_MIGRATIONS + 1 migrations at once");
+    let held: Vec<(Peer, PathBuf)> = (0..CONCURRENT_MIGRATIONS).map(|_| srv.prepared()).collect();
+    let mut p = srv.peer();
+    p.send(Msg::Hello(hello(Purpose::MigratePid)));
+    let got = p.expect_closed(CLOSE_WITHIN);
+    let reason = format!("{CONCURRENT_MIGRATIONS} migrations already running");
+    assert!(
+        got.iter()
+            .any(|m| matches!(m, Msg::Abort(a) if a.reason.contains(&reason))),
+        "{got:?}"
+    );
+    srv.one_reason(
+        case.from,
+        &p.local,
+        "refused: too many migrations",
+        CLOSE_WITHIN,
+    );
+    for (p, dir) in &held {
+        assert!(dir.is_dir(), "{}: the held migration was dropped", p.local);
+    }
+    for (p, _) in held {
+        p.close();
+    }
+    case.clean(&srv);
+    srv.check_succeeds();
+}
+
 /// CONCURRENT_MIGRATIONS peers are refused (Commit right after Hello) but keep their sockets
 /// open without sending: serve has closed its side, and must not hold their migration slots.
 #[test]

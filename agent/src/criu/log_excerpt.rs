@@ -72,5 +72,34 @@ mod tests {
         let lines = select(&log);
         assert_eq!(lines.len(), CRIU_LOG_ERROR_LINES);
         assert!(lines[CRIU_LOG_ERROR_LINES - 1].ends_with("e19"));
+        // Exactly CRIU_LOG_ERROR_LINES lines: all quoted; one more: the oldest goes.
+        let log =
+            |n: usize| -> String { (0..n).map(|i| format!("Error (x.c:1): e{i}\n")).collect() };
+        let at = select(&log(CRIU_LOG_ERROR_LINES));
+        assert_eq!(at.len(), CRIU_LOG_ERROR_LINES);
+        assert!(at[0].ends_with("e0"));
+        let over = select(&log(CRIU_LOG_ERROR_LINES + 1));
+        assert_eq!(over.len(), CRIU_LOG_ERROR_LINES);
+        assert!(over[0].ends_with("e1"));
+    }
+
+    /// Only the last CRIU_LOG_TAIL bytes are read: an error line starting right at the tail's
+    /// first byte is quoted; one byte further back, its start ("E") is cut off and it is not.
+    #[test]
+    fn reads_only_the_last_criu_log_tail_bytes() {
+        let dir = std::env::temp_dir().join(format!("haul-logtail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dump.log");
+        let error = "Error (criu/mount.c:1): the one\n";
+        for (filler_after, quoted) in [
+            (CRIU_LOG_TAIL - error.len(), true),
+            (CRIU_LOG_TAIL - error.len() + 1, false),
+        ] {
+            let text = format!("(00.000001) start\n{error}{}", "x".repeat(filler_after));
+            std::fs::write(&path, &text).unwrap();
+            let lines = error_lines(&path);
+            assert_eq!(!lines.is_empty(), quoted, "{filler_after}: {lines:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -523,6 +523,64 @@ impl RuncRestore {
 mod tests {
     use super::*;
 
+    fn description() -> RuncContainer {
+        RuncContainer {
+            id: "ctp".into(),
+            dst_id: "ctp-b".into(),
+            state_json: std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../fixtures/runc-1.1.5-cgroupv1-hybrid/state.json"
+            ))
+            .unwrap(),
+            stdio: vec!["/dev/null".into(); STDIO_FDS],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_description_at_each_limit_passes_and_one_past_it_is_refused() {
+        assert!(check_description(&description()).is_ok());
+        // state.json of STATE_JSON_MAX bytes (trailing spaces are JSON whitespace), then one more.
+        let mut rc = description();
+        rc.state_json.resize(STATE_JSON_MAX, b' ');
+        assert!(check_description(&rc).is_ok());
+        rc.state_json.push(b' ');
+        let e = check_description(&rc).unwrap_err();
+        assert_eq!(e.kind, Kind::Refused);
+        assert!(e.message.contains("the limit is 65536"), "{e}");
+        let mut rc = description();
+        rc.cgroup_mounts = vec!["/sys/fs/cgroup/memory".into(); MAX_MOUNTS];
+        rc.masked_files = vec!["/proc/kcore".into(); MAX_MASKED_PATHS];
+        assert!(check_description(&rc).is_ok());
+        rc.cgroup_mounts.push("/sys/fs/cgroup/cpu".into());
+        let e = check_description(&rc).unwrap_err().message;
+        assert!(e.contains("65 cgroup mounts; the limit is 64"), "{e}");
+        rc.cgroup_mounts.pop();
+        rc.masked_files.push("/proc/keys".into());
+        let e = check_description(&rc).unwrap_err().message;
+        assert!(e.contains("33 masked files; the limit is 32"), "{e}");
+        for n in [STDIO_FDS - 1, STDIO_FDS + 1] {
+            let mut rc = description();
+            rc.stdio = vec!["/dev/null".into(); n];
+            assert!(check_description(&rc).is_err(), "{n} stdio entries");
+        }
+    }
+
+    #[test]
+    fn a_state_json_the_registration_cannot_patch_is_refused_in_the_preflight() {
+        let mut rc = description();
+        // serde-json-core skips the unknown member; the patch would choke on its escape.
+        let text = String::from_utf8(rc.state_json).unwrap();
+        rc.state_json = text.replacen('{', r#"{"x\q":1,"#, 1).into_bytes();
+        let e = check_description(&rc).unwrap_err();
+        assert_eq!(e.kind, Kind::Refused, "{e}");
+        assert!(
+            e.message
+                .contains("state.json from the source: malformed JSON at byte"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn destination_maps_hierarchies_to_the_new_id() {
         let c = Container {

@@ -239,6 +239,7 @@ fn with_key(cfg: &SessionConfig, key: Key) -> SessionConfig {
         stdio_dir: cfg.stdio_dir.clone(),
         runc: cfg.runc.clone(),
         idle_timeout: cfg.idle_timeout,
+        commit_timeout: cfg.commit_timeout,
     }
 }
 
@@ -336,6 +337,7 @@ mod tests {
             stdio_dir: dir.join("stdio"),
             runc: "runc".into(),
             idle_timeout: crate::limits::IDLE_TIMEOUT,
+            commit_timeout: crate::limits::COMMIT_TIMEOUT,
         }
     }
 

@@ -7,7 +7,7 @@ use super::runc::RuncRestore;
 use super::serve::{Limits, Slot};
 use crate::criu::{self, stats, Event, Swrk, Version};
 use crate::error::{Error, Kind, Result};
-use crate::limits::{COMMIT_TIMEOUT, CONCURRENT_MIGRATIONS, HANDSHAKE_TIMEOUT};
+use crate::limits::{CONCURRENT_MIGRATIONS, HANDSHAKE_TIMEOUT};
 use crate::transfer::images::ImageSink;
 use crate::transfer::{handshake, pages, Conn, Incoming, Key, WireError, PROTOCOL_VERSION};
 use crate::workdir::WorkDir;
@@ -37,6 +37,8 @@ pub struct SessionConfig {
     pub runc: PathBuf,
     /// Longest silence of the peer while this side waits for it (`--idle-timeout`).
     pub idle_timeout: Duration,
+    /// How long restored tasks are held for Commit (`COMMIT_TIMEOUT`; shorter in tests).
+    pub commit_timeout: Duration,
 }
 
 /// Handles one connection; logs its outcome (never panics the server).
@@ -444,7 +446,7 @@ fn receive_and_restore(
         conn.send(Msg::Ready(Ready { restored_pid: pid }))
             .map_err(|e| wire(e, "ready"))?;
         crate::util::fault_point("dst-ready");
-        Ok(match conn.recv_control(COMMIT_TIMEOUT, "commit") {
+        Ok(match conn.recv_control(cfg.commit_timeout, "commit") {
             Ok(Msg::Commit(_)) => Decision::Commit,
             Ok(Msg::Abort(a)) => Decision::Abort(format!(
                 "source aborted ({}): {}; restored tasks stopped",

@@ -23,6 +23,8 @@ pub enum WireError {
     BadKind(u8),
     /// A control message that does not decode.
     BadControl(String),
+    /// A control message of ours over `CONTROL_MAX` (a bug: refused, never cut).
+    ControlTooLarge { len: usize, limit: usize },
     /// The peer's preamble is not haul's, or another version or security mode.
     Preamble(String),
     /// The Noise handshake failed: the keys differ.
@@ -49,6 +51,12 @@ impl fmt::Display for WireError {
             WireError::Decrypt => write!(f, "a frame failed authentication (tampered or forged)"),
             WireError::BadKind(k) => write!(f, "peer sent a frame of unknown kind {k}"),
             WireError::BadControl(e) => write!(f, "peer sent an undecodable control message: {e}"),
+            WireError::ControlTooLarge { len, limit } => {
+                write!(
+                    f,
+                    "a control message of {len} bytes is over the limit of {limit}"
+                )
+            }
             WireError::Preamble(m) => f.write_str(m),
             WireError::Auth(m) => f.write_str(m),
             WireError::Protocol(m) => write!(f, "protocol violation: {m}"),

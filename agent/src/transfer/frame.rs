@@ -188,3 +188,69 @@ impl<S: Read> RecvHalf<S> {
         Ok((Kind::from_u8(k)?, payload))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::{seal_each, session};
+
+    fn plain_frame(kind: Kind, len: usize) -> Vec<u8> {
+        let mut wire = u32::try_from(len).unwrap().to_be_bytes().to_vec();
+        wire.push(kind as u8);
+        wire.resize(4 + len, 0x5a);
+        wire
+    }
+
+    #[test]
+    fn a_frame_of_frame_max_is_read_and_one_byte_more_is_refused_before_reading() {
+        let wire = plain_frame(Kind::FileData, FRAME_MAX);
+        let mut rx = RecvHalf::new(&wire[..], None, 0);
+        let (kind, payload) = rx.recv("test").unwrap();
+        assert_eq!((kind, payload.len()), (Kind::FileData, FRAME_MAX - 1));
+        // Only the header of the larger frame is there: it is judged before any body is read.
+        let over = u32::try_from(FRAME_MAX + 1).unwrap().to_be_bytes();
+        let mut rx = RecvHalf::new(&over[..], None, 0);
+        match rx.recv("test") {
+            Err(WireError::FrameTooLarge { len, limit }) => {
+                assert_eq!((len, limit), (FRAME_MAX + 1, FRAME_MAX))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_encrypted_frame_carries_up_to_frame_plaintext_max_and_more_than_its_tag() {
+        let (tx, rx) = session().unwrap();
+        let mut full = vec![Kind::PageData as u8];
+        full.resize(FRAME_PLAINTEXT_MAX, 7);
+        let wire = seal_each(&tx, [&full[..], &[Kind::PageEof as u8][..], &[][..]]);
+        let mut half = RecvHalf::new(&wire[..], Some(rx), 0);
+        // FRAME_PLAINTEXT_MAX bytes of plaintext are FRAME_MAX on the wire: at the limit.
+        assert_eq!(
+            u32::from_be_bytes(wire[..4].try_into().unwrap()) as usize,
+            FRAME_MAX
+        );
+        let (kind, payload) = half.recv("test").unwrap();
+        assert_eq!((kind, payload.len()), (Kind::PageData, PAYLOAD_MAX));
+        // A kind byte and the tag: the smallest frame.
+        assert_eq!(half.recv("test").unwrap(), (Kind::PageEof, &[][..]));
+        // The tag alone has no kind.
+        match half.recv("test") {
+            Err(WireError::FrameTooShort { len }) => assert_eq!(len, FRAME_TAG),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plaintext_frame_needs_its_kind_byte() {
+        let wire = [0u8, 0, 0, 0];
+        let mut rx = RecvHalf::new(&wire[..], None, 0);
+        assert!(matches!(
+            rx.recv("test"),
+            Err(WireError::FrameTooShort { len: 0 })
+        ));
+        let wire = [0u8, 0, 0, 1, 9];
+        let mut rx = RecvHalf::new(&wire[..], None, 0);
+        assert!(matches!(rx.recv("test"), Err(WireError::BadKind(9))));
+    }
+}

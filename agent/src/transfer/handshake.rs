@@ -335,7 +335,84 @@ mod tests {
         let (kind, p) = crx.recv("test").unwrap();
         assert_eq!(kind, Kind::PageData);
         assert_eq!(p, &big[..]);
+        // One byte more than PAYLOAD_MAX does not fit a frame: refused, not cut.
+        let over = vec![7u8; super::super::frame::PAYLOAD_MAX + 1];
+        assert!(matches!(
+            stx.send(Kind::PageData, &over),
+            Err(WireError::FrameTooLarge { limit, .. }) if limit == crate::limits::FRAME_PLAINTEXT_MAX
+        ));
         assert!(stx.send(Kind::PageData, &[0u8; 70_000]).is_err());
+    }
+
+    /// Both ends get TCP_USER_TIMEOUT and keepalive; the destination's socket has no read
+    /// timeout (its waits time themselves) and a write timeout of its idle timeout.
+    #[test]
+    fn connections_carry_the_tcp_timeouts_of_the_limits() {
+        use crate::limits::{KEEPALIVE_IDLE, TCP_USER_TIMEOUT};
+        use rustix::net::sockopt;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let idle = Duration::from_secs(7);
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let raw = s.try_clone().unwrap();
+            let halves = accept(s, None, idle).unwrap();
+            (raw, halves)
+        });
+        let s = TcpStream::connect(addr).unwrap();
+        let client_raw = s.try_clone().unwrap();
+        let _client = connect(s, None).unwrap();
+        let (raw, _halves) = server.join().unwrap();
+        for r in [&raw, &client_raw] {
+            assert_eq!(
+                u128::from(sockopt::tcp_user_timeout(r).unwrap()),
+                TCP_USER_TIMEOUT.as_millis()
+            );
+            assert!(sockopt::socket_keepalive(r).unwrap());
+            assert_eq!(sockopt::tcp_keepidle(r).unwrap(), KEEPALIVE_IDLE);
+        }
+        assert_eq!(raw.read_timeout().unwrap(), None);
+        assert_eq!(raw.write_timeout().unwrap(), Some(idle));
+        assert_eq!(client_raw.read_timeout().unwrap(), Some(IDLE_TIMEOUT));
+    }
+
+    /// The deadline bounds the whole handshake, not each read: a preamble completed before it is
+    /// answered; one whose last byte comes after it is refused as a timeout.
+    #[test]
+    fn the_handshake_deadline_covers_every_read() {
+        let deadline = Duration::from_millis(600);
+        for (pause, ok) in [
+            (Duration::from_millis(150), true),
+            (Duration::from_millis(1000), false),
+        ] {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let peer = std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let p = preamble(false);
+                s.write_all(&p[..4]).unwrap();
+                std::thread::sleep(pause);
+                let _ = s.write_all(&p[4..]);
+                std::thread::sleep(Duration::from_millis(300));
+            });
+            let (mut s, _) = l.accept().unwrap();
+            let started = Instant::now();
+            let got = respond(&mut s, None, started + deadline);
+            let waited = started.elapsed();
+            peer.join().unwrap();
+            if ok {
+                assert!(matches!(got, Ok(None)), "{pause:?}: {got:?}");
+            } else {
+                assert!(
+                    matches!(got, Err(WireError::Timeout { .. })),
+                    "{pause:?}: {got:?}"
+                );
+                assert!(
+                    waited >= deadline && waited < deadline + Duration::from_millis(300),
+                    "{waited:?}"
+                );
+            }
+        }
     }
 
     #[test]

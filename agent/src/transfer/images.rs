@@ -255,6 +255,47 @@ mod tests {
     }
 
     #[test]
+    fn the_files_max_th_file_is_taken_and_the_next_refused() {
+        let d = tempdir("files-max");
+        let mut s = sink(&d);
+        // As if FILES_MAX - 1 had come before (they would all be on disk).
+        s.files = FILES_MAX - 1;
+        let b = |name: &str| FileBegin {
+            name: name.into(),
+            mode: 0o600,
+        };
+        s.begin(b("last.img")).unwrap();
+        s.end(FileEnd { size: 0 }).unwrap();
+        assert_eq!(s.files, FILES_MAX);
+        let e = s.begin(b("one-more.img")).unwrap_err().to_string();
+        assert!(e.contains("more than 4096 image files (limit)"), "{e}");
+        assert!(!d.join("one-more.img").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn image_bytes_up_to_the_limit_are_written_and_one_more_is_refused() {
+        let d = tempdir("bytes-max");
+        let mut s = sink(&d);
+        s.begin(FileBegin {
+            name: "big.img".into(),
+            mode: 0o600,
+        })
+        .unwrap();
+        // As if IMAGE_BYTES_MAX - 3 had come before.
+        s.bytes = IMAGE_BYTES_MAX - 3;
+        s.data(b"abc").unwrap();
+        assert_eq!(s.bytes, IMAGE_BYTES_MAX);
+        let e = s.data(b"!").unwrap_err().to_string();
+        assert!(
+            e.contains("image files exceed 1073741824 bytes (limit)"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(d.join("big.img")).unwrap(), b"abc");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn data_outside_a_file_is_refused() {
         let d = tempdir("outside");
         let mut s = sink(&d);

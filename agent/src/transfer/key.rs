@@ -122,7 +122,10 @@ mod tests {
     fn bad_keys_are_refused() {
         assert!(Key::parse("abc").is_err());
         assert!(Key::parse(&"g".repeat(64)).is_err());
-        assert!(Key::parse(&"0".repeat(65)).is_err());
+        // KEY_BYTES as hex digits, one digit fewer, one more.
+        assert!(Key::parse(&"0".repeat(KEY_BYTES * 2)).is_ok());
+        assert!(Key::parse(&"0".repeat(KEY_BYTES * 2 - 1)).is_err());
+        assert!(Key::parse(&"0".repeat(KEY_BYTES * 2 + 1)).is_err());
         assert!(Key::parse(&format!("{}\n", "aB".repeat(32))).is_ok());
     }
 }

@@ -4,7 +4,7 @@
 
 use super::frame::{Kind, RecvHalf, SendHalf};
 use super::WireError;
-use crate::limits::INCOMING_QUEUE;
+use crate::limits::{CONTROL_MAX, INCOMING_QUEUE};
 use haul_proto::haul::{control::Msg, Control};
 use prost::Message;
 use std::os::fd::OwnedFd;
@@ -121,6 +121,12 @@ impl Conn {
 
     pub fn send(&self, msg: Msg) -> Result<(), WireError> {
         let bytes = Control { msg: Some(msg) }.encode_to_vec();
+        if bytes.len() > CONTROL_MAX {
+            return Err(WireError::ControlTooLarge {
+                len: bytes.len(),
+                limit: CONTROL_MAX,
+            });
+        }
         send_frame(&self.tx, Kind::Control, &bytes)
     }
 
@@ -187,8 +193,15 @@ pub fn send_frame(tx: &Mutex<SendHalf>, kind: Kind, payload: &[u8]) -> Result<()
     guard.send(kind, payload)
 }
 
-/// Decodes the payload of a control frame: one `haul.Control` carrying a message.
+/// Decodes the payload of a control frame: one `haul.Control` carrying a message, of at most
+/// `CONTROL_MAX` bytes (a plaintext frame could carry a few more).
 pub fn decode_control(body: &[u8]) -> Result<Msg, WireError> {
+    if body.len() > CONTROL_MAX {
+        return Err(WireError::BadControl(format!(
+            "{} bytes; the limit is {CONTROL_MAX}",
+            body.len()
+        )));
+    }
     match Control::decode(body) {
         Ok(Control { msg: Some(m) }) => Ok(m),
         Ok(Control { msg: None }) => Err(WireError::BadControl("empty message".into())),
@@ -267,4 +280,128 @@ pub fn write_all(fd: &OwnedFd, mut buf: &[u8]) -> Result<(), rustix::io::Errno> 
 /// Counter helper for progress.
 pub fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::IDLE_TIMEOUT;
+    use crate::transfer::handshake;
+    use haul_proto::haul::{Abort, Commit};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
+
+    /// Two connected `Conn`s over loopback, without a key.
+    fn pair() -> (Conn, Conn) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let (tx, rx) = handshake::accept(s, None, IDLE_TIMEOUT).unwrap();
+            Conn::start(tx, rx)
+        });
+        let (tx, rx) = handshake::connect(TcpStream::connect(addr).unwrap(), None).unwrap();
+        (Conn::start(tx, rx), server.join().unwrap())
+    }
+
+    /// An Abort whose encoded Control is exactly `len` bytes.
+    fn control_of_len(len: usize) -> Msg {
+        let abort = |n: usize| {
+            Msg::Abort(Abort {
+                stage: String::new(),
+                reason: "r".repeat(n),
+            })
+        };
+        let size = |n: usize| {
+            Control {
+                msg: Some(abort(n)),
+            }
+            .encode_to_vec()
+            .len()
+        };
+        let n = (0..len).rev().find(|&n| size(n) == len).unwrap();
+        abort(n)
+    }
+
+    #[test]
+    fn the_queue_holds_incoming_queue_frames_then_the_reader_waits() {
+        let (tx, _rx) = queue();
+        for _ in 0..INCOMING_QUEUE {
+            tx.try_send(Ok(Incoming::FileData(Vec::new()))).unwrap();
+        }
+        assert!(matches!(
+            tx.try_send(Ok(Incoming::FileData(Vec::new()))),
+            Err(std::sync::mpsc::TrySendError::Full(_))
+        ));
+    }
+
+    #[test]
+    fn control_messages_up_to_control_max_go_through_and_larger_are_refused() {
+        let (a, b) = pair();
+        a.send(control_of_len(CONTROL_MAX)).unwrap();
+        let got = b.recv_control(Duration::from_secs(10), "test").unwrap();
+        assert_eq!(
+            Control { msg: Some(got) }.encode_to_vec().len(),
+            CONTROL_MAX
+        );
+        assert!(matches!(
+            a.send(control_of_len(CONTROL_MAX + 1)),
+            Err(WireError::ControlTooLarge { len, limit }) if len == CONTROL_MAX + 1 && limit == CONTROL_MAX
+        ));
+        // From a plaintext peer, whose frames may be larger: refused too.
+        let big = Control {
+            msg: Some(control_of_len(CONTROL_MAX + 1)),
+        }
+        .encode_to_vec();
+        assert!(decode_control(&big).is_err());
+        let at = Control {
+            msg: Some(control_of_len(CONTROL_MAX)),
+        }
+        .encode_to_vec();
+        assert!(decode_control(&at).is_ok());
+        a.close();
+        b.close();
+    }
+
+    /// Page data does not pass the queue, but it is the peer talking: a wait goes on while it
+    /// comes, and ends once the peer has been silent for the whole timeout.
+    #[test]
+    fn a_wait_ends_after_a_silence_of_the_timeout_not_while_pages_flow() {
+        let (src, dst) = pair();
+        let (sink, _criu) = crate::transfer::pages::socket_pair().unwrap();
+        dst.set_page_sink(Arc::new(sink));
+        let timeout = Duration::from_millis(600);
+        let sender = src.sender();
+        let pages = std::thread::spawn(move || {
+            for _ in 0..8 {
+                std::thread::sleep(Duration::from_millis(200));
+                send_frame(&sender, Kind::PageData, b"p").unwrap();
+            }
+            let commit = Control {
+                msg: Some(Msg::Commit(Commit {})),
+            };
+            send_frame(&sender, Kind::Control, &commit.encode_to_vec()).unwrap();
+        });
+        let t = Instant::now();
+        // Pages for 1.6 s, over twice the timeout, then a control message.
+        let waited = dst.recv(timeout, "test");
+        pages.join().unwrap();
+        assert!(
+            matches!(waited, Ok(Incoming::Control(Msg::Commit(_)))),
+            "{waited:?} after {:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() >= Duration::from_millis(1500));
+        assert_eq!(load(&dst.counters.pages_in), 8);
+        // Then silence: the wait ends after the timeout, not before.
+        let t = Instant::now();
+        match dst.recv(timeout, "test") {
+            Err(WireError::Timeout { during, .. }) => assert_eq!(during, "test"),
+            other => panic!("{other:?}"),
+        }
+        let waited = t.elapsed();
+        assert!(waited >= timeout && waited < timeout * 2, "{waited:?}");
+        src.close();
+        dst.close();
+    }
 }

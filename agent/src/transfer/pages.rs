@@ -3,9 +3,10 @@
 //! PAGE_DATA frames. Each side runs one outbound relay thread; inbound bytes are written by the
 //! connection's reader (`mux`). A UNIX socket also avoids CRIU's TCP_CORK stall.
 
-use super::frame::{Kind, SendHalf, PAYLOAD_MAX};
+use super::frame::{Kind, SendHalf};
 use super::mux::send_frame;
 use super::WireError;
+use crate::limits::RELAY_BUFFER;
 use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -32,7 +33,7 @@ pub fn spawn_outbound(
     std::thread::Builder::new()
         .name("haul-pages-out".into())
         .spawn(move || {
-            let mut buf = vec![0u8; PAYLOAD_MAX];
+            let mut buf = vec![0u8; RELAY_BUFFER];
             let mut total = 0u64;
             let mut frames = 0u64;
             loop {
@@ -64,4 +65,48 @@ pub fn spawn_outbound(
             op: "spawn relay thread",
             err,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::IDLE_TIMEOUT;
+    use crate::transfer::frame::PAYLOAD_MAX;
+    use crate::transfer::handshake;
+    use std::net::{TcpListener, TcpStream};
+
+    /// Relays `n` bytes written at once to the page socket; returns the payload sizes of the
+    /// PAGE_DATA frames that reached the peer.
+    fn relayed_frames(n: usize) -> Vec<usize> {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let (_tx, mut rx) = handshake::accept(s, None, IDLE_TIMEOUT).unwrap();
+            let mut sizes = Vec::new();
+            loop {
+                match rx.recv("test").unwrap() {
+                    (Kind::PageData, p) => sizes.push(p.len()),
+                    (Kind::PageEof, _) => return sizes,
+                    (k, _) => panic!("{k:?}"),
+                }
+            }
+        });
+        let (tx, _rx) = handshake::connect(TcpStream::connect(addr).unwrap(), None).unwrap();
+        let (ours, criu) = socket_pair().unwrap();
+        // All of it is queued, and CRIU's end closed, before the relay reads.
+        crate::transfer::mux::write_all(&criu, &vec![1u8; n]).unwrap();
+        drop(criu);
+        let relay =
+            spawn_outbound(Arc::new(ours), Arc::new(Mutex::new(tx)), Arc::default()).unwrap();
+        assert_eq!(relay.join().unwrap().unwrap(), n as u64);
+        peer.join().unwrap()
+    }
+
+    #[test]
+    fn the_relay_sends_relay_buffer_bytes_per_frame() {
+        assert_eq!(RELAY_BUFFER, PAYLOAD_MAX, "one read fills one frame");
+        assert_eq!(relayed_frames(RELAY_BUFFER), [RELAY_BUFFER]);
+        assert_eq!(relayed_frames(RELAY_BUFFER + 1), [RELAY_BUFFER, 1]);
+    }
 }

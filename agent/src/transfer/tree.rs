@@ -337,6 +337,42 @@ mod tests {
         }
         assert!(check_path("rootfs/bin/sh").is_ok());
         assert!(check_path(&"a/".repeat(2048)).is_err());
+        // TREE_PATH_MAX bytes, then one more.
+        let at = format!("{}/{}", "d".repeat(200), "f".repeat(TREE_PATH_MAX - 201));
+        assert_eq!(at.len(), TREE_PATH_MAX);
+        assert!(check_path(&at).is_ok());
+        let e = check_path(&format!("{at}x")).unwrap_err().to_string();
+        assert!(e.contains("empty or too long"), "{e}");
+    }
+
+    #[test]
+    fn the_last_entry_and_byte_within_the_limits_are_taken_and_one_more_is_refused() {
+        let d = tempdir("limits");
+        let mut s = sink(&d);
+        // As if TREE_ENTRIES_MAX - 1 entries had come before.
+        s.entries = TREE_ENTRIES_MAX - 1;
+        let mut file = entry("f", TreeKind::TreeFile, "");
+        file.mode = 0o644;
+        s.entry(file).unwrap();
+        assert_eq!(s.entries, TREE_ENTRIES_MAX);
+        // As if TREE_BYTES_MAX - 3 bytes had come before.
+        s.bytes = TREE_BYTES_MAX - 3;
+        s.data(b"abc").unwrap();
+        let e = s.data(b"!").unwrap_err().to_string();
+        assert!(
+            e.contains("bundle exceeds 68719476736 bytes (limit)"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(d.join("f")).unwrap(), b"abc");
+        let mut s = sink(&d);
+        s.entries = TREE_ENTRIES_MAX;
+        let e = s
+            .entry(entry("g", TreeKind::TreeDir, ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 200000 tree entries (limit)"), "{e}");
+        assert!(!d.join("g").exists());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
