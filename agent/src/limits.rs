@@ -102,3 +102,26 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Keepalive probes start after this much silence (then every this much, 3 probes): a dead
 /// peer is found while waiting for a reply with nothing in flight.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    /// README's Limits table names every constant of this file.
+    #[test]
+    fn the_readme_documents_every_limit() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("### Limits")
+            .nth(1)
+            .and_then(|s| s.split("\n### ").next())
+            .unwrap();
+        for line in include_str!("limits.rs").lines() {
+            if let Some(rest) = line.strip_prefix("pub const ") {
+                let name = rest.split(':').next().unwrap();
+                assert!(
+                    table.contains(&format!("`{name}`")),
+                    "README's Limits table does not name {name}"
+                );
+            }
+        }
+    }
+}
