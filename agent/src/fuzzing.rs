@@ -444,7 +444,6 @@ impl Dest {
 /// point of the same patch and, if haul's own parser accepted the source, accepted too with the
 /// new id.
 fn patch_for_registration(source: &str, rc: &RuncContainer) -> Step {
-    let [a, b, c] = [0, 1, 2].map(|i| rc.stdio.get(i).cloned().unwrap_or_default());
     let reg = Registration {
         id: &rc.dst_id,
         init_pid: 4242,
@@ -454,7 +453,8 @@ fn patch_for_registration(source: &str, rc: &RuncContainer) -> Step {
         bundle: "/var/lib/haul/bundles/x",
         cgroup_paths: vec![("memory".into(), "/sys/fs/cgroup/memory/x".into())],
         namespace_paths: vec![("NEWPID".into(), "/proc/4242/ns/pid".into())],
-        external_descriptors: [a, b, c],
+        // Read from /proc/PID/fd of the restored init on this host, not sent by the peer.
+        external_descriptors: ["/dev/null".into(), "pipe:[1]".into(), "pipe:[1]".into()],
         labels: Vec::new(),
     };
     let out = state_json(source, &reg).map_err(text)?;

@@ -63,10 +63,14 @@ impl fmt::Display for CriuError {
                 if let Some(m) = errmsg {
                     write!(f, ": {m}")?;
                 }
-                if let Some(e) = errno {
-                    if *e != 0 {
-                        write!(f, " (errno {e}: {})", rustix::io::Errno::from_raw_os_error(*e))?;
+                match errno {
+                    // Linux errnos are 1 to 4095; rustix asserts that range (a panic, which
+                    // aborts haul), and CRIU's field is whatever its process sent.
+                    Some(e @ 1..=4095) => {
+                        write!(f, " (errno {e}: {})", rustix::io::Errno::from_raw_os_error(*e))?
                     }
+                    Some(0) | None => {}
+                    Some(e) => write!(f, " (errno {e})")?,
                 }
                 write_log(f, log, errors)
             }
@@ -85,3 +89,37 @@ fn write_log(f: &mut fmt::Formatter<'_>, log: &Option<PathBuf>, errors: &[String
 }
 
 impl std::error::Error for CriuError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(errno: Option<i32>) -> String {
+        CriuError::Failed {
+            request: "DUMP",
+            errno,
+            errmsg: None,
+            log: None,
+            errors: Vec::new(),
+        }
+        .to_string()
+    }
+
+    /// Found by fuzzing (fixtures/fuzz-crashes/criu_responses/errno-out-of-range): a response
+    /// whose cr_errno was outside Linux's range made the message panic in rustix.
+    #[test]
+    fn any_errno_criu_sends_is_shown() {
+        assert!(failed(Some(16)).starts_with("criu DUMP failed (errno 16: Device or resource busy"));
+        assert!(failed(Some(4095)).starts_with("criu DUMP failed (errno 4095: "));
+        for e in [4096, -1, i32::MIN, i32::MAX] {
+            assert_eq!(failed(Some(e)), format!("criu DUMP failed (errno {e})"));
+        }
+        assert_eq!(failed(Some(0)), "criu DUMP failed");
+        let found = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/fuzz-crashes/criu_responses/errno-out-of-range"
+        ))
+        .unwrap();
+        crate::fuzzing::criu_responses(&found);
+    }
+}
