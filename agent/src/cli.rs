@@ -394,4 +394,19 @@ mod tests {
         }
         assert!(serve(&["--idle-timeout", "2.5"]).is_err());
     }
+
+    /// argh cannot format constants into help text; `haul serve --help` spells these out.
+    #[test]
+    fn the_serve_help_states_the_timeouts() {
+        use crate::limits::{COMMIT_TIMEOUT, HANDSHAKE_TIMEOUT};
+        use std::time::Duration;
+        assert_eq!(IDLE_TIMEOUT, Duration::from_secs(120), "default 120");
+        assert_eq!(IDLE_TIMEOUT_MAX, Duration::from_secs(86400), "to 86400");
+        assert_eq!(COMMIT_TIMEOUT, Duration::from_secs(60), "commit (60 s)");
+        assert_eq!(
+            HANDSHAKE_TIMEOUT,
+            Duration::from_secs(10),
+            "handshake (10 s)"
+        );
+    }
 }
