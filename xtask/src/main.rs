@@ -39,8 +39,8 @@ commands:
                        sections, crates and symbols (--compare-opt-levels: also build with
                        opt-level s, z and 3)
   fuzz [--seconds N] [--target NAME] [--update-seeds]
-                       build the cargo-fuzz targets in fuzz/ (stable toolchain; installs
-                       cargo-fuzz if missing) and run each, or NAME, for N seconds (default 30)
+                       build the cargo-fuzz targets in fuzz/ (stable toolchain, no cargo-fuzz
+                       needed) and run each, or NAME, for N seconds (default 30)
                        from fuzz/seeds; prints runs, coverage and new inputs per target and fails
                        on a crash, naming the input (--update-seeds: rewrite the generated seeds)
   deps                 dependency policy of the shipped binary: no crate in two versions, no
