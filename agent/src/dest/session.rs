@@ -367,12 +367,12 @@ fn receive_and_restore(
             .map_err(|e| Error::other(format!("dup: {e}")))?,
     );
     loop {
-        match conn.recv(cfg.idle_timeout, "image transfer").map_err(|e| {
-            match disk_full(&work.path) {
+        match conn
+            .recv_until_silent(cfg.idle_timeout, "image transfer")
+            .map_err(|e| match disk_full(&work.path) {
                 Some(full) => Error::other(format!("{full} ({e})")),
                 None => wire(e, "receiving images"),
-            }
-        })? {
+            })? {
             Incoming::FileData(d) => match tree.as_mut() {
                 Some(t) if t.in_file() => t.data(&d).map_err(|e| wire(e, "bundle"))?,
                 _ => sink.data(&d).map_err(|e| wire(e, "images"))?,

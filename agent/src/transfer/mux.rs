@@ -134,9 +134,26 @@ impl Conn {
         send_frame(&self.tx, Kind::FileData, data)
     }
 
-    /// Next control message or file chunk. Gives up once the peer has sent no frame at all
-    /// (page data included) for `timeout`, and not before `timeout` has passed.
+    /// Next control message or file chunk, waiting at most `timeout`.
     pub fn recv(&self, timeout: Duration, during: &'static str) -> Result<Incoming, WireError> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(WireError::Timeout {
+                during,
+                secs: timeout.as_secs(),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(WireError::Closed { during }),
+        }
+    }
+
+    /// Next control message or file chunk while the peer talks: gives up once it has sent no
+    /// frame at all, page data included, for `timeout` (and not before `timeout` has passed).
+    /// For a wait during which pages may stream for longer than the timeout.
+    pub fn recv_until_silent(
+        &self,
+        timeout: Duration,
+        during: &'static str,
+    ) -> Result<Incoming, WireError> {
         let mut wait = timeout;
         loop {
             match self.rx.recv_timeout(wait) {
@@ -363,8 +380,8 @@ mod tests {
         b.close();
     }
 
-    /// Page data does not pass the queue, but it is the peer talking: a wait goes on while it
-    /// comes, and ends once the peer has been silent for the whole timeout.
+    /// Page data does not pass the queue, but it is the peer talking: `recv_until_silent` goes
+    /// on while it comes, and ends once the peer has been silent for the whole timeout.
     #[test]
     fn a_wait_ends_after_a_silence_of_the_timeout_not_while_pages_flow() {
         let (src, dst) = pair();
@@ -383,8 +400,13 @@ mod tests {
             send_frame(&sender, Kind::Control, &commit.encode_to_vec()).unwrap();
         });
         let t = Instant::now();
+        // A plain wait ends after its timeout whatever flows (callers poll with it).
+        assert!(matches!(
+            dst.recv(timeout / 2, "poll"),
+            Err(WireError::Timeout { during: "poll", .. })
+        ));
         // Pages for 1.6 s, over twice the timeout, then a control message.
-        let waited = dst.recv(timeout, "test");
+        let waited = dst.recv_until_silent(timeout, "test");
         pages.join().unwrap();
         assert!(
             matches!(waited, Ok(Incoming::Control(Msg::Commit(_)))),
@@ -395,7 +417,7 @@ mod tests {
         assert_eq!(load(&dst.counters.pages_in), 8);
         // Then silence: the wait ends after the timeout, not before.
         let t = Instant::now();
-        match dst.recv(timeout, "test") {
+        match dst.recv_until_silent(timeout, "test") {
             Err(WireError::Timeout { during, .. }) => assert_eq!(during, "test"),
             other => panic!("{other:?}"),
         }
