@@ -15,7 +15,8 @@ use std::path::PathBuf;
             3 this host cannot migrate (criu missing/too old); 4 authentication failed or\n\
             protocol differs; 5 destination refused before anything froze (source untouched);\n\
             6 migration failed and was rolled back (workload still runs on the source);\n\
-            7 in doubt: source tasks gone, destination did not confirm (it keeps the images)"
+            7 in doubt: source tasks gone, destination did not confirm (it keeps the images);\n\
+            8 --lazy post-copy failed after the destination started: both copies stopped"
 )]
 pub struct Cli {
     /// more logging (-v debug, -vv trace)
@@ -162,14 +163,23 @@ pub enum MigrateWhat {
     subcommand,
     name = "runc",
     example = "haul migrate runc web1 --to 10.0.0.2:7070 --key /etc/haul/key\n\
-               haul migrate runc web1 --to 10.0.0.2:7070 --key k --dst-id web1-b --fs copy",
+               haul migrate runc web1 --to 10.0.0.2:7070 --key k --dst-id web1-b --fs copy\n\
+               haul migrate runc web1 --to 10.0.0.2:7070 --key k --lazy",
     note = "Before anything freezes, the destination checks: the id is free in its runc root, the\n\
             bundle is there (or is copied with --fs copy), every bind-mount source exists, runc and\n\
             CRIU are present and recent enough. Then the container's cgroup is frozen, CRIU dumps it\n\
             while its pages stream, and it is stopped here only after the destination holds the\n\
             restored copy; any failure before that thaws it here with its memory intact.\n\n\
+            --lazy (post-copy): CRIU dumps without the memory and keeps it here, frozen; the\n\
+            destination restores, lets the tasks run, and CRIU's lazy-pages daemon there fetches\n\
+            each page as it is touched, then the rest. Downtime no longer grows with memory size.\n\
+            Until the destination runs, any failure still resumes the tasks here. After that the\n\
+            memory is split between the hosts: if the connection or either CRIU fails before the\n\
+            last page is across, both copies are stopped and the container is lost (exit 8).\n\
+            Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
             exit codes: 0 migrated; 2 bad arguments; 3 criu/runc missing or too old; 4 authentication;\n\
-            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt"
+            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt;\n\
+            8 --lazy: post-copy failed after the destination started (container lost)"
 )]
 pub struct MigrateRunc {
     /// container id
@@ -218,6 +228,11 @@ pub struct MigrateRunc {
     /// keep this side's work directory (CRIU's dump.log, stats, images) after success
     #[argh(switch)]
     pub keep_work: bool,
+    /// post-copy: the destination runs the workload before its memory has moved, then fetches
+    /// the rest from here (downtime independent of memory size). If the connection is lost
+    /// after the destination started, the container is lost (exit 8): see below
+    #[argh(switch)]
+    pub lazy: bool,
 }
 
 /// Show what haul sees and would ask CRIU, without freezing anything.
@@ -273,11 +288,20 @@ pub struct StdioRelay {
     subcommand,
     name = "pid",
     example = "haul migrate pid 4242 --to 10.0.0.2:7070 --key /etc/haul/key\n\
-               haul migrate pid 4242 --to 10.0.0.2:7070 --key k --stats-json /tmp/stats.json",
+               haul migrate pid 4242 --to 10.0.0.2:7070 --key k --stats-json /tmp/stats.json\n\
+               haul migrate pid 4242 --to 10.0.0.2:7070 --key k --lazy",
     note = "The tasks stay frozen while the destination restores; they are stopped here only after\n\
             the destination holds the restored copy. Any failure before that resumes them here.\n\n\
+            --lazy (post-copy): CRIU dumps without the memory and keeps it here, frozen; the\n\
+            destination restores, lets the tasks run, and CRIU's lazy-pages daemon there fetches\n\
+            each page as it is touched, then the rest. Downtime no longer grows with memory size.\n\
+            Until the destination runs, any failure still resumes the tasks here. After that the\n\
+            memory is split between the hosts: if the connection or either CRIU fails before the\n\
+            last page is across, both copies are stopped and the container is lost (exit 8).\n\
+            Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
             exit codes: 0 migrated; 2 bad arguments; 3 criu missing/too old; 4 authentication;\n\
-            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt"
+            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt;\n\
+            8 --lazy: post-copy failed after the destination started (container lost)"
 )]
 pub struct MigratePid {
     /// pid of the root of the process tree
@@ -304,6 +328,11 @@ pub struct MigratePid {
     /// keep this side's work directory (CRIU's dump.log, stats, images) after success
     #[argh(switch)]
     pub keep_work: bool,
+    /// post-copy: the destination runs the workload before its memory has moved, then fetches
+    /// the rest from here (downtime independent of memory size). If the connection is lost
+    /// after the destination started, the container is lost (exit 8): see below
+    #[argh(switch)]
+    pub lazy: bool,
 }
 
 /// Write a new random pre-shared key (mode 0600); copy it to both hosts.

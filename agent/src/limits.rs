@@ -54,6 +54,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// CRIU may take long to dump or restore a large process tree; 120 s is generous but finite.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long the destination waits for CRIU's lazy-pages daemon to read the images and listen
+/// (`--lazy`): it reads the process tree and page maps, a second or so for large trees.
+pub const LAZY_DAEMON_START: Duration = Duration::from_secs(30);
+
 /// How long the destination holds restored tasks at post-restore waiting for Commit before it
 /// gives up (kills them, keeps the images).
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -135,6 +135,7 @@ fn run(cli: Cli) -> Result<()> {
                         stats_json: p.stats_json.as_deref(),
                         keep_work: p.keep_work,
                         quiet: cli.quiet,
+                        lazy: p.lazy,
                     },
                 )
             }

@@ -122,6 +122,7 @@ fn migrate(s: &Scratch, dst: Destination, tag: &str, key: &Key, dst_tag: &str) -
         stats_json: Some(&stats),
         keep_work: false,
         quiet: true,
+        lazy: false,
     };
     let pid = i32::try_from(std::process::id()).unwrap();
     let result = migrate_pid(pid, &o);
@@ -189,11 +190,12 @@ fn a_pid_migration_runs_the_whole_protocol_over_loopback() {
             "DUMP ok"
         ]
     );
-    // Welcome's VERSION and the page server, the page server's stream, the restorer.
+    // Welcome's VERSION and features and the page server, the page server's stream, the
+    // restorer.
     assert_eq!(out.destination.len(), 3, "{}", out.describe());
     assert_eq!(
         events(out.dst("VERSION")),
-        ["VERSION", "PAGE_SERVER", "PAGE_SERVER ok"]
+        ["VERSION", "FEATURE_CHECK", "PAGE_SERVER", "PAGE_SERVER ok"]
     );
     assert_eq!(
         events(out.dst("page server")),

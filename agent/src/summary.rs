@@ -35,6 +35,11 @@ pub struct Summary<'a> {
     pub page_mib_per_s: f64,
     /// Pid of the restored root task on the destination.
     pub restored_pid: i32,
+    /// Post-copy (`--lazy`): `frozen_ms` ends when the destination's tasks run, and the memory
+    /// follows in the post-copy phase; `page_bytes` and `page_mib_per_s` are of that phase.
+    pub lazy: bool,
+    /// Post-copy: from the destination's resume until its last page arrived.
+    pub postcopy_ms: u64,
 }
 
 fn mib(b: u64) -> f64 {
@@ -52,7 +57,7 @@ impl Summary<'_> {
             "haul: migrated {} {} to {} (restored pid {})\n{mode}\
              \x20 total:        {} ms\n\
              \x20 frozen:       {} ms (CRIU freezing {} ms, frozen {} ms, memdump {} ms, restore {} ms)\n\
-             \x20 pages:        {:.1} MiB ({} pages written) at {:.0} MiB/s\n\
+             \x20 {}:{}{:.1} MiB ({} pages written) at {:.0} MiB/s{}\n\
              \x20 other images: {} files, {:.1} KiB\n\
              \x20 on the wire:  {:.1} MiB\n",
             self.kind,
@@ -65,9 +70,16 @@ impl Summary<'_> {
             self.criu_frozen_us / 1000,
             self.criu_memdump_us / 1000,
             self.criu_restore_us / 1000,
+            if self.lazy { "post-copy" } else { "pages" },
+            if self.lazy { "    " } else { "        " },
             mib(self.page_bytes),
             self.pages_written,
             self.page_mib_per_s,
+            if self.lazy {
+                format!(", {} ms after the resume", self.postcopy_ms)
+            } else {
+                String::new()
+            },
             self.image_files,
             self.image_bytes as f64 / 1024.0,
             mib(self.wire_bytes),

@@ -33,6 +33,14 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" file >/dev/null
 fi
 
+# CRIU's lazy page server (haul migrate --lazy) sizes a pipe to 3.2 MiB; above fs.pipe-max-size
+# that needs CAP_SYS_RESOURCE, which root lacks on this kind of VM.
+want_pipe=4194304
+if [ "$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)" -lt "$want_pipe" ]; then
+  log "raising fs.pipe-max-size to $want_pipe (CRIU lazy pages)"
+  sysctl -q -w fs.pipe-max-size="$want_pipe" || log "note: cannot raise fs.pipe-max-size"
+fi
+
 criu_ok() { "$WRAPPER" --version 2>/dev/null | grep -q 'Version: 4\.'; }
 if [ -x "$WRAPPER" ] && criu_ok; then
   log "criu: $("$WRAPPER" --version | head -1)"

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod migrate;
+pub mod postcopy;
 pub mod progress;
 pub mod restart;
 pub mod runc;

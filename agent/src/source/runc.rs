@@ -185,9 +185,15 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             readonly_root: c.container.readonly_root,
             restart: a.mode == "restart",
         }),
+        lazy: false,
     };
     match a.mode.as_str() {
         "checkpoint" => {}
+        "restart" if a.lazy => {
+            return Err(Error::usage(
+                "--lazy moves memory after the resume; --mode restart moves none: use one",
+            ))
+        }
         "restart" => {
             return super::restart::run(a, key, &runc, prepare, c.bundle.clone(), tree, quiet)
         }
@@ -207,6 +213,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
         stats_json: a.stats_json.as_deref(),
         keep_work: a.keep_work,
         quiet,
+        lazy: a.lazy,
     };
     run(
         Job {

@@ -51,6 +51,11 @@ pub struct Prepare {
     /// Set for PURPOSE_MIGRATE_RUNC.
     #[prost(message, optional, tag = "2")]
     pub runc: ::core::option::Option<RuncContainer>,
+    /// Post-copy (`--lazy`): no page server now; after the images the destination starts CRIU's
+    /// lazy-pages daemon, restores with lazy pages and fetches memory from the source's CRIU,
+    /// which keeps the frozen tasks' pages, through PAGE_DATA frames in both directions.
+    #[prost(bool, tag = "3")]
+    pub lazy: bool,
 }
 /// What the destination needs to restore and register a runc container. The destination parses
 /// `state_json` itself with its own bounds; the other fields are facts only the source can see.
@@ -137,6 +142,19 @@ pub struct Done {
     /// Bytes the destination's page server wrote.
     #[prost(uint64, tag = "5")]
     pub page_bytes_received: u64,
+    /// Post-copy: how long the lazy-pages daemon took, from the tasks' resume to its last page.
+    #[prost(uint64, tag = "6")]
+    pub postcopy_us: u64,
+    /// Post-copy: page-protocol bytes received from the source's CRIU during that phase.
+    #[prost(uint64, tag = "7")]
+    pub postcopy_bytes: u64,
+}
+/// Post-copy: the destination let the restored tasks run (they fault their memory in from the
+/// source from now on). From here a lost connection loses the container.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Resumed {
+    #[prost(int32, tag = "1")]
+    pub restored_pid: i32,
 }
 /// Either side gives up; the reason is for the other side's logs and messages.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -201,7 +219,7 @@ pub struct TreeDone {
 pub struct Control {
     #[prost(
         oneof = "control::Msg",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
     )]
     pub msg: ::core::option::Option<control::Msg>,
 }
@@ -241,6 +259,8 @@ pub mod control {
         TreeDone(super::TreeDone),
         #[prost(message, tag = "16")]
         Start(super::Start),
+        #[prost(message, tag = "17")]
+        Resumed(super::Resumed),
     }
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
