@@ -509,6 +509,9 @@ fn receive_and_restore(
     };
     if let Some(mut d) = lazy_daemon {
         let before = crate::transfer::mux::load(&conn.counters.pages_in);
+        log::info!(
+            "restored tasks (pid {restored_pid}) run; fetching their memory from the source (post-copy)"
+        );
         let waited = conn
             .send(Msg::Resumed(Resumed { restored_pid }))
             .map_err(|e| wire(e, "resumed"))

@@ -168,6 +168,11 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     };
     let ps_ours = Arc::new(ps_ours);
     conn.set_page_sink(ps_ours.clone());
+    if o.lazy {
+        // Until the Commit, a lost connection must fail CRIU's lazy page server (it then
+        // resumes the tasks), not end its stream (it would kill them).
+        conn.set_sink_farewell(Some(super::postcopy::FAIL_REQUEST));
+    }
     let relay = pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
         .map_err(|e| wire_to_error(e, "page relay"))?;
     // A lazy dump writes no pages to the socket until post-dump: its relay runs to the end of the
@@ -192,7 +197,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     let stage = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let interrupted = Arc::new(std::sync::Mutex::new(None::<&'static str>));
     {
-        let (stage, interrupted) = (stage.clone(), interrupted.clone());
+        let (stage, interrupted, lazy) = (stage.clone(), interrupted.clone(), o.lazy);
         let (ps, tx) = (ps_ours.clone(), conn.sender());
         let _ = std::thread::Builder::new()
             .name("haul-interrupt".into())
@@ -212,7 +217,11 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
                     if let Ok(mut i) = interrupted.lock() {
                         *i = Some(name);
                     }
-                    let _ = rustix::net::shutdown(&*ps, rustix::net::Shutdown::Both);
+                    if lazy {
+                        super::postcopy::fail_page_server(&ps);
+                    } else {
+                        let _ = rustix::net::shutdown(&*ps, rustix::net::Shutdown::Both);
+                    }
                     if let Ok(t) = tx.lock() {
                         t.shutdown_both();
                     }
@@ -291,6 +300,9 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
                 // cgroup haul may have frozen is thawed.
                 drop(swrk);
                 drop(thaw_guard);
+                if e.kind == Kind::RolledBack {
+                    super::postcopy::unlock_network(job.pid);
+                }
                 conn.close();
                 keep_log(o.work_root, &id, &work);
                 if let Err(r) = work.remove() {
@@ -332,10 +344,9 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             insecure: o.key.is_none(),
             total_ms: started.elapsed().as_millis() as u64,
             frozen_ms: post.frozen_ms,
+            // CRIU's lazy page server restarts its statistics: only the freezing time and
+            // the pages written into the images survive.
             criu_freezing_us: dstats.freezing_time,
-            criu_frozen_us: dstats.frozen_time,
-            criu_memdump_us: dstats.memdump_time,
-            criu_memwrite_us: dstats.memwrite_time,
             pages_written: dstats.pages_written,
             criu_restore_us: post.done.restore_time_us,
             criu_forking_us: post.done.forking_time_us,
@@ -351,6 +362,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             restored_pid: post.done.restored_pid,
             lazy: true,
             postcopy_ms: post.postcopy_ms,
+            ..Default::default()
         };
         return finish_summary(&summary, o, work);
     }

@@ -125,9 +125,9 @@ pub fn finish(
     frozen_start: Instant,
     quiet: bool,
 ) -> Result<PostCopy> {
-    // 1. Until the Commit is written, failing the page socket makes CRIU resume the tasks.
+    // 1. Until the Commit is written, failing CRIU's page server makes it resume the tasks.
     let rollback = |why: String| -> Error {
-        let _ = rustix::net::shutdown(ps, rustix::net::Shutdown::Both);
+        fail_page_server(ps);
         rolled_back(conn, why)
     };
     phase(
@@ -178,6 +178,9 @@ pub fn finish(
         }
     }
     // 2. Commit. Until it is written the destination holds its tasks and will stop them.
+    // From now on a lost connection must end CRIU's stream (it then kills the tasks), not
+    // fail it (it would resume them).
+    conn.set_sink_farewell(None);
     stage.store(1, Ordering::Release);
     crate::util::fault_point("src-committing");
     phase(
@@ -185,10 +188,11 @@ pub fn finish(
         "commit: the destination lets the restored tasks run (post-copy)",
     );
     if let Err(e) = conn.send(Msg::Commit(Commit {})) {
-        let _ = rustix::net::shutdown(ps, rustix::net::Shutdown::Both);
+        fail_page_server(ps);
         return Err(wire_to_error(e, "sending commit").with_kind(Kind::RolledBack));
     }
-    // 3. From here the copy here never resumes.
+    // 3. From here the copy here never resumes. (The end of the page stream alone would make
+    // CRIU kill the tasks too: it takes it for the end of the transfer.)
     let lost = |why: String| -> Error {
         kill_tasks(tasks);
         let _ = rustix::net::shutdown(ps, rustix::net::Shutdown::Both);
@@ -299,6 +303,19 @@ pub fn finish(
     })
 }
 
+/// Makes CRIU's lazy page server fail rather than end. CRIU takes the end of its page stream
+/// for the end of the transfer and kills the tasks; only an error makes it resume them. An
+/// all-zero request (command 0, which does not exist) is that error. Requests from the
+/// destination are whole 24-byte records, so this one does not split another.
+pub fn fail_page_server(ps: &OwnedFd) {
+    let _ = mux::write_all(ps, FAIL_REQUEST);
+    let _ = rustix::net::shutdown(ps, rustix::net::Shutdown::Both);
+}
+
+/// A page-server request (`page_server_iov`: u32 command, u32 pages, u64 address, u64 image
+/// id) with command 0, which CRIU rejects.
+pub const FAIL_REQUEST: &[u8] = &[0u8; 24];
+
 /// Tells the destination and returns the error of a rollback (the tasks resume here).
 fn rolled_back(conn: &Conn, why: String) -> Error {
     let _ = conn.send(Msg::Abort(Abort {
@@ -306,6 +323,50 @@ fn rolled_back(conn: &Conn, why: String) -> Error {
         reason: why.clone(),
     }));
     Error::new(Kind::RolledBack, why)
+}
+
+/// CRIU's network lock (iptables chain CRIU jumped to from INPUT and OUTPUT, IPv4 and IPv6) in
+/// the tasks' network namespace: after a failed lazy page transfer CRIU resumes the tasks
+/// without removing it (its unlock runs before the transfer), which would leave the container
+/// cut off. Only in a namespace other than haul's own: CRIU locks only namespaces it dumps.
+pub fn unlock_network(pid: i32) {
+    let ns = format!("/proc/{pid}/ns/net");
+    let same = |a: &str, b: &str| {
+        let ino = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        matches!((ino(a), ino(b)), (Ok(x), Ok(y)) if x == y)
+    };
+    if same(&ns, "/proc/self/ns/net") {
+        return;
+    }
+    let Ok(fd) = std::fs::File::open(&ns) else {
+        return;
+    };
+    for tool in ["iptables", "ip6tables"] {
+        for args in [
+            ["-D", "INPUT", "-j", "CRIU"],
+            ["-D", "OUTPUT", "-j", "CRIU"],
+            ["-F", "CRIU", "", ""],
+            ["-X", "CRIU", "", ""],
+        ] {
+            let mut cmd = std::process::Command::new(tool);
+            cmd.arg("-w")
+                .args(args.iter().filter(|a| !a.is_empty()))
+                .env("PATH", crate::criu::CRIU_PATH_ENV)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            match crate::sys::spawn_in_netns(&mut cmd, std::os::fd::AsFd::as_fd(&fd))
+                .and_then(|mut c| c.wait())
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("removing CRIU's network lock of pid {pid}: {tool}: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    log::info!("removed CRIU's network lock in the network namespace of pid {pid}");
 }
 
 /// SIGKILL to every frozen task: pending while they are frozen, so they die before running

@@ -31,11 +31,14 @@ pub struct Counters {
 }
 
 type Sink = Arc<Mutex<Option<Arc<OwnedFd>>>>;
+/// Bytes written into the page sink before it is shut down when the connection is lost.
+type Farewell = Arc<Mutex<Option<&'static [u8]>>>;
 
 pub struct Conn {
     tx: Arc<Mutex<SendHalf>>,
     rx: Receiver<Result<Incoming, WireError>>,
     sink: Sink,
+    farewell: Farewell,
     reader: Option<JoinHandle<u64>>,
     pub counters: Arc<Counters>,
 }
@@ -45,19 +48,22 @@ impl Conn {
     pub fn start(tx: SendHalf, rx: RecvHalf) -> Conn {
         let (qtx, qrx) = sync_channel(INCOMING_QUEUE);
         let sink: Sink = Arc::new(Mutex::new(None));
+        let farewell: Farewell = Arc::new(Mutex::new(None));
         let counters = Arc::new(Counters::default());
         let reader = {
             let sink = sink.clone();
+            let farewell = farewell.clone();
             let counters = counters.clone();
             std::thread::Builder::new()
                 .name("haul-conn-rx".into())
-                .spawn(move || read_loop(rx, qtx, sink, counters))
+                .spawn(move || read_loop(rx, qtx, sink, farewell, counters))
                 .ok()
         };
         Conn {
             tx: Arc::new(Mutex::new(tx)),
             rx: qrx,
             sink,
+            farewell,
             reader,
             counters,
         }
@@ -72,6 +78,14 @@ impl Conn {
     pub fn set_page_sink(&self, fd: Arc<OwnedFd>) {
         if let Ok(mut s) = self.sink.lock() {
             *s = Some(fd);
+        }
+    }
+
+    /// What the reader writes into the page sink, before shutting it down, if the connection
+    /// is lost (None: only the shutdown, which the local CRIU sees as the end of its stream).
+    pub fn set_sink_farewell(&self, bytes: Option<&'static [u8]>) {
+        if let Ok(mut f) = self.farewell.lock() {
+            *f = bytes;
         }
     }
 
@@ -136,6 +150,7 @@ fn read_loop(
     mut rx: RecvHalf,
     q: std::sync::mpsc::SyncSender<Result<Incoming, WireError>>,
     sink: Sink,
+    farewell: Farewell,
     counters: Arc<Counters>,
 ) -> u64 {
     loop {
@@ -177,6 +192,9 @@ fn read_loop(
         if stop {
             // The connection is gone: the local CRIU must not wait on its page socket.
             if let Some(fd) = sink.lock().ok().and_then(|s| s.clone()) {
+                if let Some(bytes) = farewell.lock().ok().and_then(|f| *f) {
+                    let _ = write_all(&fd, bytes);
+                }
                 let _ = rustix::net::shutdown(&*fd, rustix::net::Shutdown::Both);
             }
         }
