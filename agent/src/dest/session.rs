@@ -135,6 +135,8 @@ pub fn msg_name(m: &Msg) -> &'static str {
         Msg::TreeEntry(_) => "TreeEntry",
         Msg::TreeDone(_) => "TreeDone",
         Msg::Start(_) => "Start",
+        Msg::PageServerStart(_) => "PageServerStart",
+        Msg::PageServerReady(_) => "PageServerReady",
     }
 }
 
@@ -148,6 +150,7 @@ fn check(conn: &Conn, cfg: &SessionConfig) -> Result<()> {
         criu: Some(proto_version(v)),
         lazy_pages: f.lazy_pages.unwrap_or(false),
         mem_track: f.mem_track.unwrap_or(false),
+        pre_copy: false,
     }))
     .map_err(|e| wire(e, "welcome"))?;
     drop(swrk);
@@ -179,6 +182,7 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         criu: criu_here.as_ref().ok().map(|(_, v)| proto_version(*v)),
         lazy_pages: false,
         mem_track: false,
+        pre_copy: false,
     }))
     .map_err(|e| wire(e, "welcome"))?;
 

@@ -185,6 +185,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             readonly_root: c.container.readonly_root,
             restart: a.mode == "restart",
         }),
+        ..Default::default()
     };
     match a.mode.as_str() {
         "checkpoint" => {}
