@@ -122,6 +122,7 @@ fn migrate(s: &Scratch, dst: Destination, tag: &str, key: &Key, dst_tag: &str) -
         stats_json: Some(&stats),
         keep_work: false,
         quiet: true,
+        pre_dump: Default::default(),
     };
     let pid = i32::try_from(std::process::id()).unwrap();
     let result = migrate_pid(pid, &o);
@@ -179,10 +180,12 @@ fn a_pid_migration_runs_the_whole_protocol_over_loopback() {
     }
 
     assert_eq!(out.source.len(), 1, "{}", out.describe());
+    // --pre-dump auto asks for memory tracking, which this fake lacks: one dump.
     assert_eq!(
         events(&out.source[0]),
         [
             "VERSION",
+            "FEATURE_CHECK",
             "DUMP",
             "pre-dump -> true",
             "post-dump -> true",
@@ -221,6 +224,11 @@ fn a_pid_migration_runs_the_whole_protocol_over_loopback() {
         json_number(&json, "page_bytes"),
         builtin_fake::PAGE_STREAM_LEN as u64
     );
+    assert!(
+        json.contains(r#""pre_dump":{"mode":"auto","stop":"no-memory-tracking""#),
+        "{json}"
+    );
+    assert!(json.contains(r#""iterations":[]"#), "{json}");
     assert_eq!(
         json_number(&json, "restored_pid"),
         builtin_fake::RESTORED_PID as u64
@@ -273,6 +281,7 @@ fn a_failed_restore_rolls_the_source_back() {
         events(&out.source[0]),
         [
             "VERSION",
+            "FEATURE_CHECK",
             "DUMP",
             "pre-dump -> true",
             "post-dump -> false",

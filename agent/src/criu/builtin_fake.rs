@@ -663,7 +663,7 @@ fn send_all(fd: &OwnedFd, mut buf: &[u8]) -> Result<(), Errno> {
 }
 
 /// A CRIU stats file: the two magics, the length, the entry.
-fn stats_file(entry: &StatsEntry) -> Vec<u8> {
+pub fn stats_file(entry: &StatsEntry) -> Vec<u8> {
     let body = entry.encode_to_vec();
     let mut v = MAGIC_IMG_SERVICE.to_le_bytes().to_vec();
     v.extend_from_slice(&MAGIC_STATS.to_le_bytes());

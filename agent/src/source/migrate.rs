@@ -31,6 +31,8 @@ pub struct Options<'a> {
     /// Keep the work directory after success (debugging).
     pub keep_work: bool,
     pub quiet: bool,
+    /// `--pre-dump*`: pre-copy iterations before the final dump (source/precopy.rs).
+    pub pre_dump: super::precopy::Settings,
 }
 
 /// Files of the source's images directory that are not sent.
@@ -110,16 +112,18 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     }
 
     phase(o.quiet, &format!("connecting to {}", o.to));
-    let (conn, _welcome) = open(o.to, o.key, job.purpose, version, &id)?;
+    let (conn, welcome) = open(o.to, o.key, job.purpose, version, &id)?;
     if o.key.is_none() {
         log::warn!("connection is not authenticated nor encrypted (--insecure)");
     }
 
+    // Pre-copy or one dump: decided before anything freezes (source/precopy.rs).
+    let pre_copy = super::precopy::decide(&o.pre_dump, &mut swrk, &welcome, &conn)?;
     phase(
         o.quiet,
         "preflight: the destination checks it can restore and starts its page server",
     );
-    super::connect::preflight(&conn, job.prepare.clone())?;
+    super::connect::preflight(&conn, pre_copy.prepare(job.prepare.clone()))?;
 
     // --fs copy, pass 1: the whole bundle tree, while the container still runs.
     let mut snapshot = None;
@@ -150,8 +154,6 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     let relay = pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
         .map_err(|e| wire_to_error(e, "page relay"))?;
 
-    phase(o.quiet, &format!("freezing and dumping {what}"));
-    let frozen_start = Instant::now();
     // CRIU freezes the cgroup itself (freeze_cgroup) so that CRIU, knowing it froze it, thaws it
     // on any failure even if haul is killed. haul thaws it too on a rollback it sees, in case
     // CRIU crashed, unless it was frozen before haul started.
@@ -192,6 +194,22 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
                 }
             });
     }
+    // Pre-copy: pre-dumps while the workload runs, then the final dump's page server.
+    let pre = super::precopy::iterate(
+        &pre_copy,
+        super::precopy::Chain {
+            swrk: &mut swrk,
+            dest: &mut super::precopy::Remote(&conn),
+            work: &work.path,
+            ps_fd: ps_criu_no,
+            dump_opts: &*job.dump_opts,
+            quiet: o.quiet,
+        },
+    );
+    if pre.is_ok() {
+        phase(o.quiet, &format!("freezing and dumping {what}"));
+    }
+    let frozen_start = Instant::now();
     let expected =
         super::progress::resident_bytes(&super::progress::tasks(job.pid, job.freezer.as_deref()));
     let progress = Progress::start(o.quiet, "pages", conn.counters.clone(), expected);
@@ -201,13 +219,21 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         (Some((root, tops)), Some(snap)) => Some((root.as_path(), tops.as_slice(), snap)),
         _ => None,
     };
-    let outcome = run_dump(
-        &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
-    );
+    let (pre, outcome) = match pre {
+        Ok(pre) => {
+            let opts = pre.final_opts(opts);
+            let outcome = run_dump(
+                &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
+            );
+            (pre, outcome)
+        }
+        Err(e) => (super::precopy::Report::default(), Err(e)),
+    };
     progress.stop();
 
     let (image_files, image_bytes, page_bytes) = match outcome {
-        Ok(v) => v,
+        // The relay's count includes the pre-copy iterations: keep the final dump's.
+        Ok((files, bytes, pages)) => (files, bytes, pages.saturating_sub(pre.page_bytes())),
         Err(e) => {
             let _ = conn.send(Msg::Abort(Abort {
                 stage: "dump".into(),
@@ -319,6 +345,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             0.0
         },
         restored_pid: done.restored_pid,
+        pre_dump: pre.summary(o.pre_dump.mode),
     };
     if !o.quiet {
         summary.print();

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod migrate;
+pub mod precopy;
 pub mod progress;
 pub mod restart;
 pub mod runc;

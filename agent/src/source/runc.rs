@@ -198,6 +198,12 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             )))
         }
     }
+    let pre_dump = super::precopy::Settings::from_flags(
+        a.pre_dump,
+        a.pre_dump_max_iterations,
+        a.pre_dump_min_pages,
+        a.pre_dump_max_growth,
+    )?;
     let runc_root = a.runc_root.clone();
     let id = a.id.clone();
     let o = Options {
@@ -208,6 +214,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
         stats_json: a.stats_json.as_deref(),
         keep_work: a.keep_work,
         quiet,
+        pre_dump,
     };
     run(
         Job {
