@@ -2,6 +2,7 @@
 //! its own session (receive pages and images → restore held at post-restore → Ready → Commit).
 
 pub mod journal;
+pub mod precopy;
 pub mod recover;
 pub mod restart;
 pub mod runc;

@@ -150,7 +150,7 @@ fn check(conn: &Conn, cfg: &SessionConfig) -> Result<()> {
         criu: Some(proto_version(v)),
         lazy_pages: f.lazy_pages.unwrap_or(false),
         mem_track: f.mem_track.unwrap_or(false),
-        pre_copy: false,
+        pre_copy: true,
     }))
     .map_err(|e| wire(e, "welcome"))?;
     drop(swrk);
@@ -182,7 +182,8 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         criu: criu_here.as_ref().ok().map(|(_, v)| proto_version(*v)),
         lazy_pages: false,
         mem_track: false,
-        pre_copy: false,
+        // Page servers per dump (dest/precopy.rs).
+        pre_copy: true,
     }))
     .map_err(|e| wire(e, "welcome"))?;
 
@@ -240,7 +241,16 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         crate::util::printable(&hello.migration_id),
         work.path.display()
     );
-    let outcome = receive_and_restore(conn, cfg, &work, &mut swrk, ps_ours, ps_criu, &mut job);
+    let outcome = receive_and_restore(
+        conn,
+        cfg,
+        &work,
+        &mut swrk,
+        ps_ours,
+        ps_criu,
+        &mut job,
+        prepare.pre_copy,
+    );
     match outcome {
         Ok(Outcome::Done(done)) => {
             if let Some(j) = job.take() {
@@ -324,9 +334,18 @@ fn keep_logs(cfg: &SessionConfig, work: &WorkDir, id: &str) -> Vec<String> {
             }
         }
     }
+    // Pre-copy: the page servers of the iterations.
+    for (from, name) in super::precopy::logs(&work.path) {
+        let to = logs.join(format!("{id}-{name}"));
+        if std::fs::copy(&from, &to).is_ok() {
+            kept.push(to.display().to_string());
+        }
+    }
     kept
 }
 
+// One call site; the arguments are the session's distinct parts.
+#[allow(clippy::too_many_arguments)]
 fn receive_and_restore(
     conn: &Conn,
     cfg: &SessionConfig,
@@ -335,15 +354,22 @@ fn receive_and_restore(
     ps_ours: std::os::fd::OwnedFd,
     ps_criu: std::os::fd::OwnedFd,
     job: &mut Option<RuncRestore>,
+    pre_copy: bool,
 ) -> Result<Outcome> {
-    // Page server: CRIU forks it with our socketpair end; it writes pages-*.img into `work`.
-    swrk.set_log(work.path.join("page-server.log"));
-    swrk.call(&Swrk::request(
-        CriuReqType::PageServer,
-        crate::plan::pid::page_server(work.raw(), ps_criu.as_raw_fd()),
-    ))
-    .map_err(|e| Error::other(e.to_string()))?;
-    drop(ps_criu);
+    // Pre-copy: a page server per dump when the source asks (dest/precopy.rs).
+    let mut page_servers = super::precopy::PageServers::default();
+    if pre_copy {
+        page_servers = super::precopy::PageServers::new(ps_criu);
+    } else {
+        // Page server: CRIU forks it with our socketpair end; it writes pages-*.img into `work`.
+        swrk.set_log(work.path.join("page-server.log"));
+        swrk.call(&Swrk::request(
+            CriuReqType::PageServer,
+            crate::plan::pid::page_server(work.raw(), ps_criu.as_raw_fd()),
+        ))
+        .map_err(|e| Error::other(e.to_string()))?;
+        drop(ps_criu);
+    }
     let ps_ours = Arc::new(ps_ours);
     conn.set_page_sink(ps_ours.clone());
     let relay = pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
@@ -396,8 +422,12 @@ fn receive_and_restore(
                 Some(t) if t.in_file() => t.end(e).map_err(|e| wire(e, "bundle"))?,
                 _ => sink.end(e).map_err(|e| wire(e, "images"))?,
             },
+            Incoming::Control(Msg::PageServerStart(p)) => {
+                page_servers.start(conn, swrk, work, p.iteration)?
+            }
             Incoming::Control(Msg::ImagesDone(d)) => {
                 sink.done(&d).map_err(|e| wire(e, "images"))?;
+                page_servers.finish()?;
                 break;
             }
             Incoming::Control(Msg::Abort(a)) => {
