@@ -210,8 +210,14 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         phase(o.quiet, &format!("freezing and dumping {what}"));
     }
     let frozen_start = Instant::now();
-    let expected =
-        super::progress::resident_bytes(&super::progress::tasks(job.pid, job.freezer.as_deref()));
+    let expected = match &pre {
+        // After pre-copy only what changed since the last iteration goes: no estimate.
+        Ok(p) if !p.iterations.is_empty() => 0,
+        _ => super::progress::resident_bytes(&super::progress::tasks(
+            job.pid,
+            job.freezer.as_deref(),
+        )),
+    };
     let progress = Progress::start(o.quiet, "pages", conn.counters.clone(), expected);
     let opts = (job.dump_opts)(work.raw(), ps_criu_no);
     swrk.set_log(work.path.join("dump.log"));
