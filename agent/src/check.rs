@@ -168,6 +168,14 @@ fn remote(
             "not available there: --lazy will refuse before freezing"
         },
     );
+    r.info(
+        "destination: pre-copy",
+        if welcome.pre_copy {
+            "served (a page server per pre-dump)"
+        } else {
+            "not served (an older haul): --pre-dump auto dumps once, always fails"
+        },
+    );
     match cpuinfo_dump(criu_path, work_root) {
         Err(e) => r.info(
             "cpu compatibility",

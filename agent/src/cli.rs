@@ -177,6 +177,14 @@ pub enum MigrateWhat {
             memory is split between the hosts: if the connection or either CRIU fails before the\n\
             last page is across, both copies are stopped and the container is lost (exit 8).\n\
             Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
+            Pre-copy (--pre-dump auto, the default): while the workload runs, CRIU copies its\n\
+            memory in rounds, each only what changed since the one before, so the freeze sends\n\
+            little. Rounds stop after --pre-dump-max-iterations, after one that wrote at most\n\
+            --pre-dump-min-pages pages, or after one that grew by more than --pre-dump-max-growth\n\
+            percent (P.Haul's rules). auto dumps once, and logs why, when this host cannot track\n\
+            memory (a kernel without soft-dirty bits; `haul check` says) or the destination's haul\n\
+            is older; always then fails before anything is frozen (exit 3, or 5 for the\n\
+            destination); never dumps once.\n\n\
             exit codes: 0 migrated; 2 bad arguments; 3 criu/runc missing or too old; 4 authentication;\n\
             5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt;\n\
             8 --lazy: post-copy failed after the destination started (container lost)"
@@ -216,6 +224,20 @@ pub struct MigrateRunc {
     /// restart mode: seconds to wait for it to stop before KILL (default 10)
     #[argh(option, default = "10")]
     pub stop_timeout: u64,
+    /// pre-copy before the freeze: auto (default; when this host can track memory and the
+    /// destination serves it), always (else fail before freezing anything) or never
+    #[argh(option, default = "crate::source::precopy::Mode::Auto")]
+    pub pre_dump: crate::source::precopy::Mode,
+    /// pre-copy: stop after N iterations (default 8, at most 32)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MAX_ITERATIONS")]
+    pub pre_dump_max_iterations: u32,
+    /// pre-copy: stop after an iteration that wrote at most N pages (default 64)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MIN_PAGES")]
+    pub pre_dump_min_pages: u64,
+    /// pre-copy: stop after an iteration that wrote more than PERCENT percent more pages than
+    /// the one before (default 10)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MAX_GROWTH_PERCENT")]
+    pub pre_dump_max_growth: u32,
     /// criu binary (default: $HAUL_CRIU, else criu on PATH)
     #[argh(option)]
     pub criu: Option<PathBuf>,
@@ -299,6 +321,14 @@ pub struct StdioRelay {
             memory is split between the hosts: if the connection or either CRIU fails before the\n\
             last page is across, both copies are stopped and the container is lost (exit 8).\n\
             Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
+            Pre-copy (--pre-dump auto, the default): while the workload runs, CRIU copies its\n\
+            memory in rounds, each only what changed since the one before, so the freeze sends\n\
+            little. Rounds stop after --pre-dump-max-iterations, after one that wrote at most\n\
+            --pre-dump-min-pages pages, or after one that grew by more than --pre-dump-max-growth\n\
+            percent (P.Haul's rules). auto dumps once, and logs why, when this host cannot track\n\
+            memory (a kernel without soft-dirty bits; `haul check` says) or the destination's haul\n\
+            is older; always then fails before anything is frozen (exit 3, or 5 for the\n\
+            destination); never dumps once.\n\n\
             exit codes: 0 migrated; 2 bad arguments; 3 criu missing/too old; 4 authentication;\n\
             5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt;\n\
             8 --lazy: post-copy failed after the destination started (container lost)"
@@ -322,6 +352,20 @@ pub struct MigratePid {
     /// where the images written here go (default /var/lib/haul)
     #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
     pub work_dir: PathBuf,
+    /// pre-copy before the freeze: auto (default; when this host can track memory and the
+    /// destination serves it), always (else fail before freezing anything) or never
+    #[argh(option, default = "crate::source::precopy::Mode::Auto")]
+    pub pre_dump: crate::source::precopy::Mode,
+    /// pre-copy: stop after N iterations (default 8, at most 32)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MAX_ITERATIONS")]
+    pub pre_dump_max_iterations: u32,
+    /// pre-copy: stop after an iteration that wrote at most N pages (default 64)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MIN_PAGES")]
+    pub pre_dump_min_pages: u64,
+    /// pre-copy: stop after an iteration that wrote more than PERCENT percent more pages than
+    /// the one before (default 10)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MAX_GROWTH_PERCENT")]
+    pub pre_dump_max_growth: u32,
     /// also write the summary as JSON to this file
     #[argh(option)]
     pub stats_json: Option<PathBuf>,

@@ -125,6 +125,12 @@ fn run(cli: Cli) -> Result<()> {
             MigrateWhat::Pid(p) => {
                 let key = key_of(p.key.as_deref(), p.insecure)?;
                 let criu = criu_of(p.criu.as_deref())?;
+                let pre_dump = haul::source::precopy::Settings::from_flags(
+                    p.pre_dump,
+                    p.pre_dump_max_iterations,
+                    p.pre_dump_min_pages,
+                    p.pre_dump_max_growth,
+                )?;
                 haul::source::migrate::migrate_pid(
                     p.pid,
                     &haul::source::migrate::Options {
@@ -136,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
                         keep_work: p.keep_work,
                         quiet: cli.quiet,
                         lazy: p.lazy,
+                        pre_dump,
                     },
                 )
             }

@@ -3,6 +3,7 @@
 
 pub mod journal;
 pub mod lazy;
+pub mod precopy;
 pub mod recover;
 pub mod restart;
 pub mod runc;

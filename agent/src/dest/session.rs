@@ -136,6 +136,8 @@ pub fn msg_name(m: &Msg) -> &'static str {
         Msg::TreeDone(_) => "TreeDone",
         Msg::Start(_) => "Start",
         Msg::Resumed(_) => "Resumed",
+        Msg::PageServerStart(_) => "PageServerStart",
+        Msg::PageServerReady(_) => "PageServerReady",
     }
 }
 
@@ -149,6 +151,7 @@ fn check(conn: &Conn, cfg: &SessionConfig) -> Result<()> {
         criu: Some(proto_version(v)),
         lazy_pages: f.lazy_pages.unwrap_or(false),
         mem_track: f.mem_track.unwrap_or(false),
+        pre_copy: true,
     }))
     .map_err(|e| wire(e, "welcome"))?;
     drop(swrk);
@@ -185,6 +188,8 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         criu: criu_here.as_ref().ok().map(|(_, v)| proto_version(*v)),
         lazy_pages: features.lazy_pages.unwrap_or(false),
         mem_track: features.mem_track.unwrap_or(false),
+        // Page servers per dump (dest/precopy.rs).
+        pre_copy: true,
     }))
     .map_err(|e| wire(e, "welcome"))?;
 
@@ -249,7 +254,15 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         work.path.display()
     );
     let outcome = receive_and_restore(
-        conn, cfg, &work, &mut swrk, ps_ours, ps_criu, &mut job, lazy,
+        conn,
+        cfg,
+        &work,
+        &mut swrk,
+        ps_ours,
+        ps_criu,
+        &mut job,
+        lazy,
+        prepare.pre_copy,
     );
     match outcome {
         Ok(Outcome::Done(done)) => {
@@ -334,6 +347,13 @@ fn keep_logs(cfg: &SessionConfig, work: &WorkDir, id: &str) -> Vec<String> {
             }
         }
     }
+    // Pre-copy: the page servers of the iterations.
+    for (from, name) in super::precopy::logs(&work.path) {
+        let to = logs.join(format!("{id}-{name}"));
+        if std::fs::copy(&from, &to).is_ok() {
+            kept.push(to.display().to_string());
+        }
+    }
     kept
 }
 
@@ -348,19 +368,26 @@ fn receive_and_restore(
     ps_criu: std::os::fd::OwnedFd,
     job: &mut Option<RuncRestore>,
     lazy: bool,
+    pre_copy: bool,
 ) -> Result<Outcome> {
-    // Page server: CRIU forks it with our socketpair end; it writes pages-*.img into `work`.
-    // With --lazy there is none: the memory comes after the resume (see `lazy`).
+    // Page servers. Pre-copy: one per dump when the source asks (dest/precopy.rs). --lazy:
+    // none, the memory comes after the resume (dest/lazy.rs). Else one now: CRIU forks it with
+    // our socketpair end; it writes pages-*.img into `work`.
+    let mut page_servers = super::precopy::PageServers::default();
     let mut relay = None;
     let mut stop_pages = None;
     if !lazy {
-        swrk.set_log(work.path.join("page-server.log"));
-        swrk.call(&Swrk::request(
-            CriuReqType::PageServer,
-            crate::plan::pid::page_server(work.raw(), ps_criu.as_raw_fd()),
-        ))
-        .map_err(|e| Error::other(e.to_string()))?;
-        drop(ps_criu);
+        if pre_copy {
+            page_servers = super::precopy::PageServers::new(ps_criu);
+        } else {
+            swrk.set_log(work.path.join("page-server.log"));
+            swrk.call(&Swrk::request(
+                CriuReqType::PageServer,
+                crate::plan::pid::page_server(work.raw(), ps_criu.as_raw_fd()),
+            ))
+            .map_err(|e| Error::other(e.to_string()))?;
+            drop(ps_criu);
+        }
         let ps_ours = Arc::new(ps_ours);
         conn.set_page_sink(ps_ours.clone());
         relay = Some(
@@ -416,8 +443,12 @@ fn receive_and_restore(
                 Some(t) if t.in_file() => t.end(e).map_err(|e| wire(e, "bundle"))?,
                 _ => sink.end(e).map_err(|e| wire(e, "images"))?,
             },
+            Incoming::Control(Msg::PageServerStart(p)) => {
+                page_servers.start(conn, swrk, work, p.iteration)?
+            }
             Incoming::Control(Msg::ImagesDone(d)) => {
                 sink.done(&d).map_err(|e| wire(e, "images"))?;
+                page_servers.finish()?;
                 break;
             }
             Incoming::Control(Msg::Abort(a)) => {

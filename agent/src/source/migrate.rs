@@ -33,6 +33,8 @@ pub struct Options<'a> {
     pub quiet: bool,
     /// Post-copy (`--lazy`): the destination runs the workload before its memory has moved.
     pub lazy: bool,
+    /// `--pre-dump*`: pre-copy iterations before the final dump (source/precopy.rs).
+    pub pre_dump: super::precopy::Settings,
 }
 
 /// Files of the source's images directory that are not sent.
@@ -96,6 +98,11 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     let id = crate::util::migration_id();
     let what = format!("{} {}", job.kind, job.name);
 
+    if o.lazy && o.pre_dump.mode == super::precopy::Mode::Always {
+        return Err(Error::usage(
+            "--lazy and --pre-dump always: CRIU cannot pre-dump for a lazy dump; use one",
+        ));
+    }
     if o.lazy {
         super::postcopy::pipe_check()
             .map_err(|why| Error::setup(format!("--lazy on this host: {why}")))?;
@@ -131,11 +138,18 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     let mut job = job;
     job.prepare.lazy = o.lazy;
 
+    // Pre-copy or one dump: decided before anything freezes (source/precopy.rs). CRIU cannot
+    // pre-dump for a lazy dump: --lazy dumps once.
+    let mut pre_settings = o.pre_dump;
+    if o.lazy {
+        pre_settings.mode = super::precopy::Mode::Never;
+    }
+    let pre_copy = super::precopy::decide(&pre_settings, &mut swrk, &welcome, &conn)?;
     phase(
         o.quiet,
         "preflight: the destination checks it can restore and starts its page server",
     );
-    super::connect::preflight(&conn, job.prepare.clone())?;
+    super::connect::preflight(&conn, pre_copy.prepare(job.prepare.clone()))?;
 
     // --fs copy, pass 1: the whole bundle tree, while the container still runs.
     let mut snapshot = None;
@@ -183,8 +197,6 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         (Some(relay), None)
     };
 
-    phase(o.quiet, &format!("freezing and dumping {what}"));
-    let frozen_start = Instant::now();
     // CRIU freezes the cgroup itself (freeze_cgroup) so that CRIU, knowing it froze it, thaws it
     // on any failure even if haul is killed. haul thaws it too on a rollback it sees, in case
     // CRIU crashed, unless it was frozen before haul started.
@@ -229,8 +241,30 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
                 }
             });
     }
-    let expected =
-        super::progress::resident_bytes(&super::progress::tasks(job.pid, job.freezer.as_deref()));
+    // Pre-copy: pre-dumps while the workload runs, then the final dump's page server.
+    let pre = super::precopy::iterate(
+        &pre_copy,
+        super::precopy::Chain {
+            swrk: &mut swrk,
+            dest: &mut super::precopy::Remote(&conn),
+            work: &work.path,
+            ps_fd: ps_criu_no,
+            dump_opts: &*job.dump_opts,
+            quiet: o.quiet,
+        },
+    );
+    if pre.is_ok() {
+        phase(o.quiet, &format!("freezing and dumping {what}"));
+    }
+    let frozen_start = Instant::now();
+    let expected = match &pre {
+        // After pre-copy only what changed since the last iteration goes: no estimate.
+        Ok(p) if !p.iterations.is_empty() => 0,
+        _ => super::progress::resident_bytes(&super::progress::tasks(
+            job.pid,
+            job.freezer.as_deref(),
+        )),
+    };
     let progress = Progress::start(o.quiet, "pages", conn.counters.clone(), expected);
     let opts = (job.dump_opts)(work.raw(), ps_criu_no);
     let opts = match &lazy_conf {
@@ -243,13 +277,21 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         _ => None,
     };
     let tasks = super::progress::tasks(job.pid, job.freezer.as_deref());
-    let outcome = run_dump(
-        &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
-    );
+    let (pre, outcome) = match pre {
+        Ok(pre) => {
+            let opts = pre.final_opts(opts);
+            let outcome = run_dump(
+                &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
+            );
+            (pre, outcome)
+        }
+        Err(e) => (super::precopy::Report::default(), Err(e)),
+    };
     progress.stop();
 
     let (image_files, image_bytes, page_bytes) = match outcome {
-        Ok(v) => v,
+        // The relay's count includes the pre-copy iterations: keep the final dump's.
+        Ok((files, bytes, pages)) => (files, bytes, pages.saturating_sub(pre.page_bytes())),
         Err(e) => {
             let _ = conn.send(Msg::Abort(Abort {
                 stage: "dump".into(),
@@ -441,6 +483,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             0.0
         },
         restored_pid: done.restored_pid,
+        pre_dump: pre.summary(o.pre_dump.mode),
         ..Default::default()
     };
     finish_summary(&summary, o, work)

@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod migrate;
 pub mod postcopy;
+pub mod precopy;
 pub mod progress;
 pub mod restart;
 pub mod runc;

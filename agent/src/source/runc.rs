@@ -185,7 +185,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             readonly_root: c.container.readonly_root,
             restart: a.mode == "restart",
         }),
-        lazy: false,
+        ..Default::default()
     };
     match a.mode.as_str() {
         "checkpoint" => {}
@@ -203,6 +203,12 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             )))
         }
     }
+    let pre_dump = super::precopy::Settings::from_flags(
+        a.pre_dump,
+        a.pre_dump_max_iterations,
+        a.pre_dump_min_pages,
+        a.pre_dump_max_growth,
+    )?;
     let runc_root = a.runc_root.clone();
     let id = a.id.clone();
     let o = Options {
@@ -213,6 +219,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
         stats_json: a.stats_json.as_deref(),
         keep_work: a.keep_work,
         quiet,
+        pre_dump,
         lazy: a.lazy,
     };
     run(

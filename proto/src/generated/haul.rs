@@ -41,6 +41,11 @@ pub struct Welcome {
     pub lazy_pages: bool,
     #[prost(bool, tag = "4")]
     pub mem_track: bool,
+    /// This destination serves pre-copy (Prepare.pre_copy): one page server per dump, each into an
+    /// images directory of its own, linked to the previous one as its parent. An older destination
+    /// leaves it false, and the source then dumps once.
+    #[prost(bool, tag = "20")]
+    pub pre_copy: bool,
 }
 /// Source asks the destination to prepare: preflight checks and a CRIU page server.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -56,6 +61,10 @@ pub struct Prepare {
     /// which keeps the frozen tasks' pages, through PAGE_DATA frames in both directions.
     #[prost(bool, tag = "3")]
     pub lazy: bool,
+    /// Pre-copy: the source runs pre-dump iterations before its final dump. The destination starts
+    /// no page server at Prepare; it starts one for each PageServerStart instead.
+    #[prost(bool, tag = "20")]
+    pub pre_copy: bool,
 }
 /// What the destination needs to restore and register a runc container. The destination parses
 /// `state_json` itself with its own bounds; the other fields are facts only the source can see.
@@ -109,6 +118,22 @@ pub struct FileEnd {
     /// Number of bytes sent in FILE_DATA frames for this file.
     #[prost(uint64, tag = "1")]
     pub size: u64,
+}
+/// Pre-copy: the source asks for a page server before each pre-dump and before its final dump.
+/// The destination names and creates each images directory itself: iteration k writes into
+/// `pre-k` (parent `../pre-(k-1)`), the final dump into the migration directory (parent
+/// `pre-N`, the last iteration).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PageServerStart {
+    /// 1, 2, ... for the pre-dump iterations, in this order; 0 for the final dump.
+    #[prost(uint32, tag = "1")]
+    pub iteration: u32,
+}
+/// The destination's page server for `iteration` runs: the source may dump.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PageServerReady {
+    #[prost(uint32, tag = "1")]
+    pub iteration: u32,
 }
 /// All image files were sent.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -219,7 +244,7 @@ pub struct TreeDone {
 pub struct Control {
     #[prost(
         oneof = "control::Msg",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 20, 21"
     )]
     pub msg: ::core::option::Option<control::Msg>,
 }
@@ -261,6 +286,10 @@ pub mod control {
         Start(super::Start),
         #[prost(message, tag = "17")]
         Resumed(super::Resumed),
+        #[prost(message, tag = "20")]
+        PageServerStart(super::PageServerStart),
+        #[prost(message, tag = "21")]
+        PageServerReady(super::PageServerReady),
     }
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
