@@ -39,6 +39,7 @@ pub enum Command {
     Inspect(Inspect),
     Recover(Recover),
     StdioRelay(StdioRelay),
+    PostcopyGuard(PostcopyGuard),
 }
 
 /// Destination: complete an in-doubt migration from the images `haul serve` kept.
@@ -301,6 +302,19 @@ pub struct StdioRelay {
     /// hold stdin open (the write end of a container's stdin pipe) until killed
     #[argh(switch)]
     pub hold: bool,
+}
+
+/// (internal) kill a restored task if `haul serve` ends before its post-copy completed; started
+/// by `haul serve` for `--lazy`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "postcopy-guard")]
+pub struct PostcopyGuard {
+    /// restored root task
+    #[argh(option)]
+    pub pid: i32,
+    /// its start time (clock ticks since boot, /proc/PID/stat field 22)
+    #[argh(option)]
+    pub start_time: u64,
 }
 
 /// Migrate a process tree: PID must be the init of its own pid namespace and a session leader

@@ -166,6 +166,7 @@ fn run(cli: Cli) -> Result<()> {
             haul::dest::recover::complete(&r.dir, &cfg)
         }
         Command::StdioRelay(r) => haul::dest::stdio::relay(&r.log, r.hold),
+        Command::PostcopyGuard(g) => haul::dest::lazy::guard(g.pid, g.start_time),
         Command::Check(c) => {
             let key = match &c.to {
                 Some(_) => key_of(c.key.as_deref(), c.insecure)?,

@@ -1794,3 +1794,31 @@ fn m4_lazy_packets_dropped_during_the_post_copy() {
         ),
     );
 }
+
+/// `haul serve` SIGKILLed while its restored tasks fetch their memory: CRIU's lazy-pages daemon
+/// dies with it, so the tasks would run on with zero-filled pages. The post-copy guard kills
+/// them; the source, having lost the connection after the commit, stops its copy too (exit 8).
+#[test]
+fn m5_lazy_destination_killed_during_the_post_copy() {
+    let Some(mut s) = setup("fim5") else { return };
+    s.serve();
+    let c = s.start_container(None, None);
+    s.net.limit_rate(Side::Src, SLOW_RATE).unwrap();
+    let m = s.spawn_migrate(&c, &["--lazy"], &[]);
+    s.serve_ref()
+        .wait_for_line("fetching their memory", QUICK)
+        .unwrap();
+    s.kill_serve();
+    let out = finish(m, SLOW);
+    out.expect(8, &["container is lost"], &s);
+    // Without the guard the restored copy would run on here (check: no copy anywhere).
+    let sum = restart_and_check(&mut s, &c, &Expect::new(Runs::Nowhere, &c));
+    evidence(
+        "m5",
+        &format!(
+            "--lazy, serve SIGKILLed during the post-copy: guard killed the restored tasks; exit 8 in {:?} ({}); {sum}",
+            out.took,
+            out.last_line()
+        ),
+    );
+}

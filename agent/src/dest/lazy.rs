@@ -172,6 +172,110 @@ pub fn kill_restored(pid: i32) {
     }
 }
 
+/// Watches a restored tree during the post-copy from a separate process (`haul postcopy-guard`,
+/// its own process group, so it outlives `haul serve`). If serve dies before every page
+/// arrived, CRIU's daemon dies with it and the tasks would run on with zero-filled memory where
+/// pages were missing: the guard, seeing its pipe close without "done", kills them.
+pub struct Guard {
+    /// Write end of the guard's stdin; "done" then close means: the post-copy completed.
+    pipe: Option<OwnedFd>,
+}
+
+/// What serve writes to the guard when every page arrived.
+const GUARD_DONE: &[u8] = b"done\n";
+
+impl Guard {
+    /// Starts the guard for the restored root task `pid` (its start time, from /proc, guards
+    /// against a reused pid).
+    pub fn start(pid: i32) -> Result<Guard> {
+        let start =
+            start_time(pid).ok_or_else(|| Error::other(format!("restored task {pid} is gone")))?;
+        let exe =
+            std::env::current_exe().map_err(|e| Error::other(format!("own executable: {e}")))?;
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| Error::other(format!("pipe: {e}")))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("postcopy-guard")
+            .arg("--pid")
+            .arg(pid.to_string())
+            .arg("--start-time")
+            .arg(start.to_string())
+            .stdin(Stdio::from(r))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        crate::sys::unblock_signals_in_child(&mut cmd)
+            .map_err(|e| Error::other(format!("signal mask: {e}")))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::other(format!("starting the post-copy guard: {e}")))?;
+        // Not waited for here: it exits by itself when the pipe closes.
+        reap_later(child);
+        Ok(Guard { pipe: Some(w) })
+    }
+
+    /// Every page arrived: the guard exits without touching the tasks.
+    pub fn done(mut self) {
+        if let Some(w) = self.pipe.take() {
+            let _ = rustix::io::write(&w, GUARD_DONE);
+        }
+    }
+}
+
+fn reap_later(mut child: Child) {
+    let _ = std::thread::Builder::new()
+        .name("haul-guard-reaper".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat), in clock ticks since boot.
+fn start_time(pid: i32) -> Option<u64> {
+    let p = rustix::process::Pid::from_raw(pid)?;
+    let mut buf = crate::inspect::ProcStatBuf::new();
+    crate::inspect::read_proc_stat(
+        Path::new("/proc"),
+        crate::inspect::ProcPid::Pid(p),
+        &mut buf,
+    )
+    .ok()
+    .map(|s| s.start_time)
+}
+
+/// `haul postcopy-guard --pid P --start-time T` (started by serve, stdin a pipe): waits for
+/// "done"; on end of file without it, kills P if it is still the same process.
+pub fn guard(pid: i32, start: u64) -> Result<()> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    let stdin = std::io::stdin();
+    let mut inp = stdin.lock();
+    loop {
+        use std::io::Read;
+        match inp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(buf.get(..n).unwrap_or_default());
+                if got.len() > GUARD_DONE.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if got == GUARD_DONE {
+        return Ok(());
+    }
+    if start_time(pid) == Some(start) {
+        log::error!(
+            "haul serve ended during the post-copy of pid {pid}: its memory never fully arrived; killing it"
+        );
+        kill_restored(pid);
+    }
+    Ok(())
+}
+
 /// How a failed post-copy is reported.
 pub fn lost(e: Error) -> Error {
     Error::new(

@@ -502,6 +502,7 @@ fn receive_and_restore(
         .as_ref()
         .map(|j| j.dst_id().to_string())
         .unwrap_or_default();
+    let mut guard = None;
     let decide = |pid: i32| -> Result<Decision> {
         // Written before Ready: from here on, an interruption leaves the migration in doubt.
         journal::write(&work.path, Stage::Ready, &jid)?;
@@ -509,6 +510,12 @@ fn receive_and_restore(
             .map_err(|e| wire(e, "ready"))?;
         crate::util::fault_point("dst-ready");
         Ok(match conn.recv_control(COMMIT_TIMEOUT, "commit") {
+            // --lazy: from the resume, the tasks need the daemon; if serve dies, they must not
+            // run on with missing memory.
+            Ok(Msg::Commit(_)) if lazy => {
+                guard = Some(super::lazy::Guard::start(pid)?);
+                Decision::Commit
+            }
             Ok(Msg::Commit(_)) => Decision::Commit,
             Ok(Msg::Abort(a)) => Decision::Abort(format!(
                 "source aborted ({}): {}; restored tasks stopped",
@@ -556,6 +563,9 @@ fn receive_and_restore(
             }
         };
         drop(d);
+        if let Some(g) = guard.take() {
+            g.done();
+        }
         if let Some(Ok(Err(e))) = lazy_relay.map(|r| r.join()) {
             log::debug!("page relay after the post-copy: {e}");
         }
