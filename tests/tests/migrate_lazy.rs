@@ -75,7 +75,7 @@ impl Setup {
         .arg("--lazy")
         .args(extra);
         if std::env::var("HAUL_LAZY_DEBUG").is_ok() {
-            cmd.arg("--keep-work");
+            cmd.arg("--keep-work").env("HAUL_LOG", "debug");
         }
         cmd
     }
