@@ -21,6 +21,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Niceness of CRIU's lazy-pages daemon (see `start`).
+const LAZY_DAEMON_NICE: i32 = 10;
+
 /// The daemon's log, in the migration directory.
 pub const LOG_NAME: &str = "lazy-pages.log";
 
@@ -61,6 +64,14 @@ pub fn start(criu: &Path, work: &WorkDir) -> Result<LazyDaemon> {
     // The daemon has its copies; ours would keep its socket and status pipe open forever.
     drop(theirs);
     drop(status_w);
+    // CRIU's daemon polls without sleeping while it waits for an answer from the source
+    // (criu/uffd.c, handle_requests with a zero timeout once the restore finished): at normal
+    // priority it takes a core from the restored workload and from haul's relay.
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        if let Err(e) = rustix::process::setpriority_process(Some(pid), LAZY_DAEMON_NICE) {
+            log::debug!("lowering the priority of criu lazy-pages: {e}");
+        }
+    }
     let mut d = LazyDaemon {
         child,
         ps: Arc::new(ours),
