@@ -50,9 +50,7 @@ impl Setup {
             .arg("--work-dir")
             .arg(work)
             .arg("-v");
-        if std::env::var("HAUL_LAZY_DEBUG").is_ok() {
-            cmd.arg("--keep-images");
-        }
+
         let s = ChildWithLog::spawn("serve", &mut cmd).unwrap();
         s.wait_for_line("listening on", Duration::from_secs(10))
             .unwrap();
@@ -74,9 +72,7 @@ impl Setup {
         .arg(self.dir.join("src-work"))
         .arg("--lazy")
         .args(extra);
-        if std::env::var("HAUL_LAZY_DEBUG").is_ok() {
-            cmd.arg("--keep-work").env("HAUL_LOG", "debug");
-        }
+
         cmd
     }
 
