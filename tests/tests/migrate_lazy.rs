@@ -120,10 +120,7 @@ fn lazy_migration_runs_on_the_destination_before_the_memory_moved() {
     let serve = s.serve(&key, &dst_work);
 
     let hb = s.dir.join("heartbeat");
-    let mib: u64 = std::env::var("HAUL_LAZY_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+    let mib: u64 = 256;
     let opts = WorkloadOpts {
         mib,
         sweep_ms: 20_000,
