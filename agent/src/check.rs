@@ -68,9 +68,21 @@ pub fn run(criu_path: &Path, work_root: &Path, to: Option<&str>, key: Option<&Ke
                         },
                     );
                     r.info(
-                        "kernel: lazy pages (post-copy)",
-                        if lp { "available (note: with post-copy, losing the connection after the switch loses the container)" } else { "not available (no userfaultfd)" },
+                        "kernel: lazy pages (post-copy, --lazy)",
+                        if lp {
+                            "available; note: with --lazy, losing the connection or either CRIU after the \
+                             destination started loses the container (both copies stop)"
+                        } else {
+                            "not available (no userfaultfd): --lazy cannot restore here"
+                        },
                     );
+                    match crate::source::postcopy::pipe_check() {
+                        Ok(d) => r.info("--lazy as source: page pipes", &d),
+                        Err(why) => r.info(
+                            "--lazy as source: page pipes",
+                            &format!("--lazy will refuse: {why}"),
+                        ),
+                    }
                 }
                 Err(e) => r.line("kernel features", Err(e.to_string())),
             }
@@ -146,6 +158,22 @@ fn remote(
             ))
         } else {
             Ok(format!("{dst} (here {local})"))
+        },
+    );
+    r.info(
+        "destination: lazy pages (--lazy)",
+        if welcome.lazy_pages {
+            "available; after the destination starts, a lost connection loses the container"
+        } else {
+            "not available there: --lazy will refuse before freezing"
+        },
+    );
+    r.info(
+        "destination: pre-copy",
+        if welcome.pre_copy {
+            "served (a page server per pre-dump)"
+        } else {
+            "not served (an older haul): --pre-dump auto dumps once, always fails"
         },
     );
     match cpuinfo_dump(criu_path, work_root) {

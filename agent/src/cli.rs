@@ -15,7 +15,8 @@ use std::path::PathBuf;
             3 this host cannot migrate (criu missing/too old); 4 authentication failed or\n\
             protocol differs; 5 destination refused before anything froze (source untouched);\n\
             6 migration failed and was rolled back (workload still runs on the source);\n\
-            7 in doubt: source tasks gone, destination did not confirm (it keeps the images)"
+            7 in doubt: source tasks gone, destination did not confirm (it keeps the images);\n\
+            8 --lazy post-copy failed after the destination started: both copies stopped"
 )]
 pub struct Cli {
     /// more logging (-v debug, -vv trace)
@@ -38,6 +39,7 @@ pub enum Command {
     Inspect(Inspect),
     Recover(Recover),
     StdioRelay(StdioRelay),
+    PostcopyGuard(PostcopyGuard),
 }
 
 /// Destination: complete an in-doubt migration from the images `haul serve` kept.
@@ -185,14 +187,31 @@ pub enum MigrateWhat {
     subcommand,
     name = "runc",
     example = "haul migrate runc web1 --to 10.0.0.2:7070 --key /etc/haul/key\n\
-               haul migrate runc web1 --to 10.0.0.2:7070 --key k --dst-id web1-b --fs copy",
+               haul migrate runc web1 --to 10.0.0.2:7070 --key k --dst-id web1-b --fs copy\n\
+               haul migrate runc web1 --to 10.0.0.2:7070 --key k --lazy",
     note = "Before anything freezes, the destination checks: the id is free in its runc root, the\n\
             bundle is there (or is copied with --fs copy), every bind-mount source exists, runc and\n\
             CRIU are present and recent enough. Then the container's cgroup is frozen, CRIU dumps it\n\
             while its pages stream, and it is stopped here only after the destination holds the\n\
             restored copy; any failure before that thaws it here with its memory intact.\n\n\
+            --lazy (post-copy): CRIU dumps without the memory and keeps it here, frozen; the\n\
+            destination restores, lets the tasks run, and CRIU's lazy-pages daemon there fetches\n\
+            each page as it is touched, then the rest. Downtime no longer grows with memory size.\n\
+            Until the destination runs, any failure still resumes the tasks here. After that the\n\
+            memory is split between the hosts: if the connection or either CRIU fails before the\n\
+            last page is across, both copies are stopped and the container is lost (exit 8).\n\
+            Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
+            Pre-copy (--pre-dump auto, the default): while the workload runs, CRIU copies its\n\
+            memory in rounds, each only what changed since the one before, so the freeze sends\n\
+            little. Rounds stop after --pre-dump-max-iterations, after one that wrote at most\n\
+            --pre-dump-min-pages pages, or after one that grew by more than --pre-dump-max-growth\n\
+            percent (P.Haul's rules). auto dumps once, and logs why, when this host cannot track\n\
+            memory (a kernel without soft-dirty bits; `haul check` says) or the destination's haul\n\
+            is older; always then fails before anything is frozen (exit 3, or 5 for the\n\
+            destination); never dumps once.\n\n\
             exit codes: 0 migrated; 2 bad arguments; 3 criu/runc missing or too old; 4 authentication;\n\
-            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt"
+            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt;\n\
+            8 --lazy: post-copy failed after the destination started (container lost)"
 )]
 pub struct MigrateRunc {
     /// container id
@@ -229,6 +248,20 @@ pub struct MigrateRunc {
     /// restart mode: seconds to wait for it to stop before KILL (default 10)
     #[argh(option, default = "10")]
     pub stop_timeout: u64,
+    /// pre-copy before the freeze: auto (default; when this host can track memory and the
+    /// destination serves it), always (else fail before freezing anything) or never
+    #[argh(option, default = "crate::source::precopy::Mode::Auto")]
+    pub pre_dump: crate::source::precopy::Mode,
+    /// pre-copy: stop after N iterations (default 8, at most 32)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MAX_ITERATIONS")]
+    pub pre_dump_max_iterations: u32,
+    /// pre-copy: stop after an iteration that wrote at most N pages (default 64)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MIN_PAGES")]
+    pub pre_dump_min_pages: u64,
+    /// pre-copy: stop after an iteration that wrote more than PERCENT percent more pages than
+    /// the one before (default 10)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MAX_GROWTH_PERCENT")]
+    pub pre_dump_max_growth: u32,
     /// criu binary (default: $HAUL_CRIU, else criu on PATH)
     #[argh(option)]
     pub criu: Option<PathBuf>,
@@ -241,6 +274,11 @@ pub struct MigrateRunc {
     /// keep this side's work directory (CRIU's dump.log, stats, images) after success
     #[argh(switch)]
     pub keep_work: bool,
+    /// post-copy: the destination runs the workload before its memory has moved, then fetches
+    /// the rest from here (downtime independent of memory size). If the connection is lost
+    /// after the destination started, the container is lost (exit 8): see below
+    #[argh(switch)]
+    pub lazy: bool,
 }
 
 /// Show what haul sees and would ask CRIU, without freezing anything.
@@ -289,6 +327,19 @@ pub struct StdioRelay {
     pub hold: bool,
 }
 
+/// (internal) kill a restored task if `haul serve` ends before its post-copy completed; started
+/// by `haul serve` for `--lazy`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "postcopy-guard")]
+pub struct PostcopyGuard {
+    /// restored root task
+    #[argh(option)]
+    pub pid: i32,
+    /// its start time (clock ticks since boot, /proc/PID/stat field 22)
+    #[argh(option)]
+    pub start_time: u64,
+}
+
 /// Migrate a process tree: PID must be the init of its own pid namespace and a session leader
 /// (for example started with `unshare -pf setsid PROGRAM`).
 #[derive(FromArgs, Debug)]
@@ -296,11 +347,28 @@ pub struct StdioRelay {
     subcommand,
     name = "pid",
     example = "haul migrate pid 4242 --to 10.0.0.2:7070 --key /etc/haul/key\n\
-               haul migrate pid 4242 --to 10.0.0.2:7070 --key k --stats-json /tmp/stats.json",
+               haul migrate pid 4242 --to 10.0.0.2:7070 --key k --stats-json /tmp/stats.json\n\
+               haul migrate pid 4242 --to 10.0.0.2:7070 --key k --lazy",
     note = "The tasks stay frozen while the destination restores; they are stopped here only after\n\
             the destination holds the restored copy. Any failure before that resumes them here.\n\n\
+            --lazy (post-copy): CRIU dumps without the memory and keeps it here, frozen; the\n\
+            destination restores, lets the tasks run, and CRIU's lazy-pages daemon there fetches\n\
+            each page as it is touched, then the rest. Downtime no longer grows with memory size.\n\
+            Until the destination runs, any failure still resumes the tasks here. After that the\n\
+            memory is split between the hosts: if the connection or either CRIU fails before the\n\
+            last page is across, both copies are stopped and the container is lost (exit 8).\n\
+            Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
+            Pre-copy (--pre-dump auto, the default): while the workload runs, CRIU copies its\n\
+            memory in rounds, each only what changed since the one before, so the freeze sends\n\
+            little. Rounds stop after --pre-dump-max-iterations, after one that wrote at most\n\
+            --pre-dump-min-pages pages, or after one that grew by more than --pre-dump-max-growth\n\
+            percent (P.Haul's rules). auto dumps once, and logs why, when this host cannot track\n\
+            memory (a kernel without soft-dirty bits; `haul check` says) or the destination's haul\n\
+            is older; always then fails before anything is frozen (exit 3, or 5 for the\n\
+            destination); never dumps once.\n\n\
             exit codes: 0 migrated; 2 bad arguments; 3 criu missing/too old; 4 authentication;\n\
-            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt"
+            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt;\n\
+            8 --lazy: post-copy failed after the destination started (container lost)"
 )]
 pub struct MigratePid {
     /// pid of the root of the process tree
@@ -321,12 +389,31 @@ pub struct MigratePid {
     /// where the images written here go (default /var/lib/haul)
     #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
     pub work_dir: PathBuf,
+    /// pre-copy before the freeze: auto (default; when this host can track memory and the
+    /// destination serves it), always (else fail before freezing anything) or never
+    #[argh(option, default = "crate::source::precopy::Mode::Auto")]
+    pub pre_dump: crate::source::precopy::Mode,
+    /// pre-copy: stop after N iterations (default 8, at most 32)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MAX_ITERATIONS")]
+    pub pre_dump_max_iterations: u32,
+    /// pre-copy: stop after an iteration that wrote at most N pages (default 64)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MIN_PAGES")]
+    pub pre_dump_min_pages: u64,
+    /// pre-copy: stop after an iteration that wrote more than PERCENT percent more pages than
+    /// the one before (default 10)
+    #[argh(option, default = "crate::source::precopy::DEFAULT_MAX_GROWTH_PERCENT")]
+    pub pre_dump_max_growth: u32,
     /// also write the summary as JSON to this file
     #[argh(option)]
     pub stats_json: Option<PathBuf>,
     /// keep this side's work directory (CRIU's dump.log, stats, images) after success
     #[argh(switch)]
     pub keep_work: bool,
+    /// post-copy: the destination runs the workload before its memory has moved, then fetches
+    /// the rest from here (downtime independent of memory size). If the connection is lost
+    /// after the destination started, the container is lost (exit 8): see below
+    #[argh(switch)]
+    pub lazy: bool,
 }
 
 /// Write a new random pre-shared key (mode 0600); copy it to both hosts.

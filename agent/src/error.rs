@@ -21,6 +21,9 @@ pub enum Kind {
     /// The source's tasks are gone but the destination did not confirm: the destination keeps
     /// complete images to finish the restore. Exit 7.
     InDoubt,
+    /// Post-copy (`--lazy`) failed after the destination ran the workload: both copies were
+    /// stopped. Exit 8.
+    Lost,
     /// Anything else (I/O error on a local file, CRIU crashed). Exit 1.
     Other,
 }
@@ -35,6 +38,7 @@ impl Kind {
             Kind::Refused => 5,
             Kind::RolledBack => 6,
             Kind::InDoubt => 7,
+            Kind::Lost => 8,
         }
     }
 }
@@ -49,7 +53,8 @@ exit codes:
   4  authentication failed or protocol versions differ
   5  destination refused before anything was frozen (source untouched)
   6  migration failed and was rolled back (workload still runs on the source)
-  7  in doubt: source tasks are gone, destination did not confirm; it keeps the images";
+  7  in doubt: source tasks are gone, destination did not confirm; it keeps the images
+  8  --lazy: the post-copy failed after the destination started; both copies stopped";
 
 #[derive(Debug)]
 pub struct Error {

@@ -14,6 +14,7 @@
 //! | `json_patch` | the source's state.json text patched for registration |
 
 use crate::criu::{log_excerpt, stats, Event, Swrk};
+use crate::dest::precopy::PageServers;
 use crate::dest::runc::check_description;
 use crate::limits::{CRIU_LOG_ERROR_LINES, FRAME_MAX, FRAME_PLAINTEXT_MAX, HANDSHAKE_TIMEOUT};
 use crate::register::{state_json, Registration};
@@ -29,7 +30,7 @@ use haul_proto::criu::{
 };
 use haul_proto::haul::{
     control::Msg, Abort, Commit, Control, CpuCheck, FileBegin, FileEnd, FsMode, Hello, ImagesDone,
-    Prepare, Purpose, RuncContainer, Start, TreeDone, TreeEntry, TreeKind,
+    PageServerStart, Prepare, Purpose, RuncContainer, Start, TreeDone, TreeEntry, TreeKind,
 };
 use prost::Message;
 use snow::StatelessTransportState;
@@ -306,6 +307,11 @@ struct Dest {
     stage: Stage,
     images: Option<ImageSink>,
     tree: Option<TreeSink>,
+    /// Pre-copy asked for in Prepare. Each PageServerStart is judged as the first of the
+    /// migration would be (no CRIU here starts the page server that moves the count on).
+    pre_copy: bool,
+    /// `--lazy` in Prepare: no page server, the memory comes after the resume.
+    lazy: bool,
 }
 
 type Step = Result<(), String>;
@@ -333,7 +339,7 @@ impl Dest {
             }
             4 => self.file_data(payload),
             // Page data and its end go to the CRIU page server, which exists from Prepared on.
-            2 | 3 if self.stage == Stage::Receiving => Ok(()),
+            2 | 3 if self.stage == Stage::Receiving && !self.lazy => Ok(()),
             other => Err(format!("frame kind {other} here")),
         }
     }
@@ -395,6 +401,15 @@ impl Dest {
                 Some(t) => t.end(e).map_err(text),
                 None => Err("file end without --fs copy".into()),
             },
+            (Stage::Receiving, Msg::PageServerStart(p)) => {
+                let ps = open_dir(&self.work)?;
+                let servers = if self.pre_copy {
+                    PageServers::new(ps)
+                } else {
+                    PageServers::default()
+                };
+                servers.target(p.iteration).map(|_| ())
+            }
             (Stage::Receiving, Msg::ImagesDone(d)) => match self.images.as_ref() {
                 Some(s) => {
                     s.done(&d).map_err(text)?;
@@ -416,6 +431,8 @@ impl Dest {
 
     fn prepare(&mut self, runc: bool, p: Prepare) -> Step {
         let _ = p.encode_to_vec();
+        self.lazy = p.lazy;
+        self.pre_copy = p.pre_copy && !p.lazy;
         let mut copy = false;
         let mut restart = false;
         if runc {
@@ -562,6 +579,8 @@ pub fn dest_control(data: &[u8]) {
         stage: Stage::Hello,
         images: None,
         tree: None,
+        pre_copy: false,
+        lazy: false,
     };
     for (kind, payload) in script(data) {
         if dest.frame(kind, payload).is_err() {
@@ -777,6 +796,7 @@ fn runc_description(state_json: Vec<u8>, fs: FsMode, restart: bool) -> Msg {
             readonly_root: false,
             restart,
         }),
+        ..Default::default()
     })
 }
 
@@ -991,6 +1011,40 @@ pub fn seeds(fixtures: &Path) -> Result<Vec<Seed>, String> {
     bundle_tree(&mut restart);
     push_control(&mut restart, Msg::Start(Start {}));
     out.push(seed("dest_control", "runc-restart", restart));
+    let mut precopy = Vec::new();
+    push_control(&mut precopy, hello(Purpose::MigratePid));
+    push_control(
+        &mut precopy,
+        Msg::Prepare(Prepare {
+            pre_copy: true,
+            ..Default::default()
+        }),
+    );
+    for iteration in [1, crate::source::precopy::FINAL] {
+        push_control(
+            &mut precopy,
+            Msg::PageServerStart(PageServerStart { iteration }),
+        );
+    }
+    images(&mut precopy);
+    push_control(&mut precopy, Msg::Commit(Commit {}));
+    out.push(seed("dest_control", "pid-pre-copy", precopy));
+    let mut lazy = Vec::new();
+    push_control(&mut lazy, hello(Purpose::MigratePid));
+    push_control(
+        &mut lazy,
+        Msg::Prepare(Prepare {
+            lazy: true,
+            ..Default::default()
+        }),
+    );
+    file(&mut lazy, "core-1.img", b"\x54\x59\x04\x12core");
+    push_control(
+        &mut lazy,
+        Msg::ImagesDone(ImagesDone { files: 1, bytes: 8 }),
+    );
+    push_control(&mut lazy, Msg::Commit(Commit {}));
+    out.push(seed("dest_control", "pid-lazy", lazy));
     let mut check = Vec::new();
     push_control(&mut check, hello(Purpose::Check));
     push_control(
@@ -1206,7 +1260,15 @@ mod tests {
         );
         // Each migration seed is handled to its end.
         let root = scratch().unwrap();
-        for name in ["pid", "runc-shared", "runc-copy", "runc-restart", "check"] {
+        for name in [
+            "pid",
+            "pid-pre-copy",
+            "pid-lazy",
+            "runc-shared",
+            "runc-copy",
+            "runc-restart",
+            "check",
+        ] {
             let work = root.join("l1/l2/l3/l4/work");
             let _ = std::fs::remove_dir_all(&work);
             std::fs::create_dir(&work).unwrap();
@@ -1216,6 +1278,8 @@ mod tests {
                 stage: Stage::Hello,
                 images: None,
                 tree: None,
+                pre_copy: false,
+                lazy: false,
             };
             for (kind, payload) in script(get("dest_control", name)) {
                 if let Err(e) = d.frame(kind, payload) {

@@ -63,6 +63,10 @@ pub const IDLE_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 /// the `CONCURRENT_MIGRATIONS` slots for ever.
 pub const IDLE_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How long the destination waits for CRIU's lazy-pages daemon to read the images and listen
+/// (`--lazy`): it reads the process tree and page maps, a second or so for large trees.
+pub const LAZY_DAEMON_START: Duration = Duration::from_secs(30);
+
 /// How long the destination holds restored tasks at post-restore waiting for Commit before it
 /// gives up (kills them, keeps the images).
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,6 +106,13 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Keepalive probes start after this much silence (then every this much, 3 probes): a dead
 /// peer is found while waiting for a reply with nothing in flight.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
+/// Most pre-dump iterations of one migration (`--pre-dump-max-iterations` may not exceed it, and
+/// the destination refuses more). Each iteration leaves an images directory on the destination
+/// until the restore; P.Haul stops at 8, and a workload that has not converged by then dirties
+/// memory about as fast as it is copied, so further rounds only delay the freeze. 32 leaves room
+/// to experiment while bounding the destination's directories and the time spent pre-copying.
+pub const PRE_DUMP_ITERATIONS_MAX: u32 = 32;
 
 #[cfg(test)]
 mod tests {

@@ -127,6 +127,12 @@ fn run(cli: Cli) -> Result<()> {
             MigrateWhat::Pid(p) => {
                 let key = key_of(p.key.as_deref(), p.insecure)?;
                 let criu = criu_of(p.criu.as_deref())?;
+                let pre_dump = haul::source::precopy::Settings::from_flags(
+                    p.pre_dump,
+                    p.pre_dump_max_iterations,
+                    p.pre_dump_min_pages,
+                    p.pre_dump_max_growth,
+                )?;
                 haul::source::migrate::migrate_pid(
                     p.pid,
                     &haul::source::migrate::Options {
@@ -137,6 +143,8 @@ fn run(cli: Cli) -> Result<()> {
                         stats_json: p.stats_json.as_deref(),
                         keep_work: p.keep_work,
                         quiet: cli.quiet,
+                        lazy: p.lazy,
+                        pre_dump,
                     },
                 )
             }
@@ -162,6 +170,7 @@ fn run(cli: Cli) -> Result<()> {
             haul::dest::recover::complete(&r.dir, &cfg)
         }
         Command::StdioRelay(r) => haul::dest::stdio::relay(&r.log, r.hold),
+        Command::PostcopyGuard(g) => haul::dest::lazy::guard(g.pid, g.start_time),
         Command::Check(c) => {
             let key = match &c.to {
                 Some(_) => key_of(c.key.as_deref(), c.insecure)?,

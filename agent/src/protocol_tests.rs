@@ -14,6 +14,7 @@ use crate::dest::session::{self, SessionConfig};
 use crate::error::{Error, Kind};
 use crate::limits::PENDING_HANDSHAKES;
 use crate::source::migrate::{migrate_pid, Options};
+use crate::source::precopy::{Mode, Settings};
 use crate::transfer::{handshake, Conn, Key};
 use haul_proto::haul::{
     control::Msg, Commit, FileBegin, FileEnd, Hello, ImagesDone, Prepare, Purpose,
@@ -60,13 +61,19 @@ struct Destination {
 }
 
 fn destination(dir: &Scratch, key: Key, criu: PathBuf) -> Destination {
-    destination_with(dir, key, criu, crate::limits::COMMIT_TIMEOUT)
+    destination_with(dir, key, criu, false, crate::limits::COMMIT_TIMEOUT)
+}
+
+/// A destination that keeps the images after a restore (`--keep-images`) if `keep_images`.
+fn destination_keeping(dir: &Scratch, key: Key, criu: PathBuf, keep_images: bool) -> Destination {
+    destination_with(dir, key, criu, keep_images, crate::limits::COMMIT_TIMEOUT)
 }
 
 fn destination_with(
     dir: &Scratch,
     key: Key,
     criu: PathBuf,
+    keep_images: bool,
     commit_timeout: std::time::Duration,
 ) -> Destination {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -76,7 +83,7 @@ fn destination_with(
         key: Some(key),
         criu,
         work_root: work_root.clone(),
-        keep_images: false,
+        keep_images,
         runc_root: dir.join("runc"),
         bundle_root: dir.join("bundles"),
         stdio_dir: dir.join("stdio"),
@@ -128,7 +135,20 @@ impl Outcome {
 
 /// Migrates this test process's pid (the fake dumps nothing) to `dst` and waits for both sides.
 fn migrate(s: &Scratch, dst: Destination, tag: &str, key: &Key, dst_tag: &str) -> Outcome {
-    let criu = fake(tag, "");
+    migrate_with(s, dst, (tag, ""), key, dst_tag, Settings::default())
+}
+
+/// `migrate` with options for the source's fake (`src.1`) and `--pre-dump*` settings.
+fn migrate_with(
+    s: &Scratch,
+    dst: Destination,
+    src: (&str, &str),
+    key: &Key,
+    dst_tag: &str,
+    pre_dump: Settings,
+) -> Outcome {
+    let (tag, options) = src;
+    let criu = fake(tag, options);
     let work_root = s.join("src-work");
     let stats = s.join("stats.json");
     let o = Options {
@@ -139,6 +159,8 @@ fn migrate(s: &Scratch, dst: Destination, tag: &str, key: &Key, dst_tag: &str) -
         stats_json: Some(&stats),
         keep_work: false,
         quiet: true,
+        lazy: false,
+        pre_dump,
     };
     let pid = i32::try_from(std::process::id()).unwrap();
     let result = migrate_pid(pid, &o);
@@ -196,21 +218,24 @@ fn a_pid_migration_runs_the_whole_protocol_over_loopback() {
     }
 
     assert_eq!(out.source.len(), 1, "{}", out.describe());
+    // --pre-dump auto asks for memory tracking, which this fake lacks: one dump.
     assert_eq!(
         events(&out.source[0]),
         [
             "VERSION",
+            "FEATURE_CHECK",
             "DUMP",
             "pre-dump -> true",
             "post-dump -> true",
             "DUMP ok"
         ]
     );
-    // Welcome's VERSION and the page server, the page server's stream, the restorer.
+    // Welcome's VERSION and features and the page server, the page server's stream, the
+    // restorer.
     assert_eq!(out.destination.len(), 3, "{}", out.describe());
     assert_eq!(
         events(out.dst("VERSION")),
-        ["VERSION", "PAGE_SERVER", "PAGE_SERVER ok"]
+        ["VERSION", "FEATURE_CHECK", "PAGE_SERVER", "PAGE_SERVER ok"]
     );
     assert_eq!(
         events(out.dst("page server")),
@@ -236,8 +261,13 @@ fn a_pid_migration_runs_the_whole_protocol_over_loopback() {
     let json = std::fs::read_to_string(s.join("stats.json")).unwrap();
     assert_eq!(
         json_number(&json, "page_bytes"),
-        builtin_fake::PAGE_STREAM_LEN as u64
+        builtin_fake::PAGE_STREAM_LEN as u64 + builtin_fake::SESSION_OVERHEAD
     );
+    assert!(
+        json.contains(r#""pre_dump":{"mode":"auto","stop":"no-memory-tracking""#),
+        "{json}"
+    );
+    assert!(json.contains(r#""iterations":[]"#), "{json}");
     assert_eq!(
         json_number(&json, "restored_pid"),
         builtin_fake::RESTORED_PID as u64
@@ -290,6 +320,7 @@ fn a_failed_restore_rolls_the_source_back() {
         events(&out.source[0]),
         [
             "VERSION",
+            "FEATURE_CHECK",
             "DUMP",
             "pre-dump -> true",
             "post-dump -> false",
@@ -343,7 +374,7 @@ fn a_wrong_key_is_refused_before_the_destination_starts_criu() {
 }
 
 /// A source scripted through haul's own library: authenticated, Hello and Prepare of a pid
-/// migration, the fake's page stream and image files, ImagesDone; returns the connection once
+/// migration, the fake's page-server session and image files, ImagesDone; returns the connection once
 /// the destination reported Ready, and the socket standing in for its CRIU's page socket.
 fn scripted_source_until_ready(addr: &str, key: &Key) -> (Conn, OwnedFd) {
     use crate::transfer::frame::{Kind, PAYLOAD_MAX};
@@ -372,7 +403,11 @@ fn scripted_source_until_ready(addr: &str, key: &Key) -> (Conn, OwnedFd) {
         Ok(Msg::Prepared(_))
     ));
     let tx = conn.sender();
-    for chunk in builtin_fake::page_stream().chunks(PAYLOAD_MAX) {
+    // One page-server session of the fake: its length (8 bytes, little-endian), its pages.
+    let pages = builtin_fake::page_stream();
+    let mut session = (pages.len() as u64).to_le_bytes().to_vec();
+    session.extend_from_slice(&pages);
+    for chunk in session.chunks(PAYLOAD_MAX) {
         send_frame(&tx, Kind::PageData, chunk).unwrap();
     }
     send_frame(&tx, Kind::PageEof, &[]).unwrap();
@@ -411,7 +446,7 @@ fn the_commit_wait_ends_at_its_limit_and_keeps_the_images_in_doubt() {
     for (tag, commit_after) in [("commit-in-time", Some(limit / 2)), ("commit-never", None)] {
         let s = Scratch::new(tag);
         let key = Key::generate().unwrap();
-        let dst = destination_with(&s, key.clone(), fake(tag, ""), limit);
+        let dst = destination_with(&s, key.clone(), fake(tag, ""), false, limit);
         let work_root = dst.work_root.clone();
         let (conn, _page_socket) = scripted_source_until_ready(&dst.addr, &key);
         let ready = Instant::now();
@@ -459,4 +494,285 @@ fn the_commit_wait_ends_at_its_limit_and_keeps_the_images_in_doubt() {
         }
         conn.close();
     }
+}
+
+/// The logs of the destination's page servers, in the order they started.
+fn page_servers(out: &Outcome) -> Vec<&Log> {
+    out.destination
+        .iter()
+        .filter(|l| {
+            l.events
+                .first()
+                .is_some_and(|e| e.starts_with("page server"))
+        })
+        .collect()
+}
+
+/// The one migration directory the destination kept (`--keep-images`).
+fn kept_dir(work_root: &Path) -> PathBuf {
+    let dirs: Vec<String> = entries(work_root)
+        .into_iter()
+        .filter(|e| e.starts_with("m-"))
+        .collect();
+    assert_eq!(dirs.len(), 1, "kept: {dirs:?}");
+    work_root.join(&dirs[0])
+}
+
+fn pre_copy_settings(mode: Mode, max_iterations: u32) -> Settings {
+    Settings::from_flags(mode, max_iterations, 64, 10).unwrap()
+}
+
+#[test]
+fn pre_copy_iterates_then_the_destination_restores_down_the_parent_chain() {
+    let s = Scratch::new("precopy");
+    let key = Key::generate().unwrap();
+    let dst = destination_keeping(&s, key.clone(), fake("precopy-dst", ""), true);
+    let dst_work = dst.work_root.clone();
+    // 120 pages, then 90 (shrinking: go on), then 40 (at most 64: stop).
+    let pages = [120u64, 90, 40];
+    let out = migrate_with(
+        &s,
+        dst,
+        ("precopy-src", ",mem-track,pre-dump-pages=120/90/40"),
+        &key,
+        "precopy-dst",
+        Settings::default(),
+    );
+    if let Err(e) = &out.result {
+        panic!("migration failed: {e}\n{}", out.describe());
+    }
+    for log in out.source.iter().chain(&out.destination) {
+        assert!(log.failure.is_none(), "{}", out.describe());
+    }
+
+    // One swrk: FEATURE_CHECK, the PRE_DUMP chain, then the DUMP on the last pre-dump.
+    assert_eq!(out.source.len(), 1, "{}", out.describe());
+    assert_eq!(
+        events(&out.source[0]),
+        [
+            "VERSION",
+            "FEATURE_CHECK",
+            "PRE_DUMP",
+            "pre-dump 1: 120 pages, parent none",
+            "PRE_DUMP",
+            "pre-dump 2: 90 pages, parent ../pre-1",
+            "PRE_DUMP",
+            "pre-dump 3: 40 pages, parent ../pre-2",
+            "DUMP",
+            "DUMP parent pre-3",
+            "pre-dump -> true",
+            "post-dump -> true",
+            "DUMP ok"
+        ]
+    );
+    // The destination's swrk started a page server per dump, the last one without keep_open.
+    let mut want = vec!["VERSION", "FEATURE_CHECK"];
+    want.extend(["PAGE_SERVER", "PAGE_SERVER ok"].repeat(4));
+    assert_eq!(events(out.dst("VERSION")), want);
+    let sessions: Vec<String> = page_servers(&out)
+        .iter()
+        .map(|l| l.events.join(" "))
+        .collect();
+    let mut want: Vec<String> = pages
+        .iter()
+        .map(|p| format!("page server: {} bytes", p * builtin_fake::PAGE_SIZE))
+        .collect();
+    want.push(format!(
+        "page server: {} bytes",
+        builtin_fake::PAGE_STREAM_LEN
+    ));
+    assert_eq!(sessions, want);
+    let restore = events(out.dst("RESTORE"));
+    assert!(
+        restore.contains(&"parent chain: 3 pre-dumps intact") && restore.contains(&"RESTORE ok"),
+        "{restore:?}"
+    );
+
+    // The destination made the per-iteration directories, CRIU linked them.
+    let kept = kept_dir(&dst_work);
+    let link = |p: PathBuf| std::fs::read_link(&p).map(|l| l.display().to_string());
+    assert_eq!(link(kept.join("parent")).unwrap(), "pre-3");
+    assert_eq!(link(kept.join("pre-3/parent")).unwrap(), "../pre-2");
+    assert_eq!(link(kept.join("pre-2/parent")).unwrap(), "../pre-1");
+    assert!(!kept.join("pre-1/parent").exists());
+    for (k, p) in pages.iter().enumerate() {
+        let img = kept.join(format!("pre-{}/pages-1.img", k + 1));
+        assert_eq!(
+            std::fs::metadata(&img).unwrap().len(),
+            p * builtin_fake::PAGE_SIZE,
+            "{}",
+            img.display()
+        );
+    }
+
+    // The summary: three iterations, why they stopped, and the final dump's own bytes.
+    let json = std::fs::read_to_string(s.join("stats.json")).unwrap();
+    assert!(
+        json.contains(r#""pre_dump":{"mode":"auto","stop":"few-pages""#),
+        "{json}"
+    );
+    for p in pages {
+        let it = format!(
+            r#"{{"pages_written":{p},"pages_scanned":{},"bytes":{},"#,
+            builtin_fake::PAGES,
+            p * builtin_fake::PAGE_SIZE + builtin_fake::SESSION_OVERHEAD
+        );
+        assert!(json.contains(&it), "{it} in {json}");
+    }
+    assert_eq!(
+        json.matches(&format!(
+            r#""frozen_us":{}}}"#,
+            builtin_fake::PRE_DUMP_FROZEN_US
+        ))
+        .count(),
+        3,
+        "{json}"
+    );
+    assert_eq!(
+        json_number(&json, "page_bytes"),
+        builtin_fake::PAGE_STREAM_LEN as u64 + builtin_fake::SESSION_OVERHEAD
+    );
+    assert!(entries(&s.join("src-work")).is_empty(), "source work left");
+}
+
+#[test]
+fn pre_copy_stops_at_the_iteration_limit() {
+    let s = Scratch::new("precopy-max");
+    let key = Key::generate().unwrap();
+    let dst = destination(&s, key.clone(), fake("precopy-max-dst", ""));
+    let dst_work = dst.work_root.clone();
+    let out = migrate_with(
+        &s,
+        dst,
+        ("precopy-max-src", ",mem-track,pre-dump-pages=100"),
+        &key,
+        "precopy-max-dst",
+        pre_copy_settings(Mode::Always, 2),
+    );
+    if let Err(e) = &out.result {
+        panic!("migration failed: {e}\n{}", out.describe());
+    }
+    let src = events(&out.source[0]);
+    assert_eq!(
+        src.iter().filter(|e| **e == "PRE_DUMP").count(),
+        2,
+        "{src:?}"
+    );
+    assert!(src.contains(&"DUMP parent pre-2"), "{src:?}");
+    let json = std::fs::read_to_string(s.join("stats.json")).unwrap();
+    assert!(
+        json.contains(r#""mode":"always","stop":"max-iterations""#),
+        "{json}"
+    );
+    assert_eq!(json.matches(r#""pages_written":100,"#).count(), 2, "{json}");
+    // Without --keep-images the destination removes every iteration's directory.
+    assert!(entries(&dst_work).is_empty(), "{:?}", entries(&dst_work));
+}
+
+#[test]
+fn a_failed_pre_dump_rolls_back_and_both_sides_clean_up() {
+    let s = Scratch::new("precopy-fail");
+    let key = Key::generate().unwrap();
+    let dst = destination(&s, key.clone(), fake("precopy-fail-dst", ""));
+    let dst_work = dst.work_root.clone();
+    let out = migrate_with(
+        &s,
+        dst,
+        (
+            "precopy-fail-src",
+            ",mem-track,pre-dump-pages=100,fail-pre-dump=2",
+        ),
+        &key,
+        "precopy-fail-dst",
+        Settings::default(),
+    );
+    let err = match &out.result {
+        Ok(()) => panic!("the migration succeeded\n{}", out.describe()),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind, Kind::RolledBack, "{err}");
+    for needed in [
+        "pre-dump 2 failed",
+        builtin_fake::PRE_DUMP_REFUSED,
+        "keeps running on this host",
+        "CRIU log kept",
+    ] {
+        assert!(err.message.contains(needed), "{needed:?} not in: {err}");
+    }
+    assert_eq!(
+        events(&out.source[0]),
+        [
+            "VERSION",
+            "FEATURE_CHECK",
+            "PRE_DUMP",
+            "pre-dump 1: 100 pages, parent none",
+            "PRE_DUMP",
+            "pre-dump 2 failed"
+        ]
+    );
+    assert!(out.source[0].failure.is_none(), "{}", out.describe());
+    // The second iteration's page server never got its session: it ends when haul closes the
+    // page socket, as CRIU's would.
+    let ps = page_servers(&out);
+    assert_eq!(ps.len(), 2, "{}", out.describe());
+    assert!(ps[0].failure.is_none(), "{}", out.describe());
+    assert!(
+        ps[1]
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("end of stream")),
+        "{}",
+        out.describe()
+    );
+    // Nothing restored, nothing left but the (empty) logs directory; the source kept the
+    // failed iteration's CRIU log.
+    assert!(out.destination.iter().all(|l| !l.saw("RESTORE")));
+    assert_eq!(entries(&dst_work), ["logs"]);
+    let logs = entries(&s.join("src-work").join("logs"));
+    assert!(
+        logs.len() == 1 && logs[0].ends_with("-dump.log"),
+        "kept logs: {logs:?}"
+    );
+    let text = std::fs::read_to_string(s.join("src-work/logs").join(&logs[0])).unwrap();
+    assert!(text.contains(builtin_fake::PRE_DUMP_REFUSED), "{text}");
+    assert_eq!(entries(&s.join("src-work")), ["logs"]);
+}
+
+#[test]
+fn pre_dump_always_without_memory_tracking_fails_before_anything_freezes() {
+    let s = Scratch::new("precopy-always");
+    let key = Key::generate().unwrap();
+    let dst = destination(&s, key.clone(), fake("precopy-always-dst", ""));
+    let dst_work = dst.work_root.clone();
+    let out = migrate_with(
+        &s,
+        dst,
+        ("precopy-always-src", ""),
+        &key,
+        "precopy-always-dst",
+        pre_copy_settings(Mode::Always, 8),
+    );
+    let err = match &out.result {
+        Ok(()) => panic!("the migration succeeded\n{}", out.describe()),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind, Kind::Setup, "{err}");
+    assert_eq!(err.kind.exit_code(), 3);
+    for needed in ["--pre-dump always", "memory tracking", "nothing was frozen"] {
+        assert!(err.message.contains(needed), "{needed:?} not in: {err}");
+    }
+    // The source asked CRIU's features and nothing else: no PRE_DUMP, no DUMP.
+    assert_eq!(
+        events(&out.source[0]),
+        ["VERSION", "FEATURE_CHECK", "closed"]
+    );
+    // The destination heard why, started no page server and created no directory.
+    assert_eq!(
+        events(out.dst("VERSION")),
+        ["VERSION", "FEATURE_CHECK", "closed"]
+    );
+    assert_eq!(out.destination.len(), 1, "{}", out.describe());
+    assert!(entries(&dst_work).is_empty(), "{:?}", entries(&dst_work));
+    assert!(entries(&s.join("src-work")).is_empty());
+    assert!(!s.join("stats.json").exists());
 }

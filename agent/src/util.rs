@@ -74,10 +74,16 @@ pub fn printable(s: &str) -> String {
 /// `dst-receiving` (destination, first image file), `dst-restoring` (destination, RESTORE sent),
 /// `dst-ready` (destination, after Ready, before Commit arrives).
 pub fn fault_point(name: &str) {
-    if std::env::var("HAUL_FAULT").is_ok_and(|v| v == name) {
+    let Ok(v) = std::env::var("HAUL_FAULT") else {
+        return;
+    };
+    if v == name {
         log::error!("HAUL_FAULT={name}: killing this process");
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    } else if v.strip_suffix(":pause") == Some(name) {
+        log::warn!("HAUL_FAULT={v}: pausing 3 s");
+        std::thread::sleep(std::time::Duration::from_secs(3));
     }
 }
 

@@ -64,3 +64,26 @@ fn a_missing_key_is_a_usage_error_that_says_what_to_do() {
     assert!(err.contains("haul keygen"), "{err}");
     assert!(err.contains("--insecure"), "{err}");
 }
+
+#[test]
+fn lazy_and_pre_dump_always_together_are_refused_before_anything_runs() {
+    // An existing pid (this test's), so that only the flags can be refused.
+    let me = std::process::id().to_string();
+    let out = Command::new(haul_bin().unwrap())
+        .args([
+            "migrate",
+            "pid",
+            &me,
+            "--to",
+            "127.0.0.1:9",
+            "--insecure",
+            "--lazy",
+            "--pre-dump",
+            "always",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot pre-dump for a lazy dump"), "{err}");
+}

@@ -1675,3 +1675,150 @@ fn k2_two_migrations_of_different_ids_at_once() {
         ),
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// m: --lazy (post-copy). Before the Commit a failure resumes the source; after it, the memory
+// is split between the hosts and a failure stops both copies (exit 8).
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn m1_lazy_migration_runs_on_the_destination() {
+    let Some(mut s) = setup("fim1") else { return };
+    s.serve();
+    let c = s.start_container(None, None);
+    let out = s.migrate(&c, &["--lazy"], &[]);
+    out.expect(0, &["migrated runc", "post-copy"], &s);
+    assert!(
+        s.serve_log().contains("post-copy done"),
+        "{}",
+        s.serve_log()
+    );
+    let sum = s.check(&c, &Expect::new(Runs::Dst, &c));
+    evidence("m1", &format!("--lazy exit 0 in {:?}; {sum}", out.took));
+}
+
+/// The destination dies while it restores, with the source's CRIU already serving pages: the
+/// page server must fail (not end), so that CRIU resumes the tasks instead of killing them.
+#[test]
+fn m2_lazy_destination_killed_during_restore() {
+    let Some(mut s) = setup("fim2") else { return };
+    s.serve_with(ServeOpts {
+        env: vec![("HAUL_FAULT".into(), "dst-restoring".into())],
+        ..ServeOpts::default()
+    });
+    let c = s.start_container(None, None);
+    let out = s.migrate(&c, &["--lazy"], &[]);
+    s.wait_serve_exit(Duration::from_secs(5));
+    out.expect(6, &["keeps running on this host"], &s);
+    let sum = restart_and_check(&mut s, &c, &Expect::new(Runs::Src, &c));
+    evidence(
+        "m2",
+        &format!(
+            "--lazy, destination killed while restoring: exit 6 in {:?} ({}); {sum}",
+            out.took,
+            out.last_line()
+        ),
+    );
+}
+
+/// SIGINT to the source while the destination restores (the source's CRIU serves pages):
+/// rolled back, the container runs on the source.
+#[test]
+fn m3_lazy_sigint_before_the_commit() {
+    let Some(mut s) = setup("fim3") else { return };
+    // The destination pauses 3 s after sending RESTORE: the window before the Commit in which
+    // the source's CRIU already serves pages.
+    s.serve_with(ServeOpts {
+        env: vec![("HAUL_FAULT".into(), "dst-restoring:pause".into())],
+        ..ServeOpts::default()
+    });
+    let c = s.start_container(None, None);
+    let m = s.spawn_migrate(&c, &["--lazy"], &[]);
+    m.wait_for_line("restoring on the destination", QUICK)
+        .unwrap();
+    s.serve_ref().wait_for_line("pausing 3 s", QUICK).unwrap();
+    let pid = rustix::process::Pid::from_raw(m.pid() as i32).unwrap();
+    rustix::process::kill_process_group(pid, Signal::INT).unwrap();
+    let out = finish(m, QUICK);
+    out.expect(6, &["keeps running on this host"], &s);
+    wait_for("serve ending the migration", QUICK, || {
+        s.dst_work_entries().is_empty().then_some(())
+    });
+    let sum = s.check(&c, &Expect::new(Runs::Src, &c));
+    evidence(
+        "m3",
+        &format!(
+            "--lazy, SIGINT while the destination restores: exit 6 in {:?} ({}); {sum}",
+            out.took,
+            out.last_line()
+        ),
+    );
+}
+
+/// Every packet dropped once the destination's tasks run and fetch their memory: both sides
+/// give up, both copies are stopped, exit 8, nothing is left on the destination.
+#[test]
+fn m4_lazy_packets_dropped_during_the_post_copy() {
+    let Some(mut s) = setup("fim4") else { return };
+    s.serve();
+    let c = s.start_container(None, None);
+    s.net.limit_rate(Side::Src, SLOW_RATE).unwrap();
+    let mut cut = s
+        .net
+        .trigger(Side::Dst, &NetnsPair::drop_port_script(PORT))
+        .unwrap();
+    let m = s.spawn_migrate(&c, &["--lazy"], &[]);
+    s.serve_ref()
+        .wait_for_line("fetching their memory", QUICK)
+        .unwrap();
+    cut.fire().unwrap();
+    let out = finish(m, SLOW);
+    out.expect(8, &["container is lost"], &s);
+    wait_for("the destination's verdict", SLOW, || {
+        let l = s.serve_log();
+        (l.contains("restored tasks were killed") || l.contains("post-copy done")).then_some(())
+    });
+    let log = s.serve_log();
+    assert!(
+        log.contains("restored tasks were killed"),
+        "the destination finished a post-copy whose connection was cut?\n{log}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let sum = s.check(&c, &Expect::new(Runs::Nowhere, &c));
+    evidence(
+        "m4",
+        &format!(
+            "--lazy, packets dropped during the post-copy: exit 8 in {:?} ({}); {sum}",
+            out.took,
+            out.last_line()
+        ),
+    );
+}
+
+/// `haul serve` SIGKILLed while its restored tasks fetch their memory: CRIU's lazy-pages daemon
+/// dies with it, so the tasks would run on with zero-filled pages. The post-copy guard kills
+/// them; the source, having lost the connection after the commit, stops its copy too (exit 8).
+#[test]
+fn m5_lazy_destination_killed_during_the_post_copy() {
+    let Some(mut s) = setup("fim5") else { return };
+    s.serve();
+    let c = s.start_container(None, None);
+    s.net.limit_rate(Side::Src, SLOW_RATE).unwrap();
+    let m = s.spawn_migrate(&c, &["--lazy"], &[]);
+    s.serve_ref()
+        .wait_for_line("fetching their memory", QUICK)
+        .unwrap();
+    s.kill_serve();
+    let out = finish(m, SLOW);
+    out.expect(8, &["container is lost"], &s);
+    // Without the guard the restored copy would run on here (check: no copy anywhere).
+    let sum = restart_and_check(&mut s, &c, &Expect::new(Runs::Nowhere, &c));
+    evidence(
+        "m5",
+        &format!(
+            "--lazy, serve SIGKILLed during the post-copy: guard killed the restored tasks; exit 8 in {:?} ({}); {sum}",
+            out.took,
+            out.last_line()
+        ),
+    );
+}

@@ -1311,6 +1311,7 @@ fn runc_state_json_hooks_and_criu_config_are_not_used() {
     p.send(Msg::Prepare(Prepare {
         expected_page_bytes: 0,
         runc: Some(rc(state.clone())),
+        ..Default::default()
     }));
     p.expect_closed(CLOSE_WITHIN);
     case.refused(&srv, &p.local, "rootfs");
@@ -1322,6 +1323,7 @@ fn runc_state_json_hooks_and_criu_config_are_not_used() {
     p.send(Msg::Prepare(Prepare {
         expected_page_bytes: 0,
         runc: Some(rc(state)),
+        ..Default::default()
     }));
     match p.recv(Duration::from_secs(30)) {
         Ok(Msg::Prepared(_)) => {}
@@ -1423,6 +1425,7 @@ fn bundle_tree_entries_stay_beneath_the_bundle() {
                 fs: FsMode::FsCopy as i32,
                 ..Default::default()
             }),
+            ..Default::default()
         }));
         match p.recv(Duration::from_secs(30)) {
             Ok(Msg::Prepared(_)) => {}

@@ -33,9 +33,38 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" file >/dev/null
 fi
 
+# CRIU's lazy page server (haul migrate --lazy) sizes a pipe to 3.2 MiB; above fs.pipe-max-size
+# that needs CAP_SYS_RESOURCE, which root lacks on this kind of VM.
+want_pipe=4194304
+if [ "$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)" -lt "$want_pipe" ]; then
+  log "raising fs.pipe-max-size to $want_pipe (CRIU lazy pages)"
+  sysctl -q -w fs.pipe-max-size="$want_pipe" || log "note: cannot raise fs.pipe-max-size"
+fi
+
 criu_ok() { "$WRAPPER" --version 2>/dev/null | grep -q 'Version: 4\.'; }
+
+# CRIU caches its kernel probes in /run/criu.kdat but writes the cache only on a tmpfs. On this
+# kind of VM /run is not one, so every CRIU start would probe the kernel again (tens of ms, and
+# for the restoring CRIU inside the freeze), unlike on a host whose /run is a tmpfs. Write the
+# cache once per boot in a private mount namespace with a tmpfs on /run.
+kdat_cache() {
+  [ "$(stat -f -c %T /run 2>/dev/null)" = tmpfs ] && return 0
+  boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown)
+  stamp=/run/haul-lab-criu.kdat.boot
+  if [ -f /run/criu.kdat ] && [ "$(cat "$stamp" 2>/dev/null)" = "$boot" ]; then return 0; fi
+  tmp=$(mktemp)
+  if unshare -m sh -c "mount --make-rprivate / && mount -t tmpfs haul-lab /run && \"$WRAPPER\" check >/dev/null 2>&1; cat /run/criu.kdat" >"$tmp" 2>/dev/null && [ -s "$tmp" ]; then
+    install -m 0600 "$tmp" /run/criu.kdat && echo "$boot" >"$stamp"
+    log "criu: kernel probe cache written to /run/criu.kdat (this /run is not a tmpfs)"
+  else
+    log "note: could not write CRIU's kernel probe cache"
+  fi
+  rm -f -- "$tmp"
+}
+
 if [ -x "$WRAPPER" ] && criu_ok; then
   log "criu: $("$WRAPPER" --version | head -1)"
+  kdat_cache
   exit 0
 fi
 
@@ -81,3 +110,4 @@ if ! criu_ok; then
   log "criu wrapper does not run:"; "$WRAPPER" --version || true; exit 1
 fi
 log "criu: $("$WRAPPER" --version | head -1)"
+kdat_cache

@@ -4,16 +4,27 @@
 //! which cannot start other aarch64 programs here).
 //!
 //! It speaks the real RPC, one protobuf per SOCK_SEQPACKET datagram: VERSION and FEATURE_CHECK
-//! (with `keep_open`), PAGE_SERVER (a thread copies the page stream from `ps.fd` into
-//! `pages-1.img`), DUMP (pre-dump, a fixed page stream on `ps.fd`, image files, post-dump) and
-//! RESTORE (checks the images byte for byte, then pre-restore … post-restore … post-resume).
-//! Like CRIU, it uses inherited descriptors by number (`ps.fd`: only those passed to
-//! `spawn`) and opens `images_dir_fd` through `/proc/self/fd/N` (CRIU: `/proc/<peer>/fd/N`).
+//! (with `keep_open`), PAGE_SERVER (a thread copies one page-server session from `ps.fd` into
+//! `pages-1.img`; with `keep_open` swrk stays for the next one), PRE_DUMP (a session of its own
+//! per iteration, `stats-dump` with the pages it wrote; then only PRE_DUMP or DUMP are accepted,
+//! as CRIU's `pre_dump_loop`), DUMP (pre-dump, a fixed page session on `ps.fd`, image files,
+//! post-dump) and RESTORE (checks the images byte for byte, down the `parent` chain of
+//! pre-dumps, then pre-restore … post-restore … post-resume). Like CRIU, it uses inherited
+//! descriptors by number (`ps.fd`: only those passed to `spawn`), opens `images_dir_fd` through
+//! `/proc/self/fd/N` (CRIU: `/proc/<peer>/fd/N`) and turns `parent_img` into a `parent` link in
+//! the images directory after checking it resolves there.
+//!
+//! A page-server session is the fake's own: an 8-byte little-endian length, that many bytes,
+//! then the page server's 4-byte answer. Like CRIU's close command and its answer
+//! (criu/page-xfer.c), it lets one socket carry several sessions, each read exactly.
 //!
 //! The path may carry options after commas: `builtin:fake-criu,tag=NAME,fail-restore`.
 //! `tag` files each session's log under NAME for [`join`]; `fail-restore` makes RESTORE fail
-//! after pre-restore, as a restore that cannot recreate a resource does. Options live in the
-//! path, not in globals, so tests running in parallel do not see each other's switches.
+//! after pre-restore, as a restore that cannot recreate a resource does; `mem-track` makes
+//! FEATURE_CHECK report memory tracking; `pre-dump-pages=A/B/C` are the pages successive
+//! PRE_DUMPs write (the last repeats; default `PAGES`); `fail-pre-dump=K` fails the K-th
+//! PRE_DUMP. Options live in the path, not in globals, so tests running in parallel do not see
+//! each other's switches.
 
 use super::CriuError;
 use haul_proto::criu::{
@@ -62,6 +73,25 @@ pub const POST_DUMP_FAILED: &str = "post-dump script failed";
 /// Error message of a RESTORE failed by `fail-restore`.
 pub const RESTORE_REFUSED: &str = "fake restore refused by the test";
 
+/// Error message of a PRE_DUMP failed by `fail-pre-dump`.
+pub const PRE_DUMP_REFUSED: &str = "fake pre-dump refused by the test";
+
+/// Bytes of a page-server session around its pages: the length header (the page server's
+/// 4-byte answer travels the other way).
+pub const SESSION_OVERHEAD: u64 = 8;
+
+/// The page server's answer to a complete session (CRIU's is a 32-bit status, 0).
+const SESSION_ANSWER: [u8; 4] = [0; 4];
+
+/// Bytes in a page.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// CRIU's `stats-dump` frozen time of each fake PRE_DUMP (microseconds).
+pub const PRE_DUMP_FROZEN_US: u32 = 3_000;
+
+/// Longest `parent` chain the restoring fake follows (a loop would be endless).
+const CHAIN_MAX: usize = 64;
+
 /// How long the fake waits for the driver before it gives up instead of hanging a test.
 const STALL: Duration = Duration::from_secs(60);
 
@@ -101,6 +131,22 @@ static SESSIONS: Mutex<Vec<(String, JoinHandle<Log>)>> = Mutex::new(Vec::new());
 struct Spec {
     tag: String,
     fail_restore: bool,
+    mem_track: bool,
+    /// Pages written by PRE_DUMP 1, 2, ...; the last repeats.
+    pre_dump_pages: Vec<u64>,
+    fail_pre_dump: Option<u32>,
+}
+
+impl Spec {
+    /// Pages PRE_DUMP `k` (from 1) writes.
+    fn pre_dump_pages(&self, k: u32) -> u64 {
+        let i = usize::try_from(k.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.pre_dump_pages
+            .get(i)
+            .or(self.pre_dump_pages.last())
+            .copied()
+            .unwrap_or(PAGES)
+    }
 }
 
 impl Spec {
@@ -115,7 +161,19 @@ impl Spec {
         for opt in rest.split(',').filter(|o| !o.is_empty()) {
             match opt.split_once('=') {
                 Some(("tag", t)) => spec.tag = t.to_string(),
+                Some(("pre-dump-pages", list)) => {
+                    let pages: Result<Vec<u64>, _> = list.split('/').map(str::parse).collect();
+                    match pages {
+                        Ok(p) => spec.pre_dump_pages = p,
+                        Err(e) => return Some(Err(format!("pre-dump-pages {list:?}: {e}"))),
+                    }
+                }
+                Some(("fail-pre-dump", k)) => match k.parse() {
+                    Ok(k) => spec.fail_pre_dump = Some(k),
+                    Err(e) => return Some(Err(format!("fail-pre-dump {k:?}: {e}"))),
+                },
                 None if opt == "fail-restore" => spec.fail_restore = true,
+                None if opt == "mem-track" => spec.mem_track = true,
                 _ => return Some(Err(format!("unknown fake criu option {opt:?}"))),
             }
         }
@@ -203,6 +261,18 @@ pub fn page_stream() -> Vec<u8> {
         .collect()
 }
 
+/// The pages PRE_DUMP `k` sends, `len` bytes: a position hash seeded with `k`, so pages stored
+/// in another iteration's directory show.
+pub fn pre_dump_stream(k: u32, len: usize) -> Vec<u8> {
+    let seed = k.wrapping_mul(0x9e37_79b9);
+    (0..len)
+        .map(|i| {
+            let i = u32::try_from(i % (1 << 31)).unwrap_or(0);
+            (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8
+        })
+        .collect()
+}
+
 /// The image files the dumping fake writes and the restoring fake expects, byte for byte:
 /// small ones, an empty one, and one over a relay frame (64 KiB) so it is sent in pieces.
 pub fn image_files() -> Vec<(&'static str, Vec<u8>)> {
@@ -224,6 +294,9 @@ pub fn image_files() -> Vec<(&'static str, Vec<u8>)> {
 /// Files CRIU leaves in the source's images directory that haul does not send.
 const NOT_SENT: [&str; 2] = ["dump.log", "stats-dump"];
 
+/// The name of the link CRIU makes from `parent_img` (criu/include/image.h, CR_PARENT_LINK).
+pub const PARENT_LINK: &str = "parent";
+
 fn serve(spec: &Spec, sock: &OwnedFd, mut fds: HashMap<i32, OwnedFd>) -> Log {
     let mut log = Log::default();
     if let Err(e) = session(spec, sock, &mut fds, &mut log) {
@@ -239,6 +312,7 @@ fn session(
     fds: &mut HashMap<i32, OwnedFd>,
     log: &mut Log,
 ) -> Result<(), String> {
+    let mut pre_dumps = 0u32;
     loop {
         let Some(req) = read_req(sock)? else {
             log.events.push("closed".into());
@@ -246,6 +320,14 @@ fn session(
         };
         let kind = CriuReqType::try_from(req.r#type).unwrap_or(CriuReqType::Empty);
         log.events.push(super::req_name(req.r#type).into());
+        // After a PRE_DUMP, CRIU's pre_dump_loop takes only PRE_DUMP or DUMP.
+        if pre_dumps > 0 && kind != CriuReqType::PreDump && kind != CriuReqType::Dump {
+            let _ = reply(sock, &failed(CriuReqType::Empty, "Bad req seq"));
+            return Err(format!(
+                "{} after PRE_DUMP: CRIU answers \"Bad req seq\" and exits",
+                super::req_name(req.r#type)
+            ));
+        }
         match kind {
             CriuReqType::Version => reply(
                 sock,
@@ -263,14 +345,22 @@ fn session(
                 sock,
                 &CriuResp {
                     features: Some(CriuFeatures {
-                        mem_track: Some(false),
+                        mem_track: Some(spec.mem_track),
                         lazy_pages: Some(true),
                         pidfd_store: None,
                     }),
                     ..ok(kind)
                 },
             )?,
-            CriuReqType::PageServer => return page_server(spec, sock, &req, fds, log),
+            CriuReqType::PageServer => page_server(spec, sock, &req, fds, log)?,
+            CriuReqType::PreDump => {
+                pre_dumps += 1;
+                if !pre_dump(spec, sock, &req, fds, log, pre_dumps)? {
+                    // A failed pre-dump ends pre_dump_loop, and swrk exits.
+                    return Ok(());
+                }
+                continue;
+            }
             CriuReqType::Dump => return dump(sock, &req, fds, log),
             CriuReqType::Restore => return restore(spec, sock, &req, log),
             _ => {
@@ -298,7 +388,12 @@ fn page_server(
     fds: &mut HashMap<i32, OwnedFd>,
     log: &mut Log,
 ) -> Result<(), String> {
-    let (dir, ps) = match dir_and_ps(req, fds) {
+    // With keep_open swrk stays, and keeps its copy of the socket for the next page server.
+    let keep_open = req.keep_open == Some(true);
+    let (dir, ps) = match dir_and_ps(req, fds, keep_open).and_then(|(d, p)| {
+        link_parent(&d, req)?;
+        Ok((d, p))
+    }) {
         Ok(v) => v,
         Err(e) => {
             let _ = reply(sock, &failed(CriuReqType::PageServer, &e));
@@ -312,7 +407,10 @@ fn page_server(
             let mut log = Log::default();
             match receive_pages(&dir, &ps) {
                 Ok(n) => log.events.push(format!("page server: {n} bytes")),
-                Err(e) => log.failure = Some(format!("page server: {e}")),
+                Err(e) => {
+                    log.events.push("page server: no complete session".into());
+                    log.failure = Some(format!("page server: {e}"));
+                }
             }
             drop(ps);
             log
@@ -333,24 +431,134 @@ fn page_server(
     Ok(())
 }
 
+/// One session from `ps`, read exactly (the next session on the socket is another page
+/// server's), stored in `pages-1.img` before it is answered.
 fn receive_pages(dir: &OwnedFd, ps: &OwnedFd) -> Result<usize, String> {
-    let mut pages = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match recv(ps, &mut buf[..], RecvFlags::empty()) {
-            Ok((0, _)) => break,
-            Ok((n, _)) => {
-                pages.extend_from_slice(buf.get(..n).unwrap_or_default());
-                if pages.len() > PAGE_SERVER_MAX {
-                    return Err(format!("more than {PAGE_SERVER_MAX} bytes"));
-                }
-            }
+    let mut header = [0u8; 8];
+    read_exact(ps, &mut header)?;
+    let len = usize::try_from(u64::from_le_bytes(header)).unwrap_or(usize::MAX);
+    if len > PAGE_SERVER_MAX {
+        return Err(format!(
+            "a session of {len} bytes (at most {PAGE_SERVER_MAX})"
+        ));
+    }
+    let mut pages = vec![0u8; len];
+    read_exact(ps, &mut pages)?;
+    write_file(dir, "pages-1.img", &pages)?;
+    send_all(ps, &SESSION_ANSWER).map_err(|e| format!("answering the session: {e}"))?;
+    Ok(pages.len())
+}
+
+/// The dumping side of a session: the pages, then the page server's answer.
+fn send_session(ps: &OwnedFd, pages: &[u8]) -> Result<(), String> {
+    set_socket_timeout(ps, Timeout::Recv, Some(STALL)).map_err(|e| e.to_string())?;
+    let len = u64::try_from(pages.len()).unwrap_or(u64::MAX);
+    send_all(ps, &len.to_le_bytes()).map_err(|e| format!("writing to ps.fd: {e}"))?;
+    send_all(ps, pages).map_err(|e| format!("writing pages to ps.fd: {e}"))?;
+    let mut answer = [0xffu8; 4];
+    read_exact(ps, &mut answer).map_err(|e| format!("the page server's answer: {e}"))?;
+    if answer != SESSION_ANSWER {
+        return Err(format!("the page server answered {answer:?}"));
+    }
+    Ok(())
+}
+
+fn read_exact(fd: &OwnedFd, mut buf: &mut [u8]) -> Result<(), String> {
+    while !buf.is_empty() {
+        match recv(fd, &mut *buf, RecvFlags::empty()) {
+            Ok((0, _)) => return Err(format!("end of stream, {} bytes short", buf.len())),
+            Ok((n, _)) => buf = buf.get_mut(n..).unwrap_or_default(),
             Err(Errno::INTR) => {}
             Err(e) => return Err(format!("reading ps.fd: {e}")),
         }
     }
-    write_file(dir, "pages-1.img", &pages)?;
-    Ok(pages.len())
+    Ok(())
+}
+
+/// `parent_img` as CRIU handles it when it opens an images directory (criu/image.c,
+/// `open_image_dir`): it must resolve relative to the directory, and becomes its `parent` link.
+fn link_parent(dir: &OwnedFd, req: &CriuReq) -> Result<(), String> {
+    let Some(parent) = req.opts.as_ref().and_then(|o| o.parent_img.as_deref()) else {
+        return Ok(());
+    };
+    rustix::fs::accessat(
+        dir,
+        parent,
+        rustix::fs::Access::READ_OK,
+        rustix::fs::AtFlags::empty(),
+    )
+    .map_err(|e| format!("Invalid parent image directory provided: {parent}: {e}"))?;
+    match rustix::fs::symlinkat(parent, dir, PARENT_LINK) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(format!("Can't link parent snapshot: {e}")),
+    }
+}
+
+/// PRE_DUMP number `k` of this swrk: its own page session on `ps.fd` (which swrk keeps for the
+/// next dump), `stats-dump` in its images directory. False when it failed as asked
+/// (`fail-pre-dump`): CRIU's pre_dump_loop then ends and swrk exits.
+fn pre_dump(
+    spec: &Spec,
+    sock: &OwnedFd,
+    req: &CriuReq,
+    fds: &mut HashMap<i32, OwnedFd>,
+    log: &mut Log,
+    k: u32,
+) -> Result<bool, String> {
+    if req.keep_open.is_some() {
+        // chk_keepopen_req refuses it: swrk exits without answering.
+        return Err("PRE_DUMP with keep_open: swrk exits without answering".into());
+    }
+    let checked = dir_and_ps(req, fds, true).and_then(|(dir, ps)| {
+        let opts = req.opts.as_ref().ok_or("PRE_DUMP without options")?;
+        if opts.track_mem != Some(true) || opts.pid.is_none() {
+            return Err(format!(
+                "PRE_DUMP needs track_mem and a pid, got {:?} and {:?}",
+                opts.track_mem, opts.pid
+            ));
+        }
+        link_parent(&dir, req)?;
+        Ok((dir, ps, opts.parent_img.clone()))
+    });
+    let (dir, ps, parent) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = reply(sock, &failed(CriuReqType::PreDump, &e));
+            return Err(e);
+        }
+    };
+    if spec.fail_pre_dump == Some(k) {
+        let line = format!("(00.004321) Error (criu/cr-dump.c:1700): {PRE_DUMP_REFUSED}\n");
+        write_file(&dir, "dump.log", line.as_bytes())?;
+        reply(sock, &failed(CriuReqType::PreDump, PRE_DUMP_REFUSED))?;
+        log.events.push(format!("pre-dump {k} failed"));
+        return Ok(false);
+    }
+    let pages = spec.pre_dump_pages(k);
+    let len = usize::try_from(pages.saturating_mul(PAGE_SIZE)).unwrap_or(usize::MAX);
+    send_session(&ps, &pre_dump_stream(k, len))?;
+    drop(ps);
+    write_file(
+        &dir,
+        "dump.log",
+        b"(00.000100) Pre-dumping processes (fake)\n",
+    )?;
+    let stats = StatsEntry {
+        dump: Some(DumpStatsEntry {
+            frozen_time: PRE_DUMP_FROZEN_US,
+            pages_scanned: PAGES,
+            pages_written: pages,
+            ..Default::default()
+        }),
+        restore: None,
+    };
+    write_file(&dir, "stats-dump", &stats_file(&stats))?;
+    reply(sock, &ok(CriuReqType::PreDump))?;
+    log.events.push(format!(
+        "pre-dump {k}: {pages} pages, parent {}",
+        parent.as_deref().unwrap_or("none")
+    ));
+    Ok(true)
 }
 
 /// DUMP with `ps.fd` and notify scripts.
@@ -360,7 +568,15 @@ fn dump(
     fds: &mut HashMap<i32, OwnedFd>,
     log: &mut Log,
 ) -> Result<(), String> {
-    let (dir, ps) = match dir_and_ps(req, fds) {
+    let (dir, ps) = match dir_and_ps(req, fds, false).and_then(|(d, p)| {
+        let o = req.opts.as_ref().ok_or("DUMP without options")?;
+        // CRIU skips unchanged pages only with both (mem.c, page_in_parent).
+        if o.parent_img.is_some() && o.track_mem != Some(true) {
+            return Err("DUMP with parent_img but without track_mem".to_string());
+        }
+        link_parent(&d, req)?;
+        Ok((d, p))
+    }) {
         Ok(v) => v,
         Err(e) => {
             let _ = reply(sock, &failed(CriuReqType::Dump, &e));
@@ -368,6 +584,9 @@ fn dump(
         }
     };
     let opts = req.opts.as_ref().ok_or("DUMP without options")?;
+    if let Some(parent) = &opts.parent_img {
+        log.events.push(format!("DUMP parent {parent}"));
+    }
     if opts.notify_scripts != Some(true) || opts.pid.is_none() {
         let e = format!(
             "DUMP needs notify_scripts and a pid, got {:?} and {:?}",
@@ -382,7 +601,7 @@ fn dump(
         None => return Ok(()),
     }
     // Pages go out while the tasks are frozen; the stream ends when ps.fd closes.
-    send_all(&ps, &page_stream()).map_err(|e| format!("writing pages to ps.fd: {e}"))?;
+    send_session(&ps, &page_stream())?;
     drop(ps);
     for (name, bytes) in image_files() {
         write_file(&dir, name, &bytes)?;
@@ -439,11 +658,19 @@ fn restore(spec: &Spec, sock: &OwnedFd, req: &CriuReq, log: &mut Log) -> Result<
             return Err(e);
         }
     };
-    if let Err(e) = check_images(&dir) {
-        let _ = reply(sock, &failed(CriuReqType::Restore, &e));
-        return Err(e);
-    }
+    let chain = check_images(&dir).and_then(|()| check_chain(&dir));
+    let chain = match chain {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = reply(sock, &failed(CriuReqType::Restore, &e));
+            return Err(e);
+        }
+    };
     log.events.push("images intact".into());
+    if chain > 0 {
+        log.events
+            .push(format!("parent chain: {chain} pre-dumps intact"));
+    }
     if opts.notify_scripts != Some(true) {
         let e = "RESTORE without notify_scripts: the tasks could not be held".to_string();
         let _ = reply(sock, &failed(CriuReqType::Restore, &e));
@@ -536,6 +763,44 @@ fn check_images(dir: &OwnedFd) -> Result<(), String> {
     Ok(())
 }
 
+/// Follows the `parent` links from the images directory as CRIU's page reads do (through the
+/// link): the pre-dumps, newest first, each with the pages of its own iteration. Returns their
+/// number.
+fn check_chain(dir: &OwnedFd) -> Result<usize, String> {
+    let mut levels = Vec::new();
+    let mut at = rustix::io::fcntl_dupfd_cloexec(dir, 3).map_err(|e| format!("dup: {e}"))?;
+    loop {
+        let parent = match rustix::fs::openat(
+            &at,
+            PARENT_LINK,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(p) => p,
+            Err(Errno::NOENT) => break,
+            Err(e) => return Err(format!("opening parent: {e}")),
+        };
+        levels.push(read_file(&parent, "pages-1.img")?);
+        if levels.len() > CHAIN_MAX {
+            return Err(format!(
+                "a parent chain of more than {CHAIN_MAX} directories"
+            ));
+        }
+        at = parent;
+    }
+    let n = levels.len();
+    for (depth, pages) in levels.iter().enumerate() {
+        let k = u32::try_from(n - depth).unwrap_or(0);
+        if *pages != pre_dump_stream(k, pages.len()) {
+            return Err(format!(
+                "the parent at depth {} does not hold pre-dump {k}'s pages",
+                depth + 1
+            ));
+        }
+    }
+    Ok(n)
+}
+
 /// Opens the images directory CRIU gets as a number of its peer's descriptors.
 fn open_dir(images_dir_fd: i32) -> Result<OwnedFd, String> {
     if images_dir_fd < 0 {
@@ -549,11 +814,13 @@ fn open_dir(images_dir_fd: i32) -> Result<OwnedFd, String> {
     .map_err(|e| format!("images_dir_fd {images_dir_fd}: {e}"))
 }
 
-/// The images directory and the page socket of a DUMP or PAGE_SERVER. `ps.fd` must be one of
-/// the descriptors given to `spawn` under that number, as real CRIU uses it by number.
+/// The images directory and the page socket of a DUMP, PRE_DUMP or PAGE_SERVER. `ps.fd` must be
+/// one of the descriptors given to `spawn` under that number, as real CRIU uses it by number.
+/// `keep`: swrk keeps its copy (a PRE_DUMP's child, a page server started with keep_open).
 fn dir_and_ps(
     req: &CriuReq,
     fds: &mut HashMap<i32, OwnedFd>,
+    keep: bool,
 ) -> Result<(OwnedFd, OwnedFd), String> {
     let opts = req.opts.as_ref().ok_or("request without options")?;
     let dir = open_dir(opts.images_dir_fd)?;
@@ -562,9 +829,13 @@ fn dir_and_ps(
         .as_ref()
         .and_then(|p| p.fd)
         .ok_or("no ps.fd in the request")?;
-    let ps = fds
-        .remove(&n)
-        .ok_or_else(|| format!("ps.fd {n} was not inherited by criu"))?;
+    let missing = || format!("ps.fd {n} was not inherited by criu");
+    let ps = if keep {
+        let fd = fds.get(&n).ok_or_else(missing)?;
+        rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| format!("dup: {e}"))?
+    } else {
+        fds.remove(&n).ok_or_else(missing)?
+    };
     Ok((dir, ps))
 }
 
@@ -663,7 +934,7 @@ fn send_all(fd: &OwnedFd, mut buf: &[u8]) -> Result<(), Errno> {
 }
 
 /// A CRIU stats file: the two magics, the length, the entry.
-fn stats_file(entry: &StatsEntry) -> Vec<u8> {
+pub fn stats_file(entry: &StatsEntry) -> Vec<u8> {
     let body = entry.encode_to_vec();
     let mut v = MAGIC_IMG_SERVICE.to_le_bytes().to_vec();
     v.extend_from_slice(&MAGIC_STATS.to_le_bytes());
@@ -721,6 +992,23 @@ mod tests {
         assert!(Spec::parse(Path::new("builtin:fake-criu,bogus"))
             .unwrap()
             .is_err());
+        let s = Spec::parse(Path::new(
+            "builtin:fake-criu,mem-track,pre-dump-pages=300/20,fail-pre-dump=3",
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(s.mem_track);
+        assert_eq!(
+            [1, 2, 3].map(|k| s.pre_dump_pages(k)),
+            [300, 20, 20],
+            "the last count repeats"
+        );
+        assert_eq!(s.fail_pre_dump, Some(3));
+        assert!(
+            Spec::parse(Path::new("builtin:fake-criu,pre-dump-pages=1/x"))
+                .unwrap()
+                .is_err()
+        );
     }
 
     #[test]
@@ -728,5 +1016,7 @@ mod tests {
         let s = page_stream();
         assert_eq!(s.len(), PAGE_STREAM_LEN);
         assert_ne!(s[..4096], s[4096..8192]);
+        // Each iteration's pages differ from every other's.
+        assert_ne!(pre_dump_stream(1, 4096), pre_dump_stream(2, 4096));
     }
 }

@@ -12,7 +12,7 @@ pub mod stats;
 mod swrk;
 
 pub use error::CriuError;
-pub use swrk::{find_criu, Event, Swrk};
+pub use swrk::{find_criu, Event, Swrk, CRIU_PATH_ENV};
 
 use haul_proto::criu::{CriuReqType, CriuVersion};
 use std::fmt;

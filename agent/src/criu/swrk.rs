@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// PATH given to CRIU (its environment is otherwise empty): CRIU runs `iptables-restore`
 /// for the network lock and finds it through PATH.
-const CRIU_PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const CRIU_PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What CRIU says while a DUMP or RESTORE runs.
 #[derive(Debug)]

@@ -2,6 +2,8 @@
 //! its own session (receive pages and images → restore held at post-restore → Ready → Commit).
 
 pub mod journal;
+pub mod lazy;
+pub mod precopy;
 pub mod recover;
 pub mod restart;
 pub mod runc;

@@ -162,7 +162,9 @@ pub fn complete(dir: &Path, cfg: &SessionConfig) -> Result<()> {
     let root = dir.parent().unwrap_or(Path::new("/"));
     let work = WorkDir::open(root, &name)?;
     let mut restorer = super::session::spawn_restorer(cfg, job.as_mut())?;
-    match restore_held(&work, &mut job, &mut restorer, |_| Ok(Decision::Commit))? {
+    match restore_held(&work, &mut job, &mut restorer, false, |_| {
+        Ok(Decision::Commit)
+    })? {
         Held::Done(pid) => {
             if let Some(j) = job.take() {
                 j.commit();

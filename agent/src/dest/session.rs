@@ -13,7 +13,7 @@ use crate::transfer::{handshake, pages, Conn, Incoming, Key, WireError, PROTOCOL
 use crate::workdir::WorkDir;
 use haul_proto::criu::CriuReqType;
 use haul_proto::haul::{
-    control::Msg, Abort, CriuVersion, Done, Hello, Prepared, Purpose, Ready, Welcome,
+    control::Msg, Abort, CriuVersion, Done, Hello, Prepared, Purpose, Ready, Resumed, Welcome,
 };
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd};
@@ -140,6 +140,9 @@ pub fn msg_name(m: &Msg) -> &'static str {
         Msg::TreeEntry(_) => "TreeEntry",
         Msg::TreeDone(_) => "TreeDone",
         Msg::Start(_) => "Start",
+        Msg::Resumed(_) => "Resumed",
+        Msg::PageServerStart(_) => "PageServerStart",
+        Msg::PageServerReady(_) => "PageServerReady",
     }
 }
 
@@ -153,6 +156,7 @@ fn check(conn: &Conn, cfg: &SessionConfig) -> Result<()> {
         criu: Some(proto_version(v)),
         lazy_pages: f.lazy_pages.unwrap_or(false),
         mem_track: f.mem_track.unwrap_or(false),
+        pre_copy: true,
     }))
     .map_err(|e| wire(e, "welcome"))?;
     drop(swrk);
@@ -177,13 +181,20 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         pages::socket_pair().map_err(|e| Error::other(format!("socketpair: {e}")))?;
     // Without CRIU here only a restart (no checkpoint) can be served; the source learns it from
     // the missing version and says so.
-    let criu_here =
+    let mut criu_here =
         Swrk::spawn(&cfg.criu, &[ps_criu.as_fd()]).and_then(|mut w| w.version().map(|v| (w, v)));
+    let features = criu_here
+        .as_mut()
+        .ok()
+        .and_then(|(w, _)| w.features().ok())
+        .unwrap_or_default();
     conn.send(Msg::Welcome(Welcome {
         agent_version: env!("CARGO_PKG_VERSION").into(),
         criu: criu_here.as_ref().ok().map(|(_, v)| proto_version(*v)),
-        lazy_pages: false,
-        mem_track: false,
+        lazy_pages: features.lazy_pages.unwrap_or(false),
+        mem_track: features.mem_track.unwrap_or(false),
+        // Page servers per dump (dest/precopy.rs).
+        pre_copy: true,
     }))
     .map_err(|e| wire(e, "welcome"))?;
 
@@ -204,6 +215,12 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         Err(e) => return Err(wire(e, "prepare")),
     };
     let prepare_bytes = prost::Message::encode_to_vec(&prepare);
+    let lazy = prepare.lazy;
+    if lazy && !features.lazy_pages.unwrap_or(false) {
+        return Err(Error::setup(
+            "lazy pages (post-copy) are not available here: the kernel lacks userfaultfd or CRIU cannot use it",
+        ));
+    }
     let mut job = match (Purpose::try_from(hello.purpose), prepare.runc) {
         (Ok(Purpose::MigrateRunc), Some(rc)) => Some(RuncRestore::preflight(rc, cfg)?),
         (Ok(Purpose::MigrateRunc), None) => {
@@ -241,7 +258,17 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         crate::util::printable(&hello.migration_id),
         work.path.display()
     );
-    let outcome = receive_and_restore(conn, cfg, &work, &mut swrk, ps_ours, ps_criu, &mut job);
+    let outcome = receive_and_restore(
+        conn,
+        cfg,
+        &work,
+        &mut swrk,
+        ps_ours,
+        ps_criu,
+        &mut job,
+        lazy,
+        prepare.pre_copy,
+    );
     match outcome {
         Ok(Outcome::Done(done)) => {
             if let Some(j) = job.take() {
@@ -316,7 +343,7 @@ fn keep_logs(cfg: &SessionConfig, work: &WorkDir, id: &str) -> Vec<String> {
     if std::fs::create_dir_all(&logs).is_err() {
         return kept;
     }
-    for name in ["page-server.log", "restore.log"] {
+    for name in ["page-server.log", "restore.log", super::lazy::LOG_NAME] {
         let from = work.path.join(name);
         if from.exists() {
             let to = logs.join(format!("{id}-{name}"));
@@ -325,9 +352,18 @@ fn keep_logs(cfg: &SessionConfig, work: &WorkDir, id: &str) -> Vec<String> {
             }
         }
     }
+    // Pre-copy: the page servers of the iterations.
+    for (from, name) in super::precopy::logs(&work.path) {
+        let to = logs.join(format!("{id}-{name}"));
+        if std::fs::copy(&from, &to).is_ok() {
+            kept.push(to.display().to_string());
+        }
+    }
     kept
 }
 
+// One call site; the arguments are the session's distinct parts.
+#[allow(clippy::too_many_arguments)]
 fn receive_and_restore(
     conn: &Conn,
     cfg: &SessionConfig,
@@ -336,21 +372,36 @@ fn receive_and_restore(
     ps_ours: std::os::fd::OwnedFd,
     ps_criu: std::os::fd::OwnedFd,
     job: &mut Option<RuncRestore>,
+    lazy: bool,
+    pre_copy: bool,
 ) -> Result<Outcome> {
-    // Page server: CRIU forks it with our socketpair end; it writes pages-*.img into `work`.
-    swrk.set_log(work.path.join("page-server.log"));
-    swrk.call(&Swrk::request(
-        CriuReqType::PageServer,
-        crate::plan::pid::page_server(work.raw(), ps_criu.as_raw_fd()),
-    ))
-    .map_err(|e| Error::other(e.to_string()))?;
-    drop(ps_criu);
-    let ps_ours = Arc::new(ps_ours);
-    conn.set_page_sink(ps_ours.clone());
-    let relay = pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
-        .map_err(|e| wire(e, "page relay"))?;
-    // Whatever happens next, the page server must not wait forever on its socket.
-    let stop_pages = scopeguard(ps_ours.clone());
+    // Page servers. Pre-copy: one per dump when the source asks (dest/precopy.rs). --lazy:
+    // none, the memory comes after the resume (dest/lazy.rs). Else one now: CRIU forks it with
+    // our socketpair end; it writes pages-*.img into `work`.
+    let mut page_servers = super::precopy::PageServers::default();
+    let mut relay = None;
+    let mut stop_pages = None;
+    if !lazy {
+        if pre_copy {
+            page_servers = super::precopy::PageServers::new(ps_criu);
+        } else {
+            swrk.set_log(work.path.join("page-server.log"));
+            swrk.call(&Swrk::request(
+                CriuReqType::PageServer,
+                crate::plan::pid::page_server(work.raw(), ps_criu.as_raw_fd()),
+            ))
+            .map_err(|e| Error::other(e.to_string()))?;
+            drop(ps_criu);
+        }
+        let ps_ours = Arc::new(ps_ours);
+        conn.set_page_sink(ps_ours.clone());
+        relay = Some(
+            pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
+                .map_err(|e| wire(e, "page relay"))?,
+        );
+        // Whatever happens next, the page server must not wait forever on its socket.
+        stop_pages = Some(scopeguard(ps_ours.clone()));
+    }
 
     // Start the restoring CRIU now, so it is ready when the images are; for a container, with
     // the stdio pipes it hands over and inside the container's new cgroups.
@@ -397,8 +448,12 @@ fn receive_and_restore(
                 Some(t) if t.in_file() => t.end(e).map_err(|e| wire(e, "bundle"))?,
                 _ => sink.end(e).map_err(|e| wire(e, "images"))?,
             },
+            Incoming::Control(Msg::PageServerStart(p)) => {
+                page_servers.start(conn, swrk, work, p.iteration)?
+            }
             Incoming::Control(Msg::ImagesDone(d)) => {
                 sink.done(&d).map_err(|e| wire(e, "images"))?;
+                page_servers.finish()?;
                 break;
             }
             Incoming::Control(Msg::Abort(a)) => {
@@ -418,12 +473,24 @@ fn receive_and_restore(
     }
     // The source's CRIU closed its page stream before post-dump; our page server has answered
     // its close request, so its end is closing too.
-    let received = match relay.join() {
-        Ok(Ok(_)) => crate::transfer::mux::load(&conn.counters.pages_in),
-        Ok(Err(e)) => return Err(wire(e, "page server stream")),
-        Err(_) => return Err(Error::other("page relay thread failed")),
+    let received = match relay.map(|r| r.join()) {
+        Some(Ok(Ok(_))) | None => crate::transfer::mux::load(&conn.counters.pages_in),
+        Some(Ok(Err(e))) => return Err(wire(e, "page server stream")),
+        Some(Err(_)) => return Err(Error::other("page relay thread failed")),
     };
     drop(stop_pages);
+    // --lazy: the daemon that will fetch the memory, listening before the restore starts.
+    let mut lazy_daemon = None;
+    let mut lazy_relay = None;
+    if lazy {
+        let d = super::lazy::start(&cfg.criu, work)?;
+        conn.set_page_sink(d.ps.clone());
+        lazy_relay = Some(
+            pages::spawn_outbound(d.ps.clone(), conn.sender(), conn.counters.clone())
+                .map_err(|e| wire(e, "page relay"))?,
+        );
+        lazy_daemon = Some(d);
+    }
     log::info!(
         "received {:.1} MiB of pages and {} image files ({} bytes); restoring",
         received as f64 / 1048576.0,
@@ -440,6 +507,7 @@ fn receive_and_restore(
         .as_ref()
         .map(|j| j.dst_id().to_string())
         .unwrap_or_default();
+    let mut guard = None;
     let decide = |pid: i32| -> Result<Decision> {
         // Written before Ready: from here on, an interruption leaves the migration in doubt.
         journal::write(&work.path, Stage::Ready, &jid)?;
@@ -447,6 +515,12 @@ fn receive_and_restore(
             .map_err(|e| wire(e, "ready"))?;
         crate::util::fault_point("dst-ready");
         Ok(match conn.recv_control(cfg.commit_timeout, "commit") {
+            // --lazy: from the resume, the tasks need the daemon; if serve dies, they must not
+            // run on with missing memory.
+            Ok(Msg::Commit(_)) if lazy => {
+                guard = Some(super::lazy::Guard::start(pid)?);
+                Decision::Commit
+            }
             Ok(Msg::Commit(_)) => Decision::Commit,
             Ok(Msg::Abort(a)) => Decision::Abort(format!(
                 "source aborted ({}): {}; restored tasks stopped",
@@ -459,18 +533,55 @@ fn receive_and_restore(
             Err(e) => Decision::InDoubt(format!("no commit from the source: {e}")),
         })
     };
-    let restored_pid = match restore_held(work, job, &mut restorer, decide)? {
+    let restored_pid = match restore_held(work, job, &mut restorer, lazy, decide)? {
         Held::Done(pid) => pid,
+        Held::InDoubt(why) if lazy => {
+            // Without the source's memory these images cannot be completed: nothing to keep.
+            return Err(Error::other(format!("{why}; post-copy never started")));
+        }
         Held::InDoubt(why) => return Ok(Outcome::InDoubt(why)),
     };
     let rs = stats::restore(&work.path).unwrap_or_default();
-    let done = Done {
+    let mut done = Done {
         restored_pid,
         restore_time_us: u64::from(rs.restore_time),
         forking_time_us: u64::from(rs.forking_time),
         pages_restored: rs.pages_restored.unwrap_or(0),
         page_bytes_received: received,
+        ..Default::default()
     };
+    if let Some(mut d) = lazy_daemon {
+        let before = crate::transfer::mux::load(&conn.counters.pages_in);
+        log::info!(
+            "restored tasks (pid {restored_pid}) run; fetching their memory from the source (post-copy)"
+        );
+        let waited = conn
+            .send(Msg::Resumed(Resumed { restored_pid }))
+            .map_err(|e| wire(e, "resumed"))
+            .and_then(|()| d.wait(conn, cfg.idle_timeout));
+        let took = match waited {
+            Ok(t) => t,
+            Err(e) => {
+                super::lazy::kill_restored(restored_pid);
+                drop(d);
+                return Err(super::lazy::lost(e));
+            }
+        };
+        drop(d);
+        if let Some(g) = guard.take() {
+            g.done();
+        }
+        if let Some(Ok(Err(e))) = lazy_relay.map(|r| r.join()) {
+            log::debug!("page relay after the post-copy: {e}");
+        }
+        done.postcopy_us = took.as_micros() as u64;
+        done.postcopy_bytes = crate::transfer::mux::load(&conn.counters.pages_in) - before;
+        log::info!(
+            "post-copy done: {:.1} MiB in {} ms",
+            done.postcopy_bytes as f64 / 1048576.0,
+            took.as_millis()
+        );
+    }
     // Done goes out after the clean-up below (migrate), so a source that exits 0 finds the
     // destination already tidy.
     Ok(Outcome::Done(done))
@@ -530,16 +641,20 @@ pub fn restore_held(
     work: &WorkDir,
     job: &mut Option<RuncRestore>,
     restorer: &mut Swrk,
+    lazy: bool,
     mut decide: impl FnMut(i32) -> Result<Decision>,
 ) -> Result<Held> {
     restorer.set_log(work.path.join("restore.log"));
     if let Some(j) = job.as_mut() {
         j.mount_root(work)?;
     }
-    let opts = match job.as_ref() {
+    let mut opts = match job.as_ref() {
         Some(j) => j.restore_opts(work.raw()),
         None => crate::plan::pid::restore(work.raw()),
     };
+    if lazy {
+        opts.lazy_pages = Some(true);
+    }
     restorer
         .send(&Swrk::request(CriuReqType::Restore, opts))
         .map_err(|e| Error::other(e.to_string()))?;

@@ -31,11 +31,15 @@ pub struct Options<'a> {
     /// Keep the work directory after success (debugging).
     pub keep_work: bool,
     pub quiet: bool,
+    /// Post-copy (`--lazy`): the destination runs the workload before its memory has moved.
+    pub lazy: bool,
+    /// `--pre-dump*`: pre-copy iterations before the final dump (source/precopy.rs).
+    pub pre_dump: super::precopy::Settings,
 }
 
 /// Files of the source's images directory that are not sent.
 fn sent(name: &str) -> bool {
-    !name.ends_with(".log") && name != "stats-dump"
+    !name.ends_with(".log") && name != "stats-dump" && name != super::postcopy::CONF_NAME
 }
 
 /// What differs between a process tree and a runc container on the source.
@@ -94,6 +98,15 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     let id = crate::util::migration_id();
     let what = format!("{} {}", job.kind, job.name);
 
+    if o.lazy && o.pre_dump.mode == super::precopy::Mode::Always {
+        return Err(Error::usage(
+            "--lazy and --pre-dump always: CRIU cannot pre-dump for a lazy dump; use one",
+        ));
+    }
+    if o.lazy {
+        super::postcopy::pipe_check()
+            .map_err(|why| Error::setup(format!("--lazy on this host: {why}")))?;
+    }
     // CRIU is started before anything freezes, with its end of the page socket.
     let (ps_ours, ps_criu) = pages::socket_pair().ctx(Kind::Other, "page socketpair")?;
     let mut swrk =
@@ -110,16 +123,33 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     }
 
     phase(o.quiet, &format!("connecting to {}", o.to));
-    let (conn, _welcome) = open(o.to, o.key, job.purpose, version, &id)?;
+    let (conn, welcome) = open(o.to, o.key, job.purpose, version, &id)?;
     if o.key.is_none() {
         log::warn!("connection is not authenticated nor encrypted (--insecure)");
     }
+    if o.lazy && !welcome.lazy_pages {
+        conn.close();
+        return Err(Error::setup(format!(
+            "--lazy: the destination {} cannot restore with lazy pages (its kernel lacks \
+             userfaultfd or its CRIU does not support it; see `haul check --to`); nothing was frozen",
+            o.to
+        )));
+    }
+    let mut job = job;
+    job.prepare.lazy = o.lazy;
 
+    // Pre-copy or one dump: decided before anything freezes (source/precopy.rs). CRIU cannot
+    // pre-dump for a lazy dump: --lazy dumps once.
+    let mut pre_settings = o.pre_dump;
+    if o.lazy {
+        pre_settings.mode = super::precopy::Mode::Never;
+    }
+    let pre_copy = super::precopy::decide(&pre_settings, &mut swrk, &welcome, &conn)?;
     phase(
         o.quiet,
         "preflight: the destination checks it can restore and starts its page server",
     );
-    super::connect::preflight(&conn, job.prepare.clone())?;
+    super::connect::preflight(&conn, pre_copy.prepare(job.prepare.clone()))?;
 
     // --fs copy, pass 1: the whole bundle tree, while the container still runs.
     let mut snapshot = None;
@@ -145,13 +175,28 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     for (name, bytes) in &job.extra_files {
         std::fs::write(work.path.join(name), bytes).ctx(Kind::Other, format!("writing {name}"))?;
     }
+    let lazy_conf = if o.lazy {
+        Some(super::postcopy::write_conf(&work.path, ps_criu_no)?)
+    } else {
+        None
+    };
     let ps_ours = Arc::new(ps_ours);
     conn.set_page_sink(ps_ours.clone());
+    if o.lazy {
+        // Until the Commit, a lost connection must fail CRIU's lazy page server (it then
+        // resumes the tasks), not end its stream (it would kill them).
+        conn.set_sink_farewell(Some(super::postcopy::FAIL_REQUEST));
+    }
     let relay = pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
         .map_err(|e| wire_to_error(e, "page relay"))?;
+    // A lazy dump writes no pages to the socket until post-dump: its relay runs to the end of the
+    // post-copy instead of being joined at post-dump.
+    let (relay, lazy_relay) = if o.lazy {
+        (None, Some(relay))
+    } else {
+        (Some(relay), None)
+    };
 
-    phase(o.quiet, &format!("freezing and dumping {what}"));
-    let frozen_start = Instant::now();
     // CRIU freezes the cgroup itself (freeze_cgroup) so that CRIU, knowing it froze it, thaws it
     // on any failure even if haul is killed. haul thaws it too on a rollback it sees, in case
     // CRIU crashed, unless it was frozen before haul started.
@@ -164,7 +209,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     let stage = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let interrupted = Arc::new(std::sync::Mutex::new(None::<&'static str>));
     {
-        let (stage, interrupted) = (stage.clone(), interrupted.clone());
+        let (stage, interrupted, lazy) = (stage.clone(), interrupted.clone(), o.lazy);
         let (ps, tx) = (ps_ours.clone(), conn.sender());
         let _ = std::thread::Builder::new()
             .name("haul-interrupt".into())
@@ -184,7 +229,11 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
                     if let Ok(mut i) = interrupted.lock() {
                         *i = Some(name);
                     }
-                    let _ = rustix::net::shutdown(&*ps, rustix::net::Shutdown::Both);
+                    if lazy {
+                        super::postcopy::fail_page_server(&ps);
+                    } else {
+                        let _ = rustix::net::shutdown(&*ps, rustix::net::Shutdown::Both);
+                    }
                     if let Ok(t) = tx.lock() {
                         t.shutdown_both();
                     }
@@ -192,22 +241,57 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
                 }
             });
     }
-    let expected =
-        super::progress::resident_bytes(&super::progress::tasks(job.pid, job.freezer.as_deref()));
+    // Pre-copy: pre-dumps while the workload runs, then the final dump's page server.
+    let pre = super::precopy::iterate(
+        &pre_copy,
+        super::precopy::Chain {
+            swrk: &mut swrk,
+            dest: &mut super::precopy::Remote(&conn),
+            work: &work.path,
+            ps_fd: ps_criu_no,
+            dump_opts: &*job.dump_opts,
+            quiet: o.quiet,
+        },
+    );
+    if pre.is_ok() {
+        phase(o.quiet, &format!("freezing and dumping {what}"));
+    }
+    let frozen_start = Instant::now();
+    let expected = match &pre {
+        // After pre-copy only what changed since the last iteration goes: no estimate.
+        Ok(p) if !p.iterations.is_empty() => 0,
+        _ => super::progress::resident_bytes(&super::progress::tasks(
+            job.pid,
+            job.freezer.as_deref(),
+        )),
+    };
     let progress = Progress::start(o.quiet, "pages", conn.counters.clone(), expected);
     let opts = (job.dump_opts)(work.raw(), ps_criu_no);
+    let opts = match &lazy_conf {
+        Some(conf) => super::postcopy::lazy_dump(opts, conf),
+        None => opts,
+    };
     swrk.set_log(work.path.join("dump.log"));
     let pass2 = match (&job.tree, &snapshot) {
         (Some((root, tops)), Some(snap)) => Some((root.as_path(), tops.as_slice(), snap)),
         _ => None,
     };
-    let outcome = run_dump(
-        &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
-    );
+    let tasks = super::progress::tasks(job.pid, job.freezer.as_deref());
+    let (pre, outcome) = match pre {
+        Ok(pre) => {
+            let opts = pre.final_opts(opts);
+            let outcome = run_dump(
+                &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
+            );
+            (pre, outcome)
+        }
+        Err(e) => (super::precopy::Report::default(), Err(e)),
+    };
     progress.stop();
 
     let (image_files, image_bytes, page_bytes) = match outcome {
-        Ok(v) => v,
+        // The relay's count includes the pre-copy iterations: keep the final dump's.
+        Ok((files, bytes, pages)) => (files, bytes, pages.saturating_sub(pre.page_bytes())),
         Err(e) => {
             let _ = conn.send(Msg::Abort(Abort {
                 stage: "dump".into(),
@@ -218,13 +302,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             drop(swrk);
             drop(thaw_guard);
             conn.close();
-            // Keep CRIU's log, not the images: a device's disk is small.
-            let logs = o.work_root.join("logs");
-            let kept = logs.join(format!("{id}-dump.log"));
-            let kept = std::fs::create_dir_all(&logs)
-                .and_then(|()| std::fs::copy(work.path.join("dump.log"), &kept))
-                .map(|_| kept.display().to_string())
-                .unwrap_or_default();
+            let kept = keep_log(o.work_root, &id, &work);
             if let Err(r) = work.remove() {
                 log::warn!("{r}");
             }
@@ -245,6 +323,92 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             )));
         }
     };
+    if o.lazy {
+        let progress = Progress::start(o.quiet, "post-copy", conn.counters.clone(), expected);
+        let post = super::postcopy::finish(
+            &mut swrk,
+            &conn,
+            &ps_ours,
+            &tasks,
+            &stage,
+            frozen_start,
+            o.quiet,
+        );
+        progress.stop();
+        let post = match post {
+            Ok(p) => p,
+            Err(e) => {
+                // CRIU resumes the tasks (rolled back) or they were killed (lost); then the
+                // cgroup haul may have frozen is thawed.
+                drop(swrk);
+                drop(thaw_guard);
+                if e.kind == Kind::RolledBack {
+                    super::postcopy::unlock_network(job.pid);
+                }
+                conn.close();
+                keep_log(o.work_root, &id, &work);
+                if let Err(r) = work.remove() {
+                    log::warn!("{r}");
+                }
+                let e = match interrupted.lock().ok().and_then(|i| *i) {
+                    Some(name) if e.kind == Kind::RolledBack => Error::new(
+                        Kind::RolledBack,
+                        format!("interrupted by {name}; rolled back ({e})"),
+                    ),
+                    _ => e,
+                };
+                return Err(if e.kind == Kind::RolledBack {
+                    e.context(format!(
+                        "migration failed; {what} keeps running on this host"
+                    ))
+                } else {
+                    e.context(format!("migration of {what}"))
+                });
+            }
+        };
+        drop(thaw_guard);
+        if let Some(Ok(Err(e))) = lazy_relay.map(|h| h.join()) {
+            log::debug!("page relay after the post-copy: {e}");
+        }
+        let wire_bytes = conn.wire_bytes_out();
+        conn.close();
+        swrk.finish();
+        if let Some(after) = job.after_commit {
+            if let Err(e) = after() {
+                log::warn!("after the migration: {e}");
+            }
+        }
+        let dstats = stats::dump(&work.path).unwrap_or_default();
+        let summary = Summary {
+            kind: job.kind,
+            id: &job.name,
+            destination: o.to,
+            insecure: o.key.is_none(),
+            total_ms: started.elapsed().as_millis() as u64,
+            frozen_ms: post.frozen_ms,
+            // CRIU's lazy page server restarts its statistics: only the freezing time and
+            // the pages written into the images survive.
+            criu_freezing_us: dstats.freezing_time,
+            pages_written: dstats.pages_written,
+            criu_restore_us: post.done.restore_time_us,
+            criu_forking_us: post.done.forking_time_us,
+            page_bytes: post.bytes,
+            image_files,
+            image_bytes,
+            wire_bytes,
+            page_mib_per_s: if post.postcopy_ms > 0 {
+                post.bytes as f64 / 1048576.0 / (post.postcopy_ms as f64 / 1000.0)
+            } else {
+                0.0
+            },
+            restored_pid: post.done.restored_pid,
+            lazy: true,
+            postcopy_ms: post.postcopy_ms,
+            ..Default::default()
+        };
+        return finish_summary(&summary, o, work);
+    }
+    let _ = (page_bytes, lazy_relay, &tasks);
     // The tasks are gone; thawing the now empty cgroup lets runc remove it.
     drop(thaw_guard);
 
@@ -319,7 +483,25 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             0.0
         },
         restored_pid: done.restored_pid,
+        pre_dump: pre.summary(o.pre_dump.mode),
+        ..Default::default()
     };
+    finish_summary(&summary, o, work)
+}
+
+/// Keeps CRIU's log of a failed dump, not the images (a device's disk is small); returns its
+/// path, or "" if it could not be copied.
+fn keep_log(work_root: &Path, id: &str, work: &WorkDir) -> String {
+    let logs = work_root.join("logs");
+    let kept = logs.join(format!("{id}-dump.log"));
+    std::fs::create_dir_all(&logs)
+        .and_then(|()| std::fs::copy(work.path.join("dump.log"), &kept))
+        .map(|_| kept.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Prints and saves the summary, then removes (or keeps) the work directory.
+fn finish_summary(summary: &Summary<'_>, o: &Options<'_>, work: WorkDir) -> Result<()> {
     if !o.quiet {
         summary.print();
     }
@@ -354,7 +536,7 @@ fn run_dump(
     swrk: &mut Swrk,
     conn: &crate::transfer::Conn,
     dir: &Path,
-    relay: JoinHandle<Result<u64, WireError>>,
+    relay: Option<JoinHandle<Result<u64, WireError>>>,
     opts: haul_proto::criu::CriuOpts,
     pid: i32,
     pass2: Option<(&Path, &[String], &crate::transfer::tree::Snapshot)>,
@@ -363,7 +545,8 @@ fn run_dump(
 ) -> Result<(u32, u64, u64)> {
     swrk.send(&Swrk::request(CriuReqType::Dump, opts))
         .map_err(|e| Error::other(e.to_string()))?;
-    let mut relay = Some(relay);
+    let lazy = relay.is_none();
+    let mut relay = relay;
     let mut result = None;
     let mut committed = false;
     loop {
@@ -409,15 +592,24 @@ fn run_dump(
                     Some(Ok(Err(e))) => {
                         return Err(wire_to_error(e, "streaming pages").with_kind(Kind::RolledBack))
                     }
+                    // A lazy dump sends its pages after post-dump (post-copy).
+                    None if lazy => 0,
                     _ => return Err(Error::new(Kind::RolledBack, "page relay thread failed")),
                 };
-                phase(
-                    quiet,
-                    &format!(
-                        "pages sent ({:.1} MiB); sending images",
-                        page_bytes as f64 / 1048576.0
-                    ),
-                );
+                if lazy {
+                    phase(
+                        quiet,
+                        "sending images; the memory stays here until the destination asks for it",
+                    );
+                } else {
+                    phase(
+                        quiet,
+                        &format!(
+                            "pages sent ({:.1} MiB); sending images",
+                            page_bytes as f64 / 1048576.0
+                        ),
+                    );
+                }
                 // --fs copy, pass 2: what changed since pass 1, now that the tasks are frozen.
                 if let Some((root, tops, snap)) = pass2 {
                     let tops: Vec<&str> = tops.iter().map(String::as_str).collect();
@@ -433,6 +625,15 @@ fn run_dump(
                 }
                 let (files, bytes) = images::send_dir(conn, dir, sent)
                     .map_err(|e| Error::new(Kind::RolledBack, format!("sending images: {e}")))?;
+                if lazy {
+                    // CRIU now serves the pages while the tasks stay frozen: the restore on the
+                    // destination already faults some in. Not a commit: a failure of the page
+                    // stream before the Commit resumes the tasks here (postcopy::finish).
+                    swrk.notify_reply(true)
+                        .map_err(|e| Error::new(Kind::RolledBack, e.to_string()))?;
+                    result = Some((files, bytes, 0));
+                    break;
+                }
                 phase(quiet, "restoring on the destination");
                 match conn.recv_control(IDLE_TIMEOUT, "restore") {
                     Ok(Msg::Ready(r)) => {

@@ -3,6 +3,8 @@
 
 pub mod connect;
 pub mod migrate;
+pub mod postcopy;
+pub mod precopy;
 pub mod progress;
 pub mod restart;
 pub mod runc;

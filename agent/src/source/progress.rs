@@ -20,7 +20,7 @@ pub fn phase(quiet: bool, text: &str) {
 }
 
 impl Progress {
-    /// Reports `bytes` (a live counter) until stopped.
+    /// Reports the bytes `bytes.pages_out` grows by from now on (a live counter), until stopped.
     /// `expected`: the resident memory of the tasks (an estimate of the pages to send), 0 if
     /// unknown.
     pub fn start(
@@ -35,6 +35,8 @@ impl Progress {
         }
         let tty = std::io::stderr().is_terminal();
         let s = stop.clone();
+        // Pre-copy iterations sent pages before: count from here.
+        let base = load(&bytes.pages_out);
         let handle = std::thread::Builder::new()
             .name("haul-progress".into())
             .spawn(move || {
@@ -48,7 +50,7 @@ impl Progress {
                 let mut last = 0;
                 while !s.load(Ordering::Relaxed) {
                     std::thread::park_timeout(tick);
-                    let b = load(&bytes.pages_out);
+                    let b = load(&bytes.pages_out).saturating_sub(base);
                     if b == last {
                         continue;
                     }

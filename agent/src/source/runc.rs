@@ -185,9 +185,15 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             readonly_root: c.container.readonly_root,
             restart: a.mode == "restart",
         }),
+        ..Default::default()
     };
     match a.mode.as_str() {
         "checkpoint" => {}
+        "restart" if a.lazy => {
+            return Err(Error::usage(
+                "--lazy moves memory after the resume; --mode restart moves none: use one",
+            ))
+        }
         "restart" => {
             return super::restart::run(a, key, &runc, prepare, c.bundle.clone(), tree, quiet)
         }
@@ -197,6 +203,12 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             )))
         }
     }
+    let pre_dump = super::precopy::Settings::from_flags(
+        a.pre_dump,
+        a.pre_dump_max_iterations,
+        a.pre_dump_min_pages,
+        a.pre_dump_max_growth,
+    )?;
     let runc_root = a.runc_root.clone();
     let id = a.id.clone();
     let o = Options {
@@ -207,6 +219,8 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
         stats_json: a.stats_json.as_deref(),
         keep_work: a.keep_work,
         quiet,
+        pre_dump,
+        lazy: a.lazy,
     };
     run(
         Job {

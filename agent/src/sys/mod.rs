@@ -36,6 +36,28 @@ pub fn spawn_inheriting(cmd: &mut Command, inherit: &[BorrowedFd<'_>]) -> io::Re
     cmd.spawn()
 }
 
+/// Spawns `cmd` inside the network namespace `netns` (an open `/proc/PID/ns/net`): `setns` in
+/// the child between fork and exec, so haul's own threads never change namespace.
+pub fn spawn_in_netns(cmd: &mut Command, netns: BorrowedFd<'_>) -> io::Result<Child> {
+    let fd = netns.as_raw_fd();
+    unblock_signals_in_child(cmd)?;
+    // SAFETY: the closure runs in the child between fork and exec and makes one raw system call
+    // (setns through rustix), which neither allocates nor takes locks: async-signal-safe. The
+    // descriptor is open in the parent for the whole `spawn` (the caller lends it), so it is
+    // open in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ns = BorrowedFd::borrow_raw(fd);
+            rustix::thread::move_into_link_name_space(
+                ns,
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// `fcntl(fd, F_SETFD, FD_CLOEXEC)` on a descriptor number that may not be open.
 pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: the borrow lasts for one fcntl call; if `fd` is not open, fcntl fails with EBADF

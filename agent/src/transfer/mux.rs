@@ -31,6 +31,8 @@ pub struct Counters {
 }
 
 type Sink = Arc<Mutex<Option<Arc<OwnedFd>>>>;
+/// Bytes written into the page sink before it is shut down when the connection is lost.
+type Farewell = Arc<Mutex<Option<&'static [u8]>>>;
 
 type Queue = (
     SyncSender<Result<Incoming, WireError>>,
@@ -76,6 +78,7 @@ pub struct Conn {
     tx: Arc<Mutex<SendHalf>>,
     rx: Receiver<Result<Incoming, WireError>>,
     sink: Sink,
+    farewell: Farewell,
     reader: Option<JoinHandle<u64>>,
     activity: Arc<Activity>,
     pub counters: Arc<Counters>,
@@ -86,21 +89,24 @@ impl Conn {
     pub fn start(tx: SendHalf, rx: RecvHalf) -> Conn {
         let (qtx, qrx) = queue();
         let sink: Sink = Arc::new(Mutex::new(None));
+        let farewell: Farewell = Arc::new(Mutex::new(None));
         let counters = Arc::new(Counters::default());
         let activity = Arc::new(Activity::new());
         let reader = {
             let sink = sink.clone();
+            let farewell = farewell.clone();
             let counters = counters.clone();
             let activity = activity.clone();
             std::thread::Builder::new()
                 .name("haul-conn-rx".into())
-                .spawn(move || read_loop(rx, qtx, sink, counters, activity))
+                .spawn(move || read_loop(rx, qtx, sink, farewell, counters, activity))
                 .ok()
         };
         Conn {
             tx: Arc::new(Mutex::new(tx)),
             rx: qrx,
             sink,
+            farewell,
             reader,
             activity,
             counters,
@@ -116,6 +122,14 @@ impl Conn {
     pub fn set_page_sink(&self, fd: Arc<OwnedFd>) {
         if let Ok(mut s) = self.sink.lock() {
             *s = Some(fd);
+        }
+    }
+
+    /// What the reader writes into the page sink, before shutting it down, if the connection
+    /// is lost (None: only the shutdown, which the local CRIU sees as the end of its stream).
+    pub fn set_sink_farewell(&self, bytes: Option<&'static [u8]>) {
+        if let Ok(mut f) = self.farewell.lock() {
+            *f = bytes;
         }
     }
 
@@ -230,6 +244,7 @@ fn read_loop(
     mut rx: RecvHalf,
     q: SyncSender<Result<Incoming, WireError>>,
     sink: Sink,
+    farewell: Farewell,
     counters: Arc<Counters>,
     activity: Arc<Activity>,
 ) -> u64 {
@@ -272,6 +287,9 @@ fn read_loop(
         if stop {
             // The connection is gone: the local CRIU must not wait on its page socket.
             if let Some(fd) = sink.lock().ok().and_then(|s| s.clone()) {
+                if let Some(bytes) = farewell.lock().ok().and_then(|f| *f) {
+                    let _ = write_all(&fd, bytes);
+                }
                 let _ = rustix::net::shutdown(&*fd, rustix::net::Shutdown::Both);
             }
         }

@@ -41,6 +41,11 @@ pub struct Welcome {
     pub lazy_pages: bool,
     #[prost(bool, tag = "4")]
     pub mem_track: bool,
+    /// This destination serves pre-copy (Prepare.pre_copy): one page server per dump, each into an
+    /// images directory of its own, linked to the previous one as its parent. An older destination
+    /// leaves it false, and the source then dumps once.
+    #[prost(bool, tag = "20")]
+    pub pre_copy: bool,
 }
 /// Source asks the destination to prepare: preflight checks and a CRIU page server.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -51,6 +56,15 @@ pub struct Prepare {
     /// Set for PURPOSE_MIGRATE_RUNC.
     #[prost(message, optional, tag = "2")]
     pub runc: ::core::option::Option<RuncContainer>,
+    /// Post-copy (`--lazy`): no page server now; after the images the destination starts CRIU's
+    /// lazy-pages daemon, restores with lazy pages and fetches memory from the source's CRIU,
+    /// which keeps the frozen tasks' pages, through PAGE_DATA frames in both directions.
+    #[prost(bool, tag = "3")]
+    pub lazy: bool,
+    /// Pre-copy: the source runs pre-dump iterations before its final dump. The destination starts
+    /// no page server at Prepare; it starts one for each PageServerStart instead.
+    #[prost(bool, tag = "20")]
+    pub pre_copy: bool,
 }
 /// What the destination needs to restore and register a runc container. The destination parses
 /// `state_json` itself with its own bounds; the other fields are facts only the source can see.
@@ -105,6 +119,22 @@ pub struct FileEnd {
     #[prost(uint64, tag = "1")]
     pub size: u64,
 }
+/// Pre-copy: the source asks for a page server before each pre-dump and before its final dump.
+/// The destination names and creates each images directory itself: iteration k writes into
+/// `pre-k` (parent `../pre-(k-1)`), the final dump into the migration directory (parent
+/// `pre-N`, the last iteration).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PageServerStart {
+    /// 1, 2, ... for the pre-dump iterations, in this order; 0 for the final dump.
+    #[prost(uint32, tag = "1")]
+    pub iteration: u32,
+}
+/// The destination's page server for `iteration` runs: the source may dump.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PageServerReady {
+    #[prost(uint32, tag = "1")]
+    pub iteration: u32,
+}
 /// All image files were sent.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ImagesDone {
@@ -137,6 +167,19 @@ pub struct Done {
     /// Bytes the destination's page server wrote.
     #[prost(uint64, tag = "5")]
     pub page_bytes_received: u64,
+    /// Post-copy: how long the lazy-pages daemon took, from the tasks' resume to its last page.
+    #[prost(uint64, tag = "6")]
+    pub postcopy_us: u64,
+    /// Post-copy: page-protocol bytes received from the source's CRIU during that phase.
+    #[prost(uint64, tag = "7")]
+    pub postcopy_bytes: u64,
+}
+/// Post-copy: the destination let the restored tasks run (they fault their memory in from the
+/// source from now on). From here a lost connection loses the container.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Resumed {
+    #[prost(int32, tag = "1")]
+    pub restored_pid: i32,
 }
 /// Either side gives up; the reason is for the other side's logs and messages.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -201,7 +244,7 @@ pub struct TreeDone {
 pub struct Control {
     #[prost(
         oneof = "control::Msg",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 20, 21"
     )]
     pub msg: ::core::option::Option<control::Msg>,
 }
@@ -241,6 +284,12 @@ pub mod control {
         TreeDone(super::TreeDone),
         #[prost(message, tag = "16")]
         Start(super::Start),
+        #[prost(message, tag = "17")]
+        Resumed(super::Resumed),
+        #[prost(message, tag = "20")]
+        PageServerStart(super::PageServerStart),
+        #[prost(message, tag = "21")]
+        PageServerReady(super::PageServerReady),
     }
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -1,0 +1,297 @@
+//! `--lazy` (post-copy) on the destination: CRIU's lazy-pages daemon.
+//!
+//! After the images arrive, haul starts `criu lazy-pages` on the migration directory with one
+//! end of a socketpair as its page-server connection (`--ps-socket`); haul relays that socket
+//! to the source's CRIU through the connection (PAGE_DATA frames both ways). RESTORE then runs
+//! with `lazy_pages`: the restored tasks hand their userfaultfds to the daemon, which fills
+//! each fault from the source and, once the restore finished, fetches the remaining pages.
+//! The daemon exits 0 when every page is in place: that ends the post-copy.
+//!
+//! If the daemon fails or the connection is lost before that, the restored tasks would run on
+//! with missing memory: haul kills them (see `source::postcopy` for the whole failure story).
+
+use crate::error::{Error, Kind, Result};
+use crate::limits::LAZY_DAEMON_START;
+use crate::transfer::{mux, pages, Conn, Incoming, WireError};
+use crate::workdir::WorkDir;
+use haul_proto::haul::control::Msg;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Niceness of CRIU's lazy-pages daemon (see `start`).
+const LAZY_DAEMON_NICE: i32 = 10;
+
+/// The daemon's log, in the migration directory.
+pub const LOG_NAME: &str = "lazy-pages.log";
+
+/// A running `criu lazy-pages`.
+pub struct LazyDaemon {
+    child: Child,
+    /// haul's end of the daemon's page-server socket.
+    pub ps: Arc<OwnedFd>,
+    log: std::path::PathBuf,
+}
+
+/// Starts the daemon on `work` (the images must all be there) and waits until it listens for
+/// the restore.
+pub fn start(criu: &Path, work: &WorkDir) -> Result<LazyDaemon> {
+    let (ours, theirs) =
+        pages::socket_pair().map_err(|e| Error::other(format!("socketpair: {e}")))?;
+    let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::other(format!("pipe: {e}")))?;
+    let mut cmd = Command::new(criu);
+    cmd.arg("lazy-pages")
+        .arg("--page-server")
+        .arg("--ps-socket")
+        .arg(theirs.as_raw_fd().to_string())
+        .arg("--status-fd")
+        .arg(status_w.as_raw_fd().to_string())
+        .arg("--images-dir")
+        .arg(&work.path)
+        .arg("--work-dir")
+        .arg(&work.path)
+        .arg("--log-file")
+        .arg(LOG_NAME)
+        .arg("-v4")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = crate::sys::spawn_inheriting(&mut cmd, &[theirs.as_fd(), status_w.as_fd()])
+        .map_err(|e| Error::setup(format!("starting {} lazy-pages: {e}", criu.display())))?;
+    // The daemon has its copies; ours would keep its socket and status pipe open forever.
+    drop(theirs);
+    drop(status_w);
+    // CRIU's daemon polls without sleeping while it waits for an answer from the source
+    // (criu/uffd.c, handle_requests with a zero timeout once the restore finished): at normal
+    // priority it takes a core from the restored workload and from haul's relay.
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        if let Err(e) = rustix::process::setpriority_process(Some(pid), LAZY_DAEMON_NICE) {
+            log::debug!("lowering the priority of criu lazy-pages: {e}");
+        }
+    }
+    let mut d = LazyDaemon {
+        child,
+        ps: Arc::new(ours),
+        log: work.path.join(LOG_NAME),
+    };
+    match wait_ready(&status_r, LAZY_DAEMON_START) {
+        Ok(()) => Ok(d),
+        Err(why) => {
+            let _ = d.child.kill();
+            let status = d.child.wait().map(|s| s.to_string()).unwrap_or_default();
+            Err(d.failed(&format!("{why} ({status})")))
+        }
+    }
+}
+
+/// Waits for the byte CRIU writes to its status descriptor once it listens.
+fn wait_ready(status: &OwnedFd, limit: Duration) -> Result<(), String> {
+    let ts = rustix::event::Timespec::try_from(limit).map_err(|e| e.to_string())?;
+    let mut fds = [rustix::event::PollFd::new(
+        status,
+        rustix::event::PollFlags::IN,
+    )];
+    match rustix::event::poll(&mut fds, Some(&ts)) {
+        Ok(0) => return Err(format!("not ready after {} s", limit.as_secs())),
+        Ok(_) => {}
+        Err(e) => return Err(format!("poll: {e}")),
+    }
+    let mut byte = [1u8; 1];
+    match rustix::io::read(status, &mut byte) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err("exited before it was ready".into()),
+        Err(e) => Err(format!("reading its status: {e}")),
+    }
+}
+
+impl LazyDaemon {
+    fn failed(&self, what: &str) -> Error {
+        let lines = crate::criu::log_excerpt::error_lines(&self.log);
+        let mut msg = format!("criu lazy-pages {what}");
+        for l in lines {
+            msg.push_str("\n    ");
+            msg.push_str(&crate::util::printable(&l));
+        }
+        Error::other(msg)
+    }
+
+    /// Follows the post-copy until the daemon has every page (Ok: how long it took), the daemon
+    /// fails, the source aborts or the connection goes quiet or breaks (Err). On Err the caller
+    /// kills the restored tasks.
+    /// `idle`: `haul serve --idle-timeout`, the longest time without a page.
+    pub fn wait(&mut self, conn: &Conn, idle: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let mut last = (Instant::now(), mux::load(&conn.counters.pages_in));
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) if st.success() => return Ok(start.elapsed()),
+                Ok(Some(st)) => return Err(self.failed(&format!("failed ({st})"))),
+                Ok(None) => {}
+                Err(e) => return Err(Error::other(format!("waiting for criu lazy-pages: {e}"))),
+            }
+            match conn.recv(Duration::from_millis(5), "post-copy") {
+                Ok(Incoming::Control(Msg::Abort(a))) => {
+                    return Err(Error::other(format!(
+                        "source aborted the post-copy: {}",
+                        crate::util::printable(&a.reason)
+                    )))
+                }
+                Ok(Incoming::Control(m)) => {
+                    return Err(Error::other(format!(
+                        "unexpected {} during the post-copy",
+                        super::session::msg_name(&m)
+                    )))
+                }
+                Ok(Incoming::FileData(_)) => {
+                    return Err(Error::other("file data during the post-copy"))
+                }
+                Err(WireError::Timeout { .. }) => {}
+                Err(e) => return Err(Error::other(format!("post-copy: {e}"))),
+            }
+            let got = mux::load(&conn.counters.pages_in);
+            if got != last.1 {
+                last = (Instant::now(), got);
+            } else if last.0.elapsed() > idle {
+                return Err(Error::other(format!(
+                    "post-copy: no page arrived for {} s",
+                    idle.as_secs()
+                )));
+            }
+        }
+    }
+}
+
+impl Drop for LazyDaemon {
+    /// A daemon still running is killed: its tasks are being killed too, or never ran.
+    fn drop(&mut self) {
+        let _ = rustix::net::shutdown(&*self.ps, rustix::net::Shutdown::Both);
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGKILL to a restored root task (the init of its pid namespace, so the whole tree goes).
+pub fn kill_restored(pid: i32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::KILL) {
+            log::warn!("killing restored task {pid}: {e}");
+        }
+    }
+}
+
+/// Watches a restored tree during the post-copy from a separate process (`haul postcopy-guard`,
+/// its own process group, so it outlives `haul serve`). If serve dies before every page
+/// arrived, CRIU's daemon dies with it and the tasks would run on with zero-filled memory where
+/// pages were missing: the guard, seeing its pipe close without "done", kills them.
+pub struct Guard {
+    /// Write end of the guard's stdin; "done" then close means: the post-copy completed.
+    pipe: Option<OwnedFd>,
+}
+
+/// What serve writes to the guard when every page arrived.
+const GUARD_DONE: &[u8] = b"done\n";
+
+impl Guard {
+    /// Starts the guard for the restored root task `pid` (its start time, from /proc, guards
+    /// against a reused pid).
+    pub fn start(pid: i32) -> Result<Guard> {
+        let start =
+            start_time(pid).ok_or_else(|| Error::other(format!("restored task {pid} is gone")))?;
+        let exe =
+            std::env::current_exe().map_err(|e| Error::other(format!("own executable: {e}")))?;
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| Error::other(format!("pipe: {e}")))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("postcopy-guard")
+            .arg("--pid")
+            .arg(pid.to_string())
+            .arg("--start-time")
+            .arg(start.to_string())
+            .stdin(Stdio::from(r))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        crate::sys::unblock_signals_in_child(&mut cmd)
+            .map_err(|e| Error::other(format!("signal mask: {e}")))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::other(format!("starting the post-copy guard: {e}")))?;
+        // Not waited for here: it exits by itself when the pipe closes.
+        reap_later(child);
+        Ok(Guard { pipe: Some(w) })
+    }
+
+    /// Every page arrived: the guard exits without touching the tasks.
+    pub fn done(mut self) {
+        if let Some(w) = self.pipe.take() {
+            let _ = rustix::io::write(&w, GUARD_DONE);
+        }
+    }
+}
+
+fn reap_later(mut child: Child) {
+    let _ = std::thread::Builder::new()
+        .name("haul-guard-reaper".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat), in clock ticks since boot.
+fn start_time(pid: i32) -> Option<u64> {
+    let p = rustix::process::Pid::from_raw(pid)?;
+    let mut buf = crate::inspect::ProcStatBuf::new();
+    crate::inspect::read_proc_stat(
+        Path::new("/proc"),
+        crate::inspect::ProcPid::Pid(p),
+        &mut buf,
+    )
+    .ok()
+    .map(|s| s.start_time)
+}
+
+/// `haul postcopy-guard --pid P --start-time T` (started by serve, stdin a pipe): waits for
+/// "done"; on end of file without it, kills P if it is still the same process.
+pub fn guard(pid: i32, start: u64) -> Result<()> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    let stdin = std::io::stdin();
+    let mut inp = stdin.lock();
+    loop {
+        use std::io::Read;
+        match inp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(buf.get(..n).unwrap_or_default());
+                if got.len() > GUARD_DONE.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if got == GUARD_DONE {
+        return Ok(());
+    }
+    if start_time(pid) == Some(start) {
+        log::error!(
+            "haul serve ended during the post-copy of pid {pid}: its memory never fully arrived; killing it"
+        );
+        kill_restored(pid);
+    }
+    Ok(())
+}
+
+/// How a failed post-copy is reported.
+pub fn lost(e: Error) -> Error {
+    Error::new(
+        Kind::Lost,
+        format!("{e}; the restored tasks were killed: their memory had not all arrived"),
+    )
+}
