@@ -1297,5 +1297,7 @@ mod tests {
             drop(d);
             std::fs::remove_dir_all(&work).unwrap();
         }
+        // No other test of this process uses the scratch directory.
+        std::fs::remove_dir_all(root).unwrap();
     }
 }
