@@ -1,13 +1,13 @@
 //! Frames: `[u32 big-endian length][body]`, the body encrypted with the session's
-//! ChaCha20-Poly1305 keys (or plain with `--insecure`). A decrypted body is `[kind][payload]`.
+//! ChaCha20-Poly1305 keys (or plain with `--insecure`). A decrypted body is `[kind][payload]`;
+//! an encrypted one is `[kind][payload]` sealed, then the 16-byte tag.
 //! The length is checked against `FRAME_MAX` before anything is allocated or read.
 
 use super::WireError;
 use crate::limits::{FRAME_MAX, FRAME_PLAINTEXT_MAX, FRAME_TAG};
-use snow::StatelessTransportState;
+use chacha20poly1305::{AeadInPlace, ChaCha20Poly1305, KeyInit, Nonce, Tag};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,16 +38,78 @@ impl Kind {
 /// Largest payload of one frame.
 pub const PAYLOAD_MAX: usize = FRAME_PLAINTEXT_MAX - 1;
 
-/// Session keys shared by both halves; `None` is plaintext (`--insecure`).
-pub type Cipher = Option<Arc<StatelessTransportState>>;
+/// The length header in front of each frame body.
+const HEADER: usize = 4;
+
+/// One direction's key of a session: ChaCha20-Poly1305 exactly as Noise's transport messages
+/// use it (nonce: four zero bytes, then the frame counter little-endian; no associated data),
+/// so a frame is byte for byte what snow's `StatelessTransportState` would produce. haul seals
+/// and opens in place instead of through snow, whose API copies every frame into a separate
+/// output buffer first. The key is zeroed when dropped.
+pub struct FrameKey(ChaCha20Poly1305);
+
+impl FrameKey {
+    pub fn new(key: &[u8; 32]) -> FrameKey {
+        FrameKey(ChaCha20Poly1305::new(&(*key).into()))
+    }
+
+    /// Noise reserves the nonce 2^64-1 (and a counter must never wrap); 2^64-1 frames cannot
+    /// be sent in practice, but the limit is checked rather than assumed.
+    fn nonce(n: u64) -> Option<Nonce> {
+        if n == u64::MAX {
+            return None;
+        }
+        let mut nonce = [0u8; 12];
+        if let Some(tail) = nonce.get_mut(4..) {
+            tail.copy_from_slice(&n.to_le_bytes());
+        }
+        Some(Nonce::from(nonce))
+    }
+
+    /// Encrypts `buf` in place; returns the tag that follows it on the wire.
+    fn seal(&self, n: u64, buf: &mut [u8]) -> Result<Tag, WireError> {
+        let nonce = Self::nonce(n).ok_or(WireError::NoncesExhausted)?;
+        self.0
+            .encrypt_in_place_detached(&nonce, &[], buf)
+            .map_err(|_| WireError::NoncesExhausted)
+    }
+
+    /// Checks `tag` and decrypts `buf` in place.
+    fn open(&self, n: u64, buf: &mut [u8], tag: &[u8]) -> Result<(), WireError> {
+        let nonce = Self::nonce(n).ok_or(WireError::Decrypt)?;
+        let tag: [u8; FRAME_TAG] = tag.try_into().map_err(|_| WireError::Decrypt)?;
+        self.0
+            .decrypt_in_place_detached(&nonce, &[], buf, &Tag::from(tag))
+            .map_err(|_| WireError::Decrypt)
+    }
+}
+
+/// A whole outgoing frame, `[length][kind][payload][tag]`, filled in place: a relay reads its
+/// payload straight into it (`payload_mut`), and the frame is sealed and written from the
+/// same bytes, with no copy in between.
+#[derive(Default)]
+pub struct FrameBuf(Vec<u8>);
+
+impl FrameBuf {
+    pub fn new() -> FrameBuf {
+        FrameBuf(vec![0; HEADER + FRAME_MAX])
+    }
+
+    /// Where the payload goes: `PAYLOAD_MAX` bytes.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        self.0
+            .get_mut(HEADER + 1..HEADER + 1 + PAYLOAD_MAX)
+            .unwrap_or_default()
+    }
+}
 
 /// The sending half: one per connection, shared by the threads that send.
 pub struct SendHalf {
     stream: TcpStream,
-    cipher: Cipher,
+    key: Option<FrameKey>,
     nonce: u64,
-    plain: Vec<u8>,
-    wire: Vec<u8>,
+    /// For `send`, which copies its payload in.
+    frame: FrameBuf,
     /// Bytes written to the socket, headers included.
     pub wire_bytes: u64,
 }
@@ -55,10 +117,9 @@ pub struct SendHalf {
 /// The receiving half, owned by the connection's reader thread.
 pub struct RecvHalf {
     stream: TcpStream,
-    cipher: Cipher,
+    key: Option<FrameKey>,
     nonce: u64,
     wire: Vec<u8>,
-    plain: Vec<u8>,
     /// Bytes read from the socket, headers included.
     pub wire_bytes: u64,
     /// Idle timeout in seconds, for messages.
@@ -66,13 +127,13 @@ pub struct RecvHalf {
 }
 
 impl SendHalf {
-    pub fn new(stream: TcpStream, cipher: Cipher) -> Self {
+    /// `key` seals outgoing frames; `None` is plaintext (`--insecure`).
+    pub fn new(stream: TcpStream, key: Option<FrameKey>) -> Self {
         SendHalf {
             stream,
-            cipher,
+            key,
             nonce: 0,
-            plain: Vec::with_capacity(FRAME_PLAINTEXT_MAX),
-            wire: vec![0; FRAME_MAX + 4],
+            frame: FrameBuf::new(),
             wire_bytes: 0,
         }
     }
@@ -80,41 +141,61 @@ impl SendHalf {
     /// Sends one frame. `payload` longer than `PAYLOAD_MAX` is a caller bug reported as an
     /// error, never a cut.
     pub fn send(&mut self, kind: Kind, payload: &[u8]) -> Result<(), WireError> {
-        if payload.len() > PAYLOAD_MAX {
-            return Err(WireError::FrameTooLarge {
+        let mut frame = std::mem::take(&mut self.frame);
+        let r = match frame.payload_mut().get_mut(..payload.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(payload);
+                self.send_buf(kind, &mut frame, payload.len())
+            }
+            None => Err(WireError::FrameTooLarge {
                 len: payload.len() + 1,
+                limit: FRAME_PLAINTEXT_MAX,
+            }),
+        };
+        self.frame = frame;
+        r
+    }
+
+    /// Sends the frame whose first `len` payload bytes the caller wrote into `frame`: sealed in
+    /// place, header and body in one write.
+    pub fn send_buf(
+        &mut self,
+        kind: Kind,
+        frame: &mut FrameBuf,
+        len: usize,
+    ) -> Result<(), WireError> {
+        if len > PAYLOAD_MAX {
+            return Err(WireError::FrameTooLarge {
+                len: len + 1,
                 limit: FRAME_PLAINTEXT_MAX,
             });
         }
-        self.plain.clear();
-        self.plain.push(kind as u8);
-        self.plain.extend_from_slice(payload);
-        let body_len = match &self.cipher {
-            Some(c) => {
-                let out = self.wire.get_mut(4..).unwrap_or_default();
-                let n = c
-                    .write_message(self.nonce, &self.plain, out)
-                    .map_err(|_| WireError::Decrypt)?;
-                self.nonce = self.nonce.wrapping_add(1);
-                n
-            }
-            None => {
-                let n = self.plain.len();
-                if let Some(out) = self.wire.get_mut(4..4 + n) {
-                    out.copy_from_slice(&self.plain);
-                }
-                n
-            }
-        };
-        let len = u32::try_from(body_len).unwrap_or(u32::MAX);
-        if let Some(h) = self.wire.get_mut(..4) {
-            h.copy_from_slice(&len.to_be_bytes());
+        let plain_end = HEADER + 1 + len;
+        let buf = &mut frame.0;
+        if let Some(k) = buf.get_mut(HEADER) {
+            *k = kind as u8;
         }
-        let frame = self.wire.get(..4 + body_len).unwrap_or_default();
+        let end = match &self.key {
+            Some(key) => {
+                let plain = buf.get_mut(HEADER..plain_end).unwrap_or_default();
+                let tag = key.seal(self.nonce, plain)?;
+                self.nonce += 1;
+                if let Some(t) = buf.get_mut(plain_end..plain_end + FRAME_TAG) {
+                    t.copy_from_slice(&tag);
+                }
+                plain_end + FRAME_TAG
+            }
+            None => plain_end,
+        };
+        let body_len = u32::try_from(end - HEADER).unwrap_or(u32::MAX);
+        if let Some(h) = buf.get_mut(..HEADER) {
+            h.copy_from_slice(&body_len.to_be_bytes());
+        }
+        let bytes = buf.get(..end).unwrap_or_default();
         self.stream
-            .write_all(frame)
+            .write_all(bytes)
             .map_err(|err| WireError::Io { op: "write", err })?;
-        self.wire_bytes += frame.len() as u64;
+        self.wire_bytes += bytes.len() as u64;
         Ok(())
     }
 
@@ -130,21 +211,22 @@ impl SendHalf {
 }
 
 impl RecvHalf {
-    pub fn new(stream: TcpStream, cipher: Cipher, timeout_secs: u64) -> Self {
+    /// `key` opens incoming frames; `None` is plaintext (`--insecure`).
+    pub fn new(stream: TcpStream, key: Option<FrameKey>, timeout_secs: u64) -> Self {
         RecvHalf {
             stream,
-            cipher,
+            key,
             nonce: 0,
             wire: vec![0; FRAME_MAX],
-            plain: vec![0; FRAME_MAX],
             wire_bytes: 0,
             timeout_secs,
         }
     }
 
-    /// Receives one frame; the payload borrows the half's buffer until the next call.
+    /// Receives one frame; the payload borrows the half's buffer until the next call. An
+    /// encrypted frame is opened in place.
     pub fn recv(&mut self, during: &'static str) -> Result<(Kind, &[u8]), WireError> {
-        let mut header = [0u8; 4];
+        let mut header = [0u8; HEADER];
         self.stream
             .read_exact(&mut header)
             .map_err(|e| WireError::from_read(e, during, self.timeout_secs))?;
@@ -155,11 +237,7 @@ impl RecvHalf {
                 limit: FRAME_MAX,
             });
         }
-        let min = if self.cipher.is_some() {
-            FRAME_TAG + 1
-        } else {
-            1
-        };
+        let min = if self.key.is_some() { FRAME_TAG + 1 } else { 1 };
         if len < min {
             return Err(WireError::FrameTooShort { len });
         }
@@ -170,14 +248,13 @@ impl RecvHalf {
         self.stream
             .read_exact(body)
             .map_err(|e| WireError::from_read(e, during, self.timeout_secs))?;
-        self.wire_bytes += 4 + len as u64;
-        let plain: &[u8] = match &self.cipher {
-            Some(c) => {
-                let n = c
-                    .read_message(self.nonce, body, &mut self.plain)
-                    .map_err(|_| WireError::Decrypt)?;
-                self.nonce = self.nonce.wrapping_add(1);
-                self.plain.get(..n).unwrap_or_default()
+        self.wire_bytes += (HEADER + len) as u64;
+        let plain: &[u8] = match &self.key {
+            Some(key) => {
+                let (text, tag) = body.split_at_mut(len - FRAME_TAG);
+                key.open(self.nonce, text, tag)?;
+                self.nonce += 1;
+                text
             }
             None => body,
         };
@@ -185,5 +262,107 @@ impl RecvHalf {
             .split_first()
             .ok_or(WireError::FrameTooShort { len })?;
         Ok((Kind::from_u8(k)?, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ends of a finished NNpsk0 handshake (initiator, responder), as haul's handshake
+    /// runs it.
+    fn handshake() -> (snow::HandshakeState, snow::HandshakeState) {
+        let params: snow::params::NoiseParams =
+            "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s".parse().unwrap();
+        let psk = [9u8; 32];
+        let mut i = snow::Builder::new(params.clone())
+            .psk(0, &psk)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut r = snow::Builder::new(params)
+            .psk(0, &psk)
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let (mut m, mut p) = ([0u8; 128], [0u8; 128]);
+        let n = i.write_message(&[], &mut m).unwrap();
+        r.read_message(&m[..n], &mut p).unwrap();
+        let n = r.write_message(&[], &mut m).unwrap();
+        i.read_message(&m[..n], &mut p).unwrap();
+        (i, r)
+    }
+
+    /// The wire format did not change when haul stopped sealing through snow: frames sealed in
+    /// place open with snow's transport state, and snow's frames open in place.
+    #[test]
+    fn frames_are_byte_for_byte_snows_transport_messages() {
+        let (mut i, r) = handshake();
+        let (k1, k2) = i.dangerously_get_raw_split();
+        let (send, recv) = (FrameKey::new(&k1), FrameKey::new(&k2));
+        let peer = r.into_stateless_transport_mode().unwrap();
+        for n in [0u64, 1, 2, 1000, 1 << 40, u64::MAX - 1] {
+            let msg: Vec<u8> = (0..1000u32).map(|x| (x as u8) ^ (n as u8)).collect();
+            let mut ours = msg.clone();
+            let tag = send.seal(n, &mut ours).unwrap();
+            ours.extend_from_slice(&tag);
+            let mut snows = vec![0u8; msg.len() + FRAME_TAG];
+            let len = peer.write_message(n, &msg, &mut snows).unwrap();
+            assert_eq!(len, msg.len() + FRAME_TAG);
+            let mut out = vec![0u8; msg.len()];
+            assert_eq!(peer.read_message(n, &ours, &mut out).unwrap(), msg.len());
+            assert_eq!(out, msg, "snow opens haul's frame {n}");
+            let (text, tag) = snows.split_at_mut(msg.len());
+            recv.open(n, text, tag).unwrap();
+            assert_eq!(text, &msg[..], "haul opens snow's frame {n}");
+        }
+    }
+
+    #[test]
+    fn a_changed_byte_a_replay_or_the_wrong_direction_does_not_open() {
+        let (mut i, _) = handshake();
+        let (k1, k2) = i.dangerously_get_raw_split();
+        let (send, recv, other) = (FrameKey::new(&k1), FrameKey::new(&k1), FrameKey::new(&k2));
+        let mut frame = b"kind and payload".to_vec();
+        let tag = send.seal(5, &mut frame).unwrap();
+        for flip in 0..frame.len() {
+            let mut f = frame.clone();
+            f[flip] ^= 1;
+            assert!(matches!(
+                recv.open(5, &mut f, &tag),
+                Err(WireError::Decrypt)
+            ));
+        }
+        let mut bad_tag = tag;
+        bad_tag[0] ^= 0x80;
+        assert!(recv.open(5, &mut frame.clone(), &bad_tag).is_err());
+        assert!(
+            recv.open(4, &mut frame.clone(), &tag).is_err(),
+            "another nonce"
+        );
+        assert!(
+            other.open(5, &mut frame.clone(), &tag).is_err(),
+            "other key"
+        );
+        assert!(
+            recv.open(5, &mut frame.clone(), &tag[..15]).is_err(),
+            "short tag"
+        );
+        recv.open(5, &mut frame, &tag).unwrap();
+        assert_eq!(frame, b"kind and payload");
+    }
+
+    #[test]
+    fn the_reserved_last_nonce_is_never_used() {
+        let k = FrameKey::new(&[1; 32]);
+        let mut buf = [0u8; 8];
+        assert!(matches!(
+            k.seal(u64::MAX, &mut buf),
+            Err(WireError::NoncesExhausted)
+        ));
+        assert!(matches!(
+            k.open(u64::MAX, &mut buf, &[0; FRAME_TAG]),
+            Err(WireError::Decrypt)
+        ));
     }
 }

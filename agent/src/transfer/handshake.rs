@@ -8,12 +8,11 @@
 //! complete it) and forward secrecy (fresh ephemeral keys per connection). Nothing the peer sends
 //! beyond the fixed preamble is parsed before the first Noise message authenticates.
 
-use super::frame::{Cipher, RecvHalf, SendHalf};
+use super::frame::{FrameKey, RecvHalf, SendHalf};
 use super::{Key, WireError, PROTOCOL_VERSION};
 use crate::limits::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_IDLE, TCP_USER_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::Instant;
 
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
@@ -112,7 +111,24 @@ fn builder<'a>(key: &'a Key, prologue: &'a [u8]) -> Result<snow::Builder<'a>, Wi
         .map_err(|e| WireError::Auth(format!("noise setup: {e}")))
 }
 
-fn halves(stream: TcpStream, cipher: Cipher) -> Result<(SendHalf, RecvHalf), WireError> {
+/// The session's two keys, (sending, receiving), once the handshake is complete. Noise's split
+/// gives the initiator's sending key first; the responder sends with the second.
+fn session_keys(mut hs: snow::HandshakeState) -> Result<Option<(FrameKey, FrameKey)>, WireError> {
+    if !hs.is_handshake_finished() {
+        return Err(WireError::Auth("noise: handshake not finished".into()));
+    }
+    let (first, second) = hs.dangerously_get_raw_split();
+    Ok(Some(if hs.is_initiator() {
+        (FrameKey::new(&first), FrameKey::new(&second))
+    } else {
+        (FrameKey::new(&second), FrameKey::new(&first))
+    }))
+}
+
+fn halves(
+    stream: TcpStream,
+    keys: Option<(FrameKey, FrameKey)>,
+) -> Result<(SendHalf, RecvHalf), WireError> {
     stream
         .set_read_timeout(Some(IDLE_TIMEOUT))
         .map_err(|err| WireError::Io {
@@ -135,9 +151,13 @@ fn halves(stream: TcpStream, cipher: Cipher) -> Result<(SendHalf, RecvHalf), Wir
         op: "clone socket",
         err,
     })?;
+    let (send, recv) = match keys {
+        Some((s, r)) => (Some(s), Some(r)),
+        None => (None, None),
+    };
     Ok((
-        SendHalf::new(stream, cipher.clone()),
-        RecvHalf::new(rx, cipher, IDLE_TIMEOUT.as_secs()),
+        SendHalf::new(stream, send),
+        RecvHalf::new(rx, recv, IDLE_TIMEOUT.as_secs()),
     ))
 }
 
@@ -200,10 +220,7 @@ pub fn connect(
     hs.read_message(msg, &mut payload).map_err(|_| {
         WireError::Auth("the destination failed authentication: the keys differ".into())
     })?;
-    let t = hs
-        .into_stateless_transport_mode()
-        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
-    halves(stream, Some(Arc::new(t)))
+    halves(stream, session_keys(hs)?)
 }
 
 /// Destination side (Noise responder).
@@ -257,10 +274,7 @@ pub fn accept(mut stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, Rec
         .write_message(&[], &mut out)
         .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
     write_msg(&mut stream, out.get(..n).unwrap_or_default())?;
-    let t = hs
-        .into_stateless_transport_mode()
-        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
-    halves(stream, Some(Arc::new(t)))
+    halves(stream, session_keys(hs)?)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! through a bounded queue; page-server bytes go straight from the reader thread into the local
 //! CRIU's page socket (the "page sink"), so pages never wait behind the orchestrator.
 
-use super::frame::{Kind, RecvHalf, SendHalf};
+use super::frame::{FrameBuf, Kind, RecvHalf, SendHalf};
 use super::WireError;
 use crate::limits::INCOMING_QUEUE;
 use haul_proto::haul::{control::Msg, Control};
@@ -144,6 +144,19 @@ pub fn send_frame(tx: &Mutex<SendHalf>, kind: Kind, payload: &[u8]) -> Result<()
         .lock()
         .map_err(|_| WireError::Protocol("sender lock poisoned".into()))?;
     guard.send(kind, payload)
+}
+
+/// Sends the frame whose payload the caller wrote into `frame` (no copy: see `FrameBuf`).
+pub fn send_frame_buf(
+    tx: &Mutex<SendHalf>,
+    kind: Kind,
+    frame: &mut FrameBuf,
+    len: usize,
+) -> Result<(), WireError> {
+    let mut guard = tx
+        .lock()
+        .map_err(|_| WireError::Protocol("sender lock poisoned".into()))?;
+    guard.send_buf(kind, frame, len)
 }
 
 fn read_loop(
