@@ -21,7 +21,6 @@ use haul::transfer::{frame, handshake, pages, Conn, Key};
 use std::error::Error;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,8 +143,10 @@ fn dest_criu(mut s: UnixStream, pat: Arc<Vec<u8>>) -> Res<(u64, Duration)> {
 /// One side: the connection, its outbound relay and the "CRIU" end of its page socket.
 fn side(tx: frame::SendHalf, rx: frame::RecvHalf) -> Res<(Conn, UnixStream)> {
     let conn = Conn::start(tx, rx);
-    let (ours, theirs) = UnixStream::pair()?;
-    let ours = Arc::new(OwnedFd::from(ours));
+    // The page socketpair exactly as haul makes it for CRIU.
+    let (ours, theirs) = pages::socket_pair()?;
+    let theirs = UnixStream::from(theirs);
+    let ours = Arc::new(ours);
     conn.set_page_sink(ours.clone());
     // Detached: it ends when its CRIU end closes or the connection goes.
     pages::spawn_outbound(ours, conn.sender(), conn.counters.clone())?;
