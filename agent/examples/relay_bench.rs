@@ -222,9 +222,8 @@ fn noise_pair() -> Res<(snow::StatelessTransportState, snow::StatelessTransportS
 
 /// The cipher alone, both relays' share: seals and opens `mib` MiB in full frames, first
 /// through snow's transport API (separate input and output buffers: a copy per frame each way,
-/// as haul did before), then in place with chacha20poly1305 (as haul's frames do now).
+/// as haul did before), then in place with haul-seal (as haul's frames do now).
 fn crypto_run(o: &Opts) -> Res<()> {
-    use chacha20poly1305::{AeadInPlace, ChaCha20Poly1305, KeyInit, Nonce};
     let (a, b) = noise_pair()?;
     let payload = haul::limits::FRAME_PLAINTEXT_MAX;
     let frames = o.mib * MIB / payload as u64;
@@ -247,18 +246,13 @@ fn crypto_run(o: &Opts) -> Res<()> {
         mib / secs
     );
 
-    let key = ChaCha20Poly1305::new(&[7u8; 32].into());
+    let key = haul_seal::SealKey::new(&[7u8; 32]);
     let start = Instant::now();
     for nonce in 0..frames {
         plain.fill(nonce as u8);
-        let mut n = [0u8; 12];
-        n[4..].copy_from_slice(&nonce.to_le_bytes());
-        let n = Nonce::from(n);
-        let tag = key
-            .encrypt_in_place_detached(&n, &[], &mut plain)
-            .map_err(|_| "seal")?;
-        key.decrypt_in_place_detached(&n, &[], &mut plain, &tag)
-            .map_err(|_| "open")?;
+        let tag = key.seal(nonce, &mut plain).map_err(|e| format!("{e:?}"))?;
+        key.open(nonce, &mut plain, &tag)
+            .map_err(|e| format!("{e:?}"))?;
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
