@@ -57,7 +57,6 @@ fn seal_error(e: SealError) -> WireError {
 /// A whole outgoing frame, `[length][kind][payload][tag]`, filled in place: a relay reads its
 /// payload straight into it (`payload_mut`), and the frame is sealed and written from the
 /// same bytes, with no copy in between.
-#[derive(Default)]
 pub struct FrameBuf(Vec<u8>);
 
 impl FrameBuf {
@@ -73,11 +72,55 @@ impl FrameBuf {
     }
 }
 
-/// The sending half: one per connection, shared by the threads that send.
-pub struct SendHalf {
+impl Default for FrameBuf {
+    fn default() -> Self {
+        FrameBuf::new()
+    }
+}
+
+/// The socket and the sending key with its frame counter.
+struct Sealer {
     stream: TcpStream,
     key: Option<FrameKey>,
     nonce: u64,
+}
+
+impl Sealer {
+    /// Seals the frame whose first `len` payload bytes are in `frame` and writes it, header
+    /// and body in one write. Returns the bytes written.
+    fn write(&mut self, kind: Kind, frame: &mut FrameBuf, len: usize) -> Result<usize, WireError> {
+        let too_large = WireError::FrameTooLarge {
+            len: len.saturating_add(1),
+            limit: FRAME_PLAINTEXT_MAX,
+        };
+        if len > PAYLOAD_MAX {
+            return Err(too_large);
+        }
+        let tag_len = if self.key.is_some() { FRAME_TAG } else { 0 };
+        let end = HEADER + 1 + len + tag_len;
+        let bytes = frame.0.get_mut(..end).ok_or(too_large)?;
+        let (header, body) = bytes.split_at_mut(HEADER);
+        let (plain, tag_slot) = body.split_at_mut(1 + len);
+        if let Some(k) = plain.first_mut() {
+            *k = kind as u8;
+        }
+        if let Some(key) = &self.key {
+            let tag = key.seal(self.nonce, plain).map_err(seal_error)?;
+            self.nonce += 1;
+            tag_slot.copy_from_slice(&tag);
+        }
+        let body_len = u32::try_from(end - HEADER).unwrap_or(u32::MAX);
+        header.copy_from_slice(&body_len.to_be_bytes());
+        self.stream
+            .write_all(bytes)
+            .map_err(|err| WireError::Io { op: "write", err })?;
+        Ok(end)
+    }
+}
+
+/// The sending half: one per connection, shared by the threads that send.
+pub struct SendHalf {
+    out: Sealer,
     /// For `send`, which copies its payload in.
     frame: FrameBuf,
     /// Bytes written to the socket, headers included.
@@ -105,9 +148,11 @@ impl SendHalf {
     /// `key` seals outgoing frames; `None` is plaintext (`--insecure`).
     pub fn new(stream: TcpStream, key: Option<FrameKey>) -> Self {
         SendHalf {
-            stream,
-            key,
-            nonce: 0,
+            out: Sealer {
+                stream,
+                key,
+                nonce: 0,
+            },
             frame: FrameBuf::new(),
             wire_bytes: 0,
         }
@@ -116,19 +161,17 @@ impl SendHalf {
     /// Sends one frame. `payload` longer than `PAYLOAD_MAX` is a caller bug reported as an
     /// error, never a cut.
     pub fn send(&mut self, kind: Kind, payload: &[u8]) -> Result<(), WireError> {
-        let mut frame = std::mem::take(&mut self.frame);
-        let r = match frame.payload_mut().get_mut(..payload.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(payload);
-                self.send_buf(kind, &mut frame, payload.len())
-            }
-            None => Err(WireError::FrameTooLarge {
-                len: payload.len() + 1,
-                limit: FRAME_PLAINTEXT_MAX,
-            }),
-        };
-        self.frame = frame;
-        r
+        let dst =
+            self.frame
+                .payload_mut()
+                .get_mut(..payload.len())
+                .ok_or(WireError::FrameTooLarge {
+                    len: payload.len().saturating_add(1),
+                    limit: FRAME_PLAINTEXT_MAX,
+                })?;
+        dst.copy_from_slice(payload);
+        self.wire_bytes += self.out.write(kind, &mut self.frame, payload.len())? as u64;
+        Ok(())
     }
 
     /// Sends the frame whose first `len` payload bytes the caller wrote into `frame`: sealed in
@@ -139,49 +182,18 @@ impl SendHalf {
         frame: &mut FrameBuf,
         len: usize,
     ) -> Result<(), WireError> {
-        if len > PAYLOAD_MAX {
-            return Err(WireError::FrameTooLarge {
-                len: len + 1,
-                limit: FRAME_PLAINTEXT_MAX,
-            });
-        }
-        let plain_end = HEADER + 1 + len;
-        let buf = &mut frame.0;
-        if let Some(k) = buf.get_mut(HEADER) {
-            *k = kind as u8;
-        }
-        let end = match &self.key {
-            Some(key) => {
-                let plain = buf.get_mut(HEADER..plain_end).unwrap_or_default();
-                let tag = key.seal(self.nonce, plain).map_err(seal_error)?;
-                self.nonce += 1;
-                if let Some(t) = buf.get_mut(plain_end..plain_end + FRAME_TAG) {
-                    t.copy_from_slice(&tag);
-                }
-                plain_end + FRAME_TAG
-            }
-            None => plain_end,
-        };
-        let body_len = u32::try_from(end - HEADER).unwrap_or(u32::MAX);
-        if let Some(h) = buf.get_mut(..HEADER) {
-            h.copy_from_slice(&body_len.to_be_bytes());
-        }
-        let bytes = buf.get(..end).unwrap_or_default();
-        self.stream
-            .write_all(bytes)
-            .map_err(|err| WireError::Io { op: "write", err })?;
-        self.wire_bytes += bytes.len() as u64;
+        self.wire_bytes += self.out.write(kind, frame, len)? as u64;
         Ok(())
     }
 
     /// Closes the sending direction (the peer reads EOF after the last frame).
     pub fn shutdown(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let _ = self.out.stream.shutdown(std::net::Shutdown::Write);
     }
 
     /// Closes both directions: the peer reads EOF, and a read blocked on this socket returns.
     pub fn shutdown_both(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.out.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -369,5 +381,26 @@ mod tests {
             matches!(rx.recv("test"), Err(WireError::Decrypt)),
             "another key"
         );
+    }
+
+    /// A payload over the cap is an error before anything is sealed or written.
+    #[test]
+    fn an_oversized_payload_is_refused_not_cut() {
+        let (a, _b) = tcp_pair();
+        let mut tx = SendHalf::new(a, Some(FrameKey::new(&[7; 32])));
+        let mut frame = FrameBuf::new();
+        assert_eq!(frame.payload_mut().len(), PAYLOAD_MAX);
+        assert!(matches!(
+            tx.send_buf(Kind::PageData, &mut frame, PAYLOAD_MAX + 1),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+        assert!(matches!(
+            tx.send(Kind::FileData, &vec![0; PAYLOAD_MAX + 1]),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+        assert_eq!(tx.wire_bytes, 0);
+        tx.send_buf(Kind::PageData, &mut frame, PAYLOAD_MAX)
+            .unwrap();
+        assert_eq!(tx.wire_bytes, (HEADER + FRAME_MAX) as u64);
     }
 }
