@@ -18,7 +18,7 @@ use crate::dest::precopy::PageServers;
 use crate::dest::runc::check_description;
 use crate::limits::{CRIU_LOG_ERROR_LINES, FRAME_MAX, FRAME_PLAINTEXT_MAX, HANDSHAKE_TIMEOUT};
 use crate::register::{state_json, Registration};
-use crate::transfer::frame::{Kind, RecvHalf};
+use crate::transfer::frame::{FrameKey, Kind, RecvHalf};
 use crate::transfer::handshake::{self, builder, preamble, HandshakeIo, HANDSHAKE_MSG_MAX};
 use crate::transfer::images::ImageSink;
 use crate::transfer::mux::decode_control;
@@ -33,11 +33,10 @@ use haul_proto::haul::{
     PageServerStart, Prepare, Purpose, RuncContainer, Start, TreeDone, TreeEntry, TreeKind,
 };
 use prost::Message;
-use snow::StatelessTransportState;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The pre-shared key of the fuzz targets and their seeds (not a secret: the seeds must
@@ -110,29 +109,27 @@ fn push_record(out: &mut Vec<u8>, rec: &[u8]) {
 // frames
 // ---------------------------------------------------------------------------------------------
 
-/// Both ends of a Noise session with [`KEY`], made once per process: (initiator, responder).
-pub(crate) fn session() -> Option<(Arc<StatelessTransportState>, Arc<StatelessTransportState>)> {
-    static SESSION: OnceLock<Option<(Arc<StatelessTransportState>, Arc<StatelessTransportState>)>> =
-        OnceLock::new();
-    SESSION
-        .get_or_init(|| {
-            let key = Key(KEY);
-            let (hello, mut hs) = initiate(&key, None)?;
-            let mut peer = Memory {
-                input: &hello,
-                chunk: usize::MAX,
-                output: Vec::new(),
-            };
-            let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-            let responder = handshake::respond(&mut peer, Some(&key), deadline).ok()??;
-            // The responder wrote its preamble, then [u32 length][Noise message 2].
-            let msg2 = peer.output.get(12..)?;
-            let mut payload = [0u8; HANDSHAKE_MSG_MAX];
-            hs.read_message(msg2, &mut payload).ok()?;
-            let initiator = hs.into_stateless_transport_mode().ok()?;
-            Some((Arc::new(initiator), responder))
-        })
-        .clone()
+/// The initiator's sending key of a Noise session with [`KEY`] (the responder receives with
+/// it), from a real handshake, made once per process.
+pub(crate) fn session() -> Option<[u8; 32]> {
+    static SESSION: OnceLock<Option<[u8; 32]>> = OnceLock::new();
+    *SESSION.get_or_init(|| {
+        let key = Key(KEY);
+        let (hello, mut hs) = initiate(&key, None)?;
+        let mut peer = Memory {
+            input: &hello,
+            chunk: usize::MAX,
+            output: Vec::new(),
+        };
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        handshake::respond(&mut peer, Some(&key), deadline).ok()??;
+        // The responder wrote its preamble, then [u32 length][Noise message 2].
+        let msg2 = peer.output.get(12..)?;
+        let mut payload = [0u8; HANDSHAKE_MSG_MAX];
+        hs.read_message(msg2, &mut payload).ok()?;
+        // Noise's split: the initiator sends with the first key.
+        Some(hs.dangerously_get_raw_split().0)
+    })
 }
 
 /// The initiator's first bytes (keyed preamble, then Noise message 1 with its length) and its
@@ -169,41 +166,41 @@ pub fn frames(data: &[u8]) {
             read_frames(RecvHalf::new(rest, None, 0));
         }
         1 => {
-            if let Some((_, responder)) = session() {
-                let n = read_frames(RecvHalf::new(rest, Some(responder), 0));
+            if let Some(k) = session() {
+                let n = read_frames(RecvHalf::new(rest, Some(FrameKey::new(&k)), 0));
                 // Without the session's keys nothing authenticates.
                 assert_eq!(n, 0, "a forged frame decrypted");
             }
         }
         _ => {
-            if let Some((initiator, responder)) = session() {
-                let wire = seal(&initiator, rest);
-                read_frames(RecvHalf::new(&wire[..], Some(responder), 0));
+            if let Some(k) = session() {
+                let wire = seal(&FrameKey::new(&k), rest);
+                read_frames(RecvHalf::new(&wire[..], Some(FrameKey::new(&k)), 0));
             }
         }
     }
 }
 
 /// Encrypts each record (cut to `FRAME_PLAINTEXT_MAX`) into one `[u32 length][body]` frame.
-fn seal(initiator: &StatelessTransportState, data: &[u8]) -> Vec<u8> {
+fn seal(initiator: &FrameKey, data: &[u8]) -> Vec<u8> {
     seal_each(initiator, records(data))
 }
 
 /// Encrypts each plaintext (cut to `FRAME_PLAINTEXT_MAX`) into one `[u32 length][body]` frame,
 /// with nonces from 0, as a `SendHalf` would.
 pub(crate) fn seal_each<'p>(
-    initiator: &StatelessTransportState,
+    initiator: &FrameKey,
     plaintexts: impl IntoIterator<Item = &'p [u8]>,
 ) -> Vec<u8> {
     let mut wire = Vec::new();
-    let mut body = vec![0u8; FRAME_MAX];
     for (nonce, rec) in (0u64..).zip(plaintexts) {
-        let plain = rec.get(..FRAME_PLAINTEXT_MAX).unwrap_or(rec);
-        let Ok(n) = initiator.write_message(nonce, plain, &mut body) else {
+        let mut body = rec.get(..FRAME_PLAINTEXT_MAX).unwrap_or(rec).to_vec();
+        let Ok(tag) = initiator.seal(nonce, &mut body) else {
             return wire;
         };
-        wire.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
-        wire.extend_from_slice(body.get(..n).unwrap_or_default());
+        body.extend_from_slice(&tag);
+        wire.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+        wire.extend_from_slice(&body);
     }
     wire
 }
@@ -1250,9 +1247,9 @@ mod tests {
             .unwrap()
             .is_some());
         // Sealed records decrypt into frames of every kind.
-        let (initiator, responder) = session().unwrap();
-        let wire = seal(&initiator, &get("frames", "sealed-stream")[1..]);
-        let mut rx = RecvHalf::new(&wire[..], Some(responder), 0);
+        let k = session().unwrap();
+        let wire = seal(&FrameKey::new(&k), &get("frames", "sealed-stream")[1..]);
+        let mut rx = RecvHalf::new(&wire[..], Some(FrameKey::new(&k)), 0);
         let kinds: Vec<Kind> = std::iter::from_fn(|| rx.recv("t").ok().map(|(k, _)| k)).collect();
         assert_eq!(
             kinds,

@@ -1,8 +1,9 @@
 //! `cargo xtask test [--target T]`.
 //!
-//! Without `--target`: every check CI runs on this host, ending with a short fuzzing run. With `--target` (a shipped musl
-//! target): the unit tests that need neither CRIU nor root (the lib tests of `haul` and
-//! `haul-proto`: parsers on fixtures, protocol and crypto, option building, bad input), built
+//! Without `--target`: every check CI runs on this host, ending with a short fuzzing run. With
+//! `--target` (a shipped musl target): the unit tests that need neither CRIU nor root (the lib
+//! tests of `haul`, `haul-proto` and `haul-seal`: parsers on fixtures, protocol and crypto,
+//! option building, bad input), built
 //! for that target and run natively or under its QEMU runner.
 
 use crate::targets::{self, Target};
@@ -68,6 +69,8 @@ fn cross(t: Target) -> Result<(), String> {
         "haul",
         "-p",
         "haul-proto",
+        "-p",
+        "haul-seal",
         "--lib",
         "--target",
         t.triple,
@@ -77,7 +80,7 @@ fn cross(t: Target) -> Result<(), String> {
     }
     util::run(&mut cmd)?;
     eprintln!(
-        "xtask: test --target {}: lib tests of haul and haul-proto passed in {:.1} s (build included)",
+        "xtask: test --target {}: lib tests of haul, haul-proto and haul-seal passed in {:.1} s (build included)",
         t.triple,
         started.elapsed().as_secs_f64()
     );

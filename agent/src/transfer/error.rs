@@ -19,6 +19,8 @@ pub enum WireError {
     FrameTooShort { len: usize },
     /// A frame failed authentication (forged, replayed, or from another session).
     Decrypt,
+    /// The session's frame counter reached Noise's reserved last nonce (2^64-1 frames).
+    NoncesExhausted,
     /// Unknown frame kind.
     BadKind(u8),
     /// A control message that does not decode.
@@ -49,6 +51,12 @@ impl fmt::Display for WireError {
             }
             WireError::FrameTooShort { len } => write!(f, "peer sent a frame of only {len} bytes"),
             WireError::Decrypt => write!(f, "a frame failed authentication (tampered or forged)"),
+            WireError::NoncesExhausted => {
+                write!(
+                    f,
+                    "the connection sent 2^64-1 frames, the most one session allows"
+                )
+            }
             WireError::BadKind(k) => write!(f, "peer sent a frame of unknown kind {k}"),
             WireError::BadControl(e) => write!(f, "peer sent an undecodable control message: {e}"),
             WireError::ControlTooLarge { len, limit } => {

@@ -8,12 +8,11 @@
 //! complete it) and forward secrecy (fresh ephemeral keys per connection). Nothing the peer sends
 //! beyond the fixed preamble is parsed before the first Noise message authenticates.
 
-use super::frame::{Cipher, RecvHalf, SendHalf};
+use super::frame::{FrameKey, RecvHalf, SendHalf};
 use super::{Key, WireError, PROTOCOL_VERSION};
 use crate::limits::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_IDLE, TCP_USER_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
@@ -128,13 +127,27 @@ pub(crate) fn builder<'a>(
         .map_err(|e| WireError::Auth(format!("noise setup: {e}")))
 }
 
+/// The session's two keys, (sending, receiving), once the handshake is complete. Noise's split
+/// gives the initiator's sending key first; the responder sends with the second.
+fn session_keys(mut hs: snow::HandshakeState) -> Result<Option<(FrameKey, FrameKey)>, WireError> {
+    if !hs.is_handshake_finished() {
+        return Err(WireError::Auth("noise: handshake not finished".into()));
+    }
+    let (first, second) = hs.dangerously_get_raw_split();
+    Ok(Some(if hs.is_initiator() {
+        (FrameKey::new(&first), FrameKey::new(&second))
+    } else {
+        (FrameKey::new(&second), FrameKey::new(&first))
+    }))
+}
+
 /// The two halves of an authenticated connection. `read_timeout` is the socket's: the source
 /// sets `IDLE_TIMEOUT`; the destination none, since each of its waits on the peer has its own
 /// timeout (`Conn::recv`) and a silence while it restores is no fault of the peer's. `idle`
 /// bounds a blocked write.
 fn halves(
     stream: TcpStream,
-    cipher: Cipher,
+    keys: Option<(FrameKey, FrameKey)>,
     read_timeout: Option<Duration>,
     idle: Duration,
 ) -> Result<(SendHalf, RecvHalf), WireError> {
@@ -160,9 +173,13 @@ fn halves(
         op: "clone socket",
         err,
     })?;
+    let (send, recv) = match keys {
+        Some((s, r)) => (Some(s), Some(r)),
+        None => (None, None),
+    };
     Ok((
-        SendHalf::new(stream, cipher.clone()),
-        RecvHalf::new(rx, cipher, idle.as_secs()),
+        SendHalf::new(stream, send),
+        RecvHalf::new(rx, recv, idle.as_secs()),
     ))
 }
 
@@ -225,10 +242,7 @@ pub fn connect(
     hs.read_message(msg, &mut payload).map_err(|_| {
         WireError::Auth("the destination failed authentication: the keys differ".into())
     })?;
-    let t = hs
-        .into_stateless_transport_mode()
-        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
-    halves(stream, Some(Arc::new(t)), Some(IDLE_TIMEOUT), IDLE_TIMEOUT)
+    halves(stream, session_keys(hs)?, Some(IDLE_TIMEOUT), IDLE_TIMEOUT)
 }
 
 /// Destination side (Noise responder). The whole handshake must finish within
@@ -240,8 +254,8 @@ pub fn accept(
 ) -> Result<(SendHalf, RecvHalf), WireError> {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
-    let cipher = respond(&mut stream, key, deadline)?;
-    halves(stream, cipher, None, idle)
+    let keys = respond(&mut stream, key, deadline)?;
+    halves(stream, keys, None, idle)
 }
 
 /// The responder's handshake on `s`, finished by `deadline`: reads the initiator's preamble,
@@ -251,7 +265,7 @@ pub fn respond(
     s: &mut impl HandshakeIo,
     key: Option<&Key>,
     deadline: Instant,
-) -> Result<Cipher, WireError> {
+) -> Result<Option<(FrameKey, FrameKey)>, WireError> {
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|err| WireError::Io {
             op: "set timeout",
@@ -296,10 +310,7 @@ pub fn respond(
         .write_message(&[], &mut out)
         .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
     write_msg(s, out.get(..n).unwrap_or_default())?;
-    let t = hs
-        .into_stateless_transport_mode()
-        .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
-    Ok(Some(Arc::new(t)))
+    session_keys(hs)
 }
 
 #[cfg(test)]

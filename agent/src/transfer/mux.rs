@@ -2,7 +2,7 @@
 //! through a bounded queue; page-server bytes go straight from the reader thread into the local
 //! CRIU's page socket (the "page sink"), so pages never wait behind the orchestrator.
 
-use super::frame::{Kind, RecvHalf, SendHalf};
+use super::frame::{FrameBuf, Kind, RecvHalf, SendHalf};
 use super::WireError;
 use crate::limits::{CONTROL_MAX, INCOMING_QUEUE};
 use haul_proto::haul::{control::Msg, Control};
@@ -238,6 +238,19 @@ pub fn decode_control(body: &[u8]) -> Result<Msg, WireError> {
         Ok(Control { msg: None }) => Err(WireError::BadControl("empty message".into())),
         Err(e) => Err(WireError::BadControl(e.to_string())),
     }
+}
+
+/// Sends the frame whose payload the caller wrote into `frame` (no copy: see `FrameBuf`).
+pub fn send_frame_buf(
+    tx: &Mutex<SendHalf>,
+    kind: Kind,
+    frame: &mut FrameBuf,
+    len: usize,
+) -> Result<(), WireError> {
+    let mut guard = tx
+        .lock()
+        .map_err(|_| WireError::Protocol("sender lock poisoned".into()))?;
+    guard.send_buf(kind, frame, len)
 }
 
 fn read_loop(

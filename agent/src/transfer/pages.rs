@@ -3,8 +3,8 @@
 //! PAGE_DATA frames. Each side runs one outbound relay thread; inbound bytes are written by the
 //! connection's reader (`mux`). A UNIX socket also avoids CRIU's TCP_CORK stall.
 
-use super::frame::{Kind, SendHalf};
-use super::mux::send_frame;
+use super::frame::{FrameBuf, Kind, SendHalf};
+use super::mux::{send_frame, send_frame_buf};
 use super::WireError;
 use crate::limits::RELAY_BUFFER;
 use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
@@ -33,11 +33,15 @@ pub fn spawn_outbound(
     std::thread::Builder::new()
         .name("haul-pages-out".into())
         .spawn(move || {
-            let mut buf = vec![0u8; RELAY_BUFFER];
+            // CRIU's bytes are read straight into the frame that carries them, RELAY_BUFFER
+            // (one frame's payload) at a time.
+            let mut frame = FrameBuf::new();
             let mut total = 0u64;
             let mut frames = 0u64;
             loop {
-                let n = match rustix::io::read(&*sock, &mut buf) {
+                let payload = frame.payload_mut();
+                let len = payload.len().min(RELAY_BUFFER);
+                let n = match rustix::io::read(&*sock, payload.get_mut(..len).unwrap_or_default()) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(rustix::io::Errno::INTR) => continue,
@@ -47,7 +51,7 @@ pub fn spawn_outbound(
                         )))
                     }
                 };
-                if let Err(e) = send_frame(&tx, Kind::PageData, buf.get(..n).unwrap_or_default()) {
+                if let Err(e) = send_frame_buf(&tx, Kind::PageData, &mut frame, n) {
                     // The peer is gone: make the local CRIU's writes fail instead of block, so
                     // a dump fails (and its tasks resume) and a page server exits.
                     let _ = rustix::net::shutdown(&*sock, rustix::net::Shutdown::Both);
