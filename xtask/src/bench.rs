@@ -1528,6 +1528,12 @@ impl Report<'_> {
              directories are on tmpfs for every method.\n\n\
              - **haul**: `haul serve` (fresh per migration, in the destination's own cgroups) and \
              `haul migrate runc`, authenticated and encrypted.\n\
+             - **haul-lazy**: the same with `--lazy` (post-copy): the container runs on the \
+             destination before its memory has moved; CRIU's lazy-pages daemon fetches it after \
+             the resume (**total** then ends when the last page arrived; **page MiB/s** is the \
+             post-copy's rate; CRIU's frozen time is not kept by a lazy dump). The lab writes \
+             CRIU's kernel-probe cache `/run/criu.kdat` once per boot (CRIU writes it only on a \
+             tmpfs, which /run is on most hosts but not on this VM), for every method.\n\
              - **expert**: `criu page-server` on the destination, `runc checkpoint --page-server`, \
              the remaining images as a tar stream over TCP (1 MiB buffers), `runc restore -d`.\n\
              - **manual**: `runc checkpoint` to tmpfs, tar over TCP, `runc restore -d`.\n\
@@ -1615,6 +1621,10 @@ impl Report<'_> {
             );
         }
         let _ = writeln!(s, "\n## Targets (reported, not enforced)\n");
+        let _ = writeln!(
+            s,
+            "Where a target is not met, bench/ANALYSIS.md says where the time goes.\n"
+        );
         for t in self.targets(aggs) {
             let _ = writeln!(s, "- {}: **{}** ({})", t.what, t.verdict(), t.detail);
         }

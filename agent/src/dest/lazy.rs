@@ -59,7 +59,9 @@ pub fn start(criu: &Path, work: &WorkDir) -> Result<LazyDaemon> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let child = crate::sys::spawn_inheriting(&mut cmd, &[theirs.as_fd(), status_w.as_fd()])
+    // Tied to this session's thread: if `haul serve` dies while the daemon still waits for the
+    // restore, it must not linger (the guard handles the tasks once they run).
+    let child = crate::sys::spawn_inheriting_tied(&mut cmd, &[theirs.as_fd(), status_w.as_fd()])
         .map_err(|e| Error::setup(format!("starting {} lazy-pages: {e}", criu.display())))?;
     // The daemon has its copies; ours would keep its socket and status pipe open forever.
     drop(theirs);

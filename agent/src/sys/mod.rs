@@ -18,17 +18,39 @@ use std::process::{Child, Command};
 /// the flag in the child only, between fork and exec, keeps other threads' spawns from leaking
 /// these descriptors.
 pub fn spawn_inheriting(cmd: &mut Command, inherit: &[BorrowedFd<'_>]) -> io::Result<Child> {
+    spawn_inheriting_with(cmd, inherit, false)
+}
+
+/// [`spawn_inheriting`], and the child is SIGKILLed when the thread that started it ends
+/// (`PR_SET_PDEATHSIG`; a killed `haul serve` ends all its threads): for helpers that must not
+/// outlive the migration that started them, such as CRIU's lazy-pages daemon.
+pub fn spawn_inheriting_tied(cmd: &mut Command, inherit: &[BorrowedFd<'_>]) -> io::Result<Child> {
+    spawn_inheriting_with(cmd, inherit, true)
+}
+
+fn spawn_inheriting_with(
+    cmd: &mut Command,
+    inherit: &[BorrowedFd<'_>],
+    tied: bool,
+) -> io::Result<Child> {
     let fds: Vec<RawFd> = inherit.iter().map(|fd| fd.as_raw_fd()).collect();
     unblock_signals_in_child(cmd)?;
     // SAFETY: the closure runs in the child between fork and exec. It only borrows descriptor
     // numbers that are open in the parent (the caller holds `BorrowedFd`s, so they stay open
-    // until `spawn` returns, and fork copies them) and calls `fcntl(F_SETFD)` through rustix,
-    // a raw system call that neither allocates nor takes locks, so it is async-signal-safe.
+    // until `spawn` returns, and fork copies them) and calls `fcntl(F_SETFD)` (and, if tied,
+    // `prctl(PR_SET_PDEATHSIG)`) through rustix: raw system calls that neither allocate nor
+    // take locks, so they are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             for &fd in &fds {
                 let borrowed = BorrowedFd::borrow_raw(fd);
                 rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty())?;
+            }
+            if tied {
+                // prctl(PR_SET_PDEATHSIG): one raw system call, async-signal-safe too.
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
             }
             Ok(())
         });
