@@ -5,6 +5,9 @@
 //! Every guard cleans up on `Drop`; nothing here deletes or kills anything it did not create.
 //! See `/work/shared/guides/test-lab.md` for the facts about the machine this relies on.
 
+pub mod pid_lab;
+pub use pid_lab::{dir_entries, json_number, PidLab};
+
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt;

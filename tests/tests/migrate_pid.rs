@@ -3,104 +3,14 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use haul_e2e::*;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+
 use std::time::Duration;
 
 const PORT: u16 = 7070;
 
-struct Setup {
-    _lab: Lab,
-    net: NetnsPair,
-    dir: TempDir,
-    haul: PathBuf,
-}
-
-fn setup(tag: &str) -> Option<Setup> {
-    let mut tools = Lab::NET_TOOLS.to_vec();
-    tools.push("criu");
-    let lab = Lab::require_or_skip(&tools).expect("lab requirements")?;
-    let net = NetnsPair::create(tag).unwrap();
-    let dir = TempDir::new(tag).unwrap();
-    let haul = haul_bin().unwrap();
-    Some(Setup {
-        _lab: lab,
-        net,
-        dir,
-        haul,
-    })
-}
-
-impl Setup {
-    fn keygen(&self, name: &str) -> PathBuf {
-        let p = self.dir.join(name);
-        run(Command::new(&self.haul).arg("keygen").arg(&p)).unwrap();
-        p
-    }
-
-    fn dst(&self) -> String {
-        format!("{}:{PORT}", self.net.dst_addr())
-    }
-
-    fn serve(&self, key: &Path, work: &Path) -> ChildWithLog {
-        let mut cmd = self.net.cmd_in(Side::Dst, &self.haul);
-        cmd.args(["serve", "--listen", &self.dst(), "--key"])
-            .arg(key)
-            .arg("--work-dir")
-            .arg(work)
-            .arg("-v");
-        let s = ChildWithLog::spawn("serve", &mut cmd).unwrap();
-        s.wait_for_line("listening on", Duration::from_secs(10))
-            .unwrap();
-        s
-    }
-
-    fn migrate(&self, pid: u32, key: &Path, extra: &[&str]) -> Output {
-        let mut cmd = self.net.cmd_in(Side::Src, &self.haul);
-        cmd.args([
-            "migrate",
-            "pid",
-            &pid.to_string(),
-            "--to",
-            &self.dst(),
-            "--key",
-        ])
-        .arg(key)
-        .arg("--work-dir")
-        .arg(self.dir.join("src-work"))
-        .args(extra);
-        let out = cmd.output().unwrap();
-        eprintln!(
-            "haul migrate: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn json_number(json: &str, field: &str) -> u64 {
-    let pat = format!("\"{field}\":");
-    let start = json
-        .find(&pat)
-        .unwrap_or_else(|| panic!("{field} in {json}"))
-        + pat.len();
-    json[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap()
+fn setup(tag: &str) -> Option<PidLab> {
+    PidLab::create(tag, PORT)
 }
 
 #[test]
@@ -166,8 +76,8 @@ fn process_tree_moves_between_hosts_and_keeps_running() {
     assert!(json_number(&json, "frozen_ms") > 0);
 
     // Nothing left behind in either work directory.
-    assert!(entries(&s.dir.join("src-work")).is_empty());
-    let left: Vec<_> = entries(&dst_work)
+    assert!(dir_entries(&s.dir.join("src-work")).is_empty());
+    let left: Vec<_> = dir_entries(&dst_work)
         .into_iter()
         .filter(|e| e != "logs")
         .collect();
@@ -263,7 +173,11 @@ fn wrong_key_is_refused_before_any_criu_work() {
     assert!(log.contains("refused"), "{log}");
     // The destination started no CRIU and wrote nothing.
     assert!(!serve.log_text().contains("criu swrk started"));
-    assert!(entries(&dst_work).is_empty(), "{:?}", entries(&dst_work));
+    assert!(
+        dir_entries(&dst_work).is_empty(),
+        "{:?}",
+        dir_entries(&dst_work)
+    );
     // The source was never touched.
     assert!(w.is_alive());
     Heartbeat::wait_advancing(&hb, Duration::from_secs(5)).unwrap();

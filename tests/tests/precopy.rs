@@ -7,8 +7,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use haul_e2e::*;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use std::process::Command;
 use std::time::Duration;
 
 const PORT: u16 = 7070;
@@ -17,111 +17,35 @@ const PORT: u16 = 7070;
 /// the slack is for a busy 2-core machine, far below a dump's freeze plus restore.
 const UNFROZEN_GAP: Duration = Duration::from_millis(1500);
 
-struct Setup {
-    lab: Lab,
-    net: NetnsPair,
-    dir: TempDir,
-    haul: PathBuf,
+fn setup(tag: &str) -> Option<PidLab> {
+    PidLab::create(tag, PORT)
 }
 
-fn setup(tag: &str) -> Option<Setup> {
-    let mut tools = Lab::NET_TOOLS.to_vec();
-    tools.push("criu");
-    let lab = Lab::require_or_skip(&tools).expect("lab requirements")?;
-    let net = NetnsPair::create(tag).unwrap();
-    let dir = TempDir::new(tag).unwrap();
-    let haul = haul_bin().unwrap();
-    Some(Setup {
-        lab,
-        net,
-        dir,
-        haul,
-    })
-}
-
-impl Setup {
-    fn keygen(&self) -> PathBuf {
-        let p = self.dir.join("key");
-        run(Command::new(&self.haul).arg("keygen").arg(&p)).unwrap();
-        p
-    }
-
-    fn dst(&self) -> String {
-        format!("{}:{PORT}", self.net.dst_addr())
-    }
-
-    fn serve(&self, key: &Path, work: &Path) -> ChildWithLog {
-        let mut cmd = self.net.cmd_in(Side::Dst, &self.haul);
-        cmd.args(["serve", "--listen", &self.dst(), "--key"])
-            .arg(key)
-            .arg("--work-dir")
-            .arg(work)
-            .arg("-v");
-        let s = ChildWithLog::spawn("serve", &mut cmd).unwrap();
-        s.wait_for_line("listening on", Duration::from_secs(10))
-            .unwrap();
-        s
-    }
-
-    fn migrate(&self, pid: u32, key: &Path, extra: &[&str]) -> Output {
-        let mut cmd = self.net.cmd_in(Side::Src, &self.haul);
-        cmd.args([
-            "migrate",
-            "pid",
-            &pid.to_string(),
-            "--to",
-            &self.dst(),
-            "--key",
-        ])
-        .arg(key)
-        .arg("--work-dir")
-        .arg(self.dir.join("src-work"))
-        .args(extra);
-        let out = cmd.output().unwrap();
-        eprintln!(
-            "haul migrate: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// Whether this host's kernel and CRIU can track memory (`criu check --feature
-    /// mem_dirty_track` succeeds), which decides what `auto` and `always` must do.
-    fn tracks_memory(&self) -> bool {
-        let criu = self.lab.tool("criu").unwrap();
-        let out = Command::new(criu)
-            .args(["check", "--feature", "mem_dirty_track"])
-            .output()
-            .unwrap();
-        let yes = out.status.success();
-        eprintln!(
-            "memory tracking on this host: {}",
-            if yes {
-                "yes"
-            } else {
-                "no (no soft-dirty bits)"
-            }
-        );
-        yes
-    }
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+/// Whether this host's kernel and CRIU can track memory (`criu check --feature
+/// mem_dirty_track` succeeds), which decides what `auto` and `always` must do.
+fn tracks_memory(s: &PidLab) -> bool {
+    let criu = s.lab.tool("criu").unwrap();
+    let out = Command::new(criu)
+        .args(["check", "--feature", "mem_dirty_track"])
+        .output()
+        .unwrap();
+    let yes = out.status.success();
+    eprintln!(
+        "memory tracking on this host: {}",
+        if yes {
+            "yes"
+        } else {
+            "no (no soft-dirty bits)"
+        }
+    );
+    yes
 }
 
 #[test]
 fn auto_falls_back_to_one_dump_and_says_why() {
     let Some(s) = setup("pcauto") else { return };
-    let tracking = s.tracks_memory();
-    let key = s.keygen();
+    let tracking = tracks_memory(&s);
+    let key = s.keygen("key");
     let dst_work = s.dir.join("dst-work");
     let serve = s.serve(&key, &dst_work);
 
@@ -169,7 +93,7 @@ fn auto_falls_back_to_one_dump_and_says_why() {
     let restored = PidGuard::new(pids[0]).unwrap();
     Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
     assert!(serve.log_text().contains("done: pid"));
-    assert!(entries(&s.dir.join("src-work")).is_empty());
+    assert!(dir_entries(&s.dir.join("src-work")).is_empty());
     restored.kill().unwrap();
     assert!(restored.wait_gone(Duration::from_secs(5)));
 }
@@ -177,8 +101,8 @@ fn auto_falls_back_to_one_dump_and_says_why() {
 #[test]
 fn always_without_memory_tracking_fails_before_anything_freezes() {
     let Some(s) = setup("pcalways") else { return };
-    let tracking = s.tracks_memory();
-    let key = s.keygen();
+    let tracking = tracks_memory(&s);
+    let key = s.keygen("key");
     let dst_work = s.dir.join("dst-work");
     let serve = s.serve(&key, &dst_work);
 
@@ -232,10 +156,10 @@ fn always_without_memory_tracking_fails_before_anything_freezes() {
     serve
         .wait_for_line("--pre-dump always", Duration::from_secs(5))
         .unwrap();
-    let dirs: Vec<_> = entries(&dst_work)
+    let dirs: Vec<_> = dir_entries(&dst_work)
         .into_iter()
         .filter(|e| e.starts_with("m-"))
         .collect();
     assert!(dirs.is_empty(), "destination directories: {dirs:?}");
-    assert!(entries(&s.dir.join("src-work")).is_empty());
+    assert!(dir_entries(&s.dir.join("src-work")).is_empty());
 }
