@@ -138,6 +138,31 @@ fn reap_dead_children_in(_dir: &Path) {
     }
 }
 
+/// Freezes a v1 freezer cgroup and waits until the kernel says FROZEN, looking every
+/// millisecond for at most `limit`. CRIU's own freezing looks every 100 ms, so a tree that takes
+/// 1 ms to freeze can cost it 100 ms of downtime; frozen here first, CRIU finds it FROZEN, seizes
+/// the tasks and thaws the cgroup as usual (it leaves a cgroup frozen only when its dump fails:
+/// the caller thaws it then). Returns false, with the cgroup thawed again, if it did not freeze
+/// in time: CRIU then freezes it itself, with its remedies for a freezer stuck in FREEZING.
+pub fn freeze(dir: &Path, limit: std::time::Duration) -> Result<bool> {
+    let state = dir.join("freezer.state");
+    std::fs::write(&state, "FROZEN").ctx(Kind::Other, format!("freezing {}", dir.display()))?;
+    let end = std::time::Instant::now() + limit;
+    loop {
+        // A short kernel-generated file: THAWED, FREEZING or FROZEN.
+        let now = crate::util::read_bounded(&state, 64)
+            .ctx(Kind::Other, format!("reading {}", state.display()))?;
+        if now.trim_ascii() == b"FROZEN" {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= end {
+            thaw(dir)?;
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Thaws a v1 freezer cgroup.
 pub fn thaw(dir: &Path) -> Result<()> {
     std::fs::write(dir.join("freezer.state"), "THAWED")
@@ -249,6 +274,34 @@ impl Drop for Created {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn freeze_waits_for_frozen_and_thaw_lets_the_task_run() {
+        let root = Path::new("/sys/fs/cgroup/freezer");
+        if !rustix::process::geteuid().is_root() || !root.join("cgroup.procs").exists() {
+            eprintln!("skipped: needs root and a cgroup v1 freezer hierarchy");
+            return;
+        }
+        let dir = root.join(format!("haul-test-freeze-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+        let state = |d: &Path| std::fs::read_to_string(d.join("freezer.state")).unwrap();
+
+        let froze = freeze(&dir, std::time::Duration::from_secs(5)).unwrap();
+        let frozen_state = state(&dir);
+        thaw(&dir).unwrap();
+        let thawed_state = state(&dir);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir(&dir);
+        assert!(froze);
+        assert_eq!(frozen_state.trim(), "FROZEN");
+        assert_eq!(thawed_state.trim(), "THAWED");
+    }
 
     fn fixture_proc(case: &str) -> PathBuf {
         // Lay the fixture out as <root>/self/{cgroup,mountinfo}.

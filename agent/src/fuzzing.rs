@@ -792,6 +792,7 @@ fn runc_description(state_json: Vec<u8>, fs: FsMode, restart: bool) -> Msg {
             fs: fs as i32,
             readonly_root: false,
             restart,
+            external_netns: false,
         }),
         ..Default::default()
     })

@@ -41,7 +41,8 @@ use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--reps N] [--sizes 0,64,256,1024] \
-                     [--methods haul,haul-lazy,expert,manual,local,link] [--no-warmup] [--out DIR]";
+                     [--methods haul,haul-lazy,expert,manual,local,link] [--no-warmup] [--out DIR] \
+                     [--keep-logs DIR]";
 
 /// `--lazy` target: the service stops at most this long, whatever the memory size.
 const LAZY_DOWNTIME_TARGET_MS: f64 = 150.0;
@@ -102,6 +103,8 @@ struct Opts {
     warmup: bool,
     quick: bool,
     out: PathBuf,
+    /// Copy every run's logs here (haul: also CRIU's dump.log/restore.log and stats).
+    keep_logs: Option<PathBuf>,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -112,6 +115,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         warmup: true,
         quick: false,
         out: util::root().join("bench"),
+        keep_logs: None,
     };
     let (mut sizes, mut reps, mut out) = (None, None, None);
     let mut it = args.iter();
@@ -147,6 +151,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--out" => out = Some(PathBuf::from(value()?)),
+            "--keep-logs" => o.keep_logs = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other:?}\n{USAGE}")),
         }
     }
@@ -181,7 +186,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     build()?;
     let started = Instant::now();
     let machine = Machine::probe();
-    let mut lab = BenchLab::create()?;
+    let mut lab = BenchLab::create(opts.keep_logs.is_some())?;
     let mut samples = Vec::new();
     let mut failures = Vec::new();
     for &mib in &opts.sizes {
@@ -223,6 +228,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
         }
     }
+    if let Some(dest) = &opts.keep_logs {
+        let from = lab.dir.join("logs");
+        std::fs::create_dir_all(dest).map_err(|e| format!("mkdir {}: {e}", dest.display()))?;
+        util::run(Command::new("cp").arg("-r").arg(&from).arg(dest))?;
+        eprintln!("bench: logs kept in {}", dest.join("logs").display());
+    }
     drop(lab);
     let report = Report {
         opts: &opts,
@@ -243,6 +254,39 @@ pub fn run(args: &[String]) -> Result<(), String> {
             opts.out.join("RESULTS.md").display()
         ))
     }
+}
+
+/// Copies the logs and stats of every directory haul kept under `work` into `to`, then removes
+/// those directories (images included: 1 GiB runs would fill the tmpfs), checking for mounts.
+fn keep_work_logs(work: &Path, to: &Path) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let dest = to.join(e.file_name());
+        std::fs::create_dir_all(&dest).map_err(|e| format!("mkdir {}: {e}", dest.display()))?;
+        for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".log")
+                || name.starts_with("stats-")
+                || name.ends_with(".json")
+                || name == "inventory.img"
+            {
+                let _ = std::fs::copy(f.path(), dest.join(&name));
+            }
+        }
+        match mounts_under(&dir) {
+            Ok(m) if m.is_empty() => std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("remove {}: {e}", dir.display()))?,
+            Ok(m) => return Err(format!("mounts under {}: {m:?}", dir.display())),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// Builds the release haul and the static workload (the container has no libc).
@@ -387,6 +431,8 @@ struct BenchLab {
     src_root: PathBuf,
     dst_root: PathBuf,
     seq: u32,
+    /// haul keeps its work directories; each run's logs are copied out of them.
+    keep_logs: bool,
 }
 
 fn lab_err(e: haul_e2e::LabError) -> String {
@@ -394,7 +440,7 @@ fn lab_err(e: haul_e2e::LabError) -> String {
 }
 
 impl BenchLab {
-    fn create() -> Result<BenchLab, String> {
+    fn create(keep_logs: bool) -> Result<BenchLab, String> {
         let mut tools = Lab::ALL_TOOLS.to_vec();
         tools.extend([
             haul_e2e::BUSYBOX,
@@ -425,6 +471,7 @@ impl BenchLab {
             xtask,
             key,
             seq: 0,
+            keep_logs,
         };
         for d in [
             &lab.src_root,
@@ -479,6 +526,13 @@ impl BenchLab {
             self.migration(method, mib, bundle, &work, &logs, port, n)
         };
         let mut cleanup = Vec::new();
+        if self.keep_logs {
+            for (side, dir) in [("src", "haul-src-work"), ("dst", "haul-dst-work")] {
+                if let Err(e) = keep_work_logs(&self.shm.join(dir), &logs.join(side)) {
+                    cleanup.push(e);
+                }
+            }
+        }
         for root in [&self.src_root, &self.dst_root] {
             match unmount_under(root) {
                 Ok(m) if !m.is_empty() => eprintln!("bench:   unmounted {m:?}"),
@@ -551,7 +605,11 @@ impl BenchLab {
             Method::Haul | Method::HaulLazy => {
                 let serve = serve.as_ref().ok_or("no serve")?;
                 let lazy = method == Method::HaulLazy;
-                self.haul_migrate(&id, port, work, logs, serve, lazy, &mut s)?;
+                let r = self.haul_migrate(&id, port, work, logs, serve, lazy, &mut s);
+                if self.keep_logs {
+                    let _ = std::fs::write(logs.join("serve.log"), serve.log_text());
+                }
+                r?;
             }
             Method::Expert => {
                 self.expert(&id, bundle, work, logs, port, &dst_log, &mut s)?;
@@ -620,7 +678,11 @@ impl BenchLab {
             .arg(self.dir.join("stdio"))
             .arg("--bundle-root")
             .arg(self.dir.join("bundles"))
+            .args(self.keep_logs.then_some("--keep-images"))
             .stdin(Stdio::null());
+        if self.keep_logs {
+            cmd.env("HAUL_LOG", "debug");
+        }
         let serve = ChildWithLog::spawn("dst: haul serve", &mut cmd)
             .map_err(lab_err)?
             .with_grace(Duration::from_secs(5));
@@ -667,9 +729,13 @@ impl BenchLab {
             .arg("--stats-json")
             .arg(&stats)
             .args(lazy.then_some("--lazy"))
+            .args(self.keep_logs.then_some("--keep-work"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
+        if self.keep_logs {
+            cmd.env("HAUL_LOG", "debug");
+        }
         let mut child = ChildGuard::spawn(&mut cmd)
             .map_err(lab_err)?
             .named("haul migrate");

@@ -14,7 +14,7 @@ use crate::transfer::tree::TreeSink;
 use crate::workdir::WorkDir;
 use haul_proto::criu::CriuOpts;
 use haul_proto::haul::{FsMode, RuncContainer};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The restore plan's `Destination` for `container` under the id `dst_id` on this host.
@@ -30,6 +30,8 @@ pub fn destination_plan(
         &hier,
         inherit,
         "<temporary mount of the rootfs>",
+        // Created at restore time: no descriptor number yet.
+        c.own_netns.then_some(-1),
     ))
 }
 
@@ -39,6 +41,7 @@ fn destination_from(
     hier: &[HostHierarchy],
     inherit: &[(String, i32)],
     root_mount: &str,
+    netns_fd: Option<i32>,
 ) -> Destination {
     Destination {
         // --fs shared: bind sources are where they were.
@@ -53,6 +56,7 @@ fn destination_from(
             .collect(),
         root_mount: root_mount.into(),
         inherit: inherit.to_vec(),
+        netns_fd,
     }
 }
 
@@ -155,6 +159,8 @@ pub struct RuncRestore {
     claim: Option<Claim>,
     /// `--fs copy`: where the bundle goes.
     copy_to: Option<PathBuf>,
+    /// The new network namespace for the restored tasks (the container has its own).
+    netns: Option<OwnedFd>,
     /// The bundle directory haul created (removed on failure).
     created_bundle: Option<PathBuf>,
 }
@@ -307,6 +313,9 @@ impl RuncRestore {
                 rc.stdio[2].clone(),
             ],
             readonly_root: rc.readonly_root,
+            // The source took the namespace as external: the restore needs a new one.
+            own_netns: rc.external_netns,
+            netns_inode: 0,
         };
         Ok(RuncRestore {
             stdio_log: cfg.stdio_dir.join(format!("{}.log", rc.dst_id)),
@@ -323,6 +332,7 @@ impl RuncRestore {
             claim: None,
             copy_to,
             created_bundle: None,
+            netns: None,
         })
     }
 
@@ -335,11 +345,23 @@ impl RuncRestore {
         let p = plumb(&pipes, &self.stdio_log)?;
         self.inherit = p.inherit();
         self.plumbing = Some(p);
+        if self.container.own_netns {
+            self.netns = Some(crate::sys::new_netns().map_err(|e| {
+                Error::setup(format!(
+                    "creating a network namespace for container {}: {e}",
+                    self.rc.dst_id
+                ))
+            })?);
+        }
         Ok(())
     }
 
+    /// What the restoring CRIU inherits: the stdio pipes' container ends and the network
+    /// namespace.
     pub fn restorer_fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.plumbing.as_ref().map(|p| p.fds()).unwrap_or_default()
+        let mut fds = self.plumbing.as_ref().map(|p| p.fds()).unwrap_or_default();
+        fds.extend(self.netns.as_ref().map(|n| n.as_fd()));
+        fds
     }
 
     /// Creates the container's cgroups with the restoring CRIU in them, and mounts the root.
@@ -383,6 +405,7 @@ impl RuncRestore {
 
     pub fn restore_opts(&self, images_dir_fd: i32) -> CriuOpts {
         let inherit = self.inherit.clone();
+        let netns_fd = self.netns.as_ref().map(|n| n.as_raw_fd());
         let root = self
             .root
             .as_ref()
@@ -394,6 +417,7 @@ impl RuncRestore {
             &self.hier,
             &inherit,
             &root,
+            netns_fd,
         );
         let (opts, notes) = runc::restore(&self.container, &d, images_dir_fd);
         for n in notes {
@@ -599,7 +623,7 @@ mod tests {
                 own: "".into(),
             },
         ];
-        let d = destination_from(&c, "web2", &hier, &[], "/r");
+        let d = destination_from(&c, "web2", &hier, &[], "/r", None);
         assert_eq!(
             d.hierarchies.len(),
             1,

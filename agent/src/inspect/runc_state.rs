@@ -94,6 +94,14 @@ impl<'a> RuncState<'a> {
             .map(|c| c.path)
     }
 
+    /// Whether the config gives the container a network namespace of its own (`NEWNET` with
+    /// no path to join).
+    pub fn has_own_netns(&self) -> bool {
+        self.namespaces
+            .iter()
+            .any(|n| n.kind == "NEWNET" && n.path.is_empty())
+    }
+
     /// The path of init's namespace of `kind` (`NEWNET`, `NEWPID`, ...).
     pub fn namespace_path(&self, kind: &str) -> Option<&'a str> {
         self.namespace_paths
@@ -690,6 +698,7 @@ mod tests {
         assert_eq!(s.namespace_paths.len(), 7);
         assert_eq!(s.namespace_path("NEWNET"), Some("/proc/7769/ns/net"));
         assert_eq!(s.namespace_path("NEWNS"), Some("/proc/7769/ns/mnt"));
+        assert!(s.has_own_netns());
 
         let fds = s.external_descriptors.ok_or("no external_descriptors")?;
         assert_eq!(
@@ -700,6 +709,18 @@ mod tests {
             fds.pipes().collect::<Vec<_>>(),
             vec![(1, "pipe:[21245]", 21245)]
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_network_namespace_joined_by_path_is_not_the_containers_own() -> TestResult {
+        let text = String::from_utf8(fixture("runc-1.1.5-cgroupv1-hybrid/state.json")?)?;
+        let own = r#"{"type":"NEWNET","path":""}"#;
+        assert_eq!(text.matches(own).count(), 1);
+        let joined = text.replace(own, r#"{"type":"NEWNET","path":"/var/run/netns/cni-1"}"#);
+        assert!(!parse(joined.as_bytes())?.has_own_netns());
+        let none = text.replace(&format!("{own},"), "");
+        assert!(!parse(none.as_bytes())?.has_own_netns());
         Ok(())
     }
 

@@ -35,10 +35,20 @@ fn opts_lines(o: &CriuOpts) -> Vec<(String, String)> {
             push(name, "true".into());
         }
     }
+    for e in &o.external {
+        push("external", e.clone());
+    }
     for e in &o.ext_mnt {
         push("ext_mnt", format!("{} -> {}", e.key, e.val));
     }
     for i in &o.inherit_fd {
+        if i.fd < 0 {
+            push(
+                "inherit_fd",
+                format!("{} -> a new namespace at restore", i.key),
+            );
+            continue;
+        }
         push("inherit_fd", format!("{} -> fd {}", i.key, i.fd));
     }
     v

@@ -280,6 +280,19 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     let (pre, outcome) = match pre {
         Ok(pre) => {
             let opts = pre.final_opts(opts);
+            // Frozen here at a 1 ms pace rather than by CRIU's 100 ms one; only a cgroup haul
+            // thaws on a rollback (`thaw_guard`: it was running when haul started).
+            if let (Some(dir), Some(_)) = (&job.freezer, &thaw_guard) {
+                match crate::cgroups::freeze(dir, FREEZE_LIMIT) {
+                    Ok(true) => log::debug!("froze {} before the dump", dir.display()),
+                    Ok(false) => log::info!(
+                        "{} did not freeze within {} ms; CRIU freezes it",
+                        dir.display(),
+                        FREEZE_LIMIT.as_millis()
+                    ),
+                    Err(e) => log::warn!("{e}; CRIU freezes the cgroup"),
+                }
+            }
             let outcome = run_dump(
                 &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
             );
@@ -515,6 +528,10 @@ fn finish_summary(summary: &Summary<'_>, o: &Options<'_>, work: WorkDir) -> Resu
     }
     Ok(())
 }
+
+/// How long haul waits for the container's freezer cgroup to report FROZEN before leaving the
+/// freezing to CRIU (whose first look comes after 100 ms).
+const FREEZE_LIMIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Thaws a freezer cgroup haul froze, when dropped (rollback).
 struct Thaw(std::path::PathBuf);

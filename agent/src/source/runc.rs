@@ -121,6 +121,10 @@ pub fn inspect_container(runc_root: &Path, id: &str) -> Result<Inspected> {
         freezer: st.cgroup_path("freezer").map(str::to_string),
         stdio,
         readonly_root,
+        own_netns: st.has_own_netns(),
+        netns_inode: std::fs::metadata(format!("/proc/{raw_pid}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0),
     };
     Ok(Inspected {
         id: id.to_string(),
@@ -184,6 +188,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             fs: fs as i32,
             readonly_root: c.container.readonly_root,
             restart: a.mode == "restart",
+            external_netns: c.container.netns_external(),
         }),
         ..Default::default()
     };

@@ -1,5 +1,6 @@
 //! The one module allowed `unsafe`: starting a child process that inherits chosen descriptors,
-//! adopting a descriptor inherited from an init system, and blocking and waiting for signals.
+//! adopting a descriptor inherited from an init system, blocking and waiting for signals, and
+//! creating an empty network namespace with its loopback up.
 //!
 //! Everything else goes through rustix's safe wrappers.
 
@@ -78,6 +79,102 @@ pub fn spawn_in_netns(cmd: &mut Command, netns: BorrowedFd<'_>) -> io::Result<Ch
         });
     }
     cmd.spawn()
+}
+
+/// A new network namespace with its loopback interface up (what runc sets up for a container
+/// with a network namespace of its own), created on a short-lived thread so haul's own
+/// threads never change namespace. The namespace lives as long as the returned descriptor (or
+/// whatever joins it).
+pub fn new_netns() -> io::Result<OwnedFd> {
+    std::thread::Builder::new()
+        .name("haul-netns".into())
+        .spawn(|| -> io::Result<OwnedFd> {
+            // SAFETY: only CLONE_NEWNET, on this thread, which shares nothing it changes: the
+            // file table stays shared (no CLONE_FILES), so the descriptor opened below is the
+            // caller's.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
+            let ns = rustix::fs::open(
+                "/proc/thread-self/ns/net",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?;
+            loopback_up()?;
+            Ok(ns)
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the netns thread panicked"))?
+}
+
+/// `struct ifreq` with the `ifr_flags` member of its union (40 bytes on Linux).
+#[repr(C)]
+struct IfreqFlags {
+    name: [u8; 16],
+    flags: i16,
+    _pad: [u8; 22],
+}
+
+/// Sets IFF_UP on `lo` of the calling thread's network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS).
+fn loopback_up() -> io::Result<()> {
+    use rustix::ioctl::{ioctl, Opcode, Updater};
+    const SIOCGIFFLAGS: Opcode = 0x8913;
+    const SIOCSIFFLAGS: Opcode = 0x8914;
+    const IFF_UP: i16 = 0x1;
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )?;
+    let mut req = IfreqFlags {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: both opcodes take a pointer to a `struct ifreq`, which `IfreqFlags` lays out
+    // (interface name, then the flags member of the union, padded to the union's size); the
+    // kernel reads the name and reads or writes only the flags.
+    unsafe {
+        ioctl(&sock, Updater::<SIOCGIFFLAGS, IfreqFlags>::new(&mut req))?;
+        req.flags |= IFF_UP;
+        ioctl(&sock, Updater::<SIOCSIFFLAGS, IfreqFlags>::new(&mut req))?;
+    }
+    Ok(())
+}
+
+/// Whether `lo` is up in the network namespace `netns` (tests, `haul check`).
+pub fn loopback_is_up(netns: BorrowedFd<'_>) -> io::Result<bool> {
+    let raw = netns.as_raw_fd();
+    std::thread::scope(|s| {
+        s.spawn(move || -> io::Result<bool> {
+            // SAFETY: `raw` is the caller's open descriptor, borrowed for this call only.
+            let ns = unsafe { BorrowedFd::borrow_raw(raw) };
+            rustix::thread::move_into_link_name_space(
+                ns,
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )?;
+            let sock = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::DGRAM,
+                None,
+            )?;
+            let mut req = IfreqFlags {
+                name: [0; 16],
+                flags: 0,
+                _pad: [0; 22],
+            };
+            req.name[..2].copy_from_slice(b"lo");
+            // SAFETY: as in `loopback_up`.
+            unsafe {
+                rustix::ioctl::ioctl(
+                    &sock,
+                    rustix::ioctl::Updater::<0x8913, IfreqFlags>::new(&mut req),
+                )?;
+            }
+            Ok(req.flags & 0x1 != 0)
+        })
+        .join()
+        .map_err(|_| io::Error::other("the netns thread panicked"))?
+    })
 }
 
 /// `fcntl(fd, F_SETFD, FD_CLOEXEC)` on a descriptor number that may not be open.
@@ -257,6 +354,25 @@ mod tests {
         let mut child = spawn_inheriting(&mut cmd, &[keep_r.as_fd()]).unwrap();
         let status = child.wait().unwrap();
         assert!(status.success(), "child saw the wrong descriptors");
+    }
+
+    #[test]
+    fn new_netns_is_another_namespace_with_loopback_up() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: creating a network namespace needs root");
+            return;
+        }
+        let ns = new_netns().unwrap();
+        let ours = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+        let st = rustix::fs::fstat(&ns).unwrap();
+        assert_ne!(st.st_ino as u64, ours, "the new namespace is haul's own");
+        assert!(loopback_is_up(ns.as_fd()).unwrap(), "lo is down");
+        // This thread's namespace did not change.
+        assert_eq!(
+            std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino(),
+            ours
+        );
     }
 
     extern "C" {
