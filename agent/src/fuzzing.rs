@@ -12,6 +12,8 @@
 //! | `criu_stats` | CRIU's `stats-dump` / `stats-restore` files |
 //! | `criu_log` | the error lines picked from a CRIU log |
 //! | `json_patch` | the source's state.json text patched for registration |
+//! | `tmpfs_archive` | a tmpfs archive from the source as haul's `tar --extract` reads it |
+//! | `criu_inventory` | the source's inventory.img as the destination edits it |
 
 use crate::criu::{log_excerpt, stats, Event, Swrk};
 use crate::dest::precopy::PageServers;
@@ -698,6 +700,28 @@ pub fn json_patch(data: &[u8]) {
     let _ = patch_for_registration(source, &rc);
 }
 
+/// `tmpfs_archive`: a tmpfs archive (`tmpfs-dev-N.tar.gz.img`) from the source, walked as
+/// haul's `tar --extract` walks it, without writing files: every name it accepts is relative
+/// and free of `..`.
+pub fn tmpfs_archive(data: &[u8]) {
+    if let Ok(entries) = crate::criu::tar::extract::list(data) {
+        for h in entries {
+            assert!(h.path.starts_with("./"), "{:?}", h.path);
+            assert!(!h.path.split('/').any(|c| c == ".."), "{:?}", h.path);
+        }
+    }
+}
+
+/// `criu_inventory`: the source's `inventory.img`, edited to skip the network lock: the edit
+/// changes one byte or appends one field, and editing again changes nothing.
+pub fn criu_inventory(data: &[u8]) {
+    use crate::dest::inventory::with_lock_skipped;
+    if let Ok(out) = with_lock_skipped(data) {
+        assert!(out.len() == data.len() || out.len() == data.len() + 2);
+        assert_eq!(with_lock_skipped(&out).as_ref(), Ok(&out));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Seeds
 // ---------------------------------------------------------------------------------------------
@@ -1179,7 +1203,59 @@ pub fn seeds(fixtures: &Path) -> Result<Vec<Seed>, String> {
         br#"{"id":"a","config":{"rootfs":"/r","HOOKS":{"poststop":[{"path":"/bin/sh"}]},"hook\u0073":{},"labels":["bundle=/b"]},"CONFIG":{"Hooks":{}}}"#
             .to_vec(),
     ));
+
+    // tmpfs_archive: a small tree as haul's tar writes it.
+    out.push(seed("tmpfs_archive", "dev-like", tmpfs_archive_seed()));
+
+    // criu_inventory
+    out.push(seed(
+        "criu_inventory",
+        "criu-4.1.1-external-netns.img",
+        fixture("criu-4.1.1-inventory/inventory-external-netns.img")?,
+    ));
     Ok(out)
+}
+
+/// `./`, a directory, a file with content, a symbolic link, a device node, a FIFO.
+fn tmpfs_archive_seed() -> Vec<u8> {
+    use crate::criu::tar::gzip::StoredWriter;
+    use crate::criu::tar::ustar::{Header, Kind as TarKind};
+    use std::io::Write as _;
+    let h = |path: &str, kind: TarKind, size: u64, link: &str, dev: (u32, u32)| Header {
+        path: path.into(),
+        kind,
+        mode: if kind == TarKind::Dir { 0o1777 } else { 0o644 },
+        uid: 0,
+        gid: 5,
+        size,
+        mtime: 1_795_960_000,
+        link: link.into(),
+        major: dev.0,
+        minor: dev.1,
+    };
+    let mut w = match StoredWriter::new(Vec::new()) {
+        Ok(w) => w,
+        Err(_) => return Vec::new(),
+    };
+    let entries = [
+        h("./", TarKind::Dir, 0, "", (0, 0)),
+        h("./pts/", TarKind::Dir, 0, "", (0, 0)),
+        h("./data", TarKind::File, 5, "", (0, 0)),
+        h("./fd", TarKind::Symlink, 0, "/proc/self/fd", (0, 0)),
+        h("./null", TarKind::Char, 0, "", (1, 3)),
+        h("./fifo", TarKind::Fifo, 0, "", (0, 0)),
+    ];
+    for e in entries {
+        let Ok(block) = e.encode() else { continue };
+        let _ = w.write_all(&block);
+        if e.kind == TarKind::File {
+            let mut data = [0u8; 512];
+            data[..5].copy_from_slice(b"hello");
+            let _ = w.write_all(&data);
+        }
+    }
+    let _ = w.write_all(&[0u8; 1024]);
+    w.finish().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -1225,6 +1301,8 @@ mod tests {
                 "criu_stats" => criu_stats(&s.bytes),
                 "criu_log" => criu_log(&s.bytes),
                 "json_patch" => json_patch(&s.bytes),
+                "tmpfs_archive" => tmpfs_archive(&s.bytes),
+                "criu_inventory" => criu_inventory(&s.bytes),
                 other => panic!("seed for unknown target {other}"),
             }
         }
@@ -1235,6 +1313,15 @@ mod tests {
                 .unwrap()
                 .bytes
         };
+        // The archive seed is read to its end, every entry.
+        let archive = crate::criu::tar::extract::list(&get("tmpfs_archive", "dev-like")[..]);
+        assert_eq!(archive.map(|e| e.len()), Ok(6));
+        // The inventory seed is CRIU's and gets edited.
+        assert!(crate::dest::inventory::with_lock_skipped(get(
+            "criu_inventory",
+            "criu-4.1.1-external-netns.img"
+        ))
+        .is_ok());
         // The keyed handshake authenticates.
         let keyed = get("handshake", "keyed");
         let key = Key(KEY);

@@ -8,7 +8,15 @@ use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let (args, verbose, quiet) = global_flags(std::env::args().collect());
+    let argv: Vec<String> = std::env::args().collect();
+    // CRIU runs haul as its `tar` for tmpfs contents (haul::criu::tar).
+    if argv
+        .first()
+        .is_some_and(|a| haul::criu::tar::invoked_as_tar(a))
+    {
+        return ExitCode::from(haul::criu::tar::main(&argv[1..]));
+    }
+    let (args, verbose, quiet) = global_flags(argv);
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cli = match Cli::from_args(
         &strs[..1.min(strs.len())],
@@ -35,6 +43,14 @@ fn main() -> ExitCode {
             log::error!("{e}");
             ExitCode::from(e.kind.exit_code())
         }
+    }
+}
+
+/// Puts haul's own `tar` first in CRIU's PATH (`<work root>/bin/tar`); the system's tar stays
+/// CRIU's if that fails.
+fn builtin_tar(work_root: &Path) {
+    if let Err(e) = haul::criu::tar::install(&work_root.join("bin")) {
+        log::warn!("{e}; CRIU archives tmpfs contents with the system's tar");
     }
 }
 
@@ -98,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
             let listener =
                 haul::service::listener(s.listen.as_deref(), s.fd).map_err(Error::usage)?;
             let key = key_of(s.key.as_deref(), s.insecure)?;
+            builtin_tar(&s.work_dir);
             let cfg = haul::dest::session::SessionConfig {
                 key,
                 criu: criu_of(s.criu.as_deref())?,
@@ -122,11 +139,13 @@ fn run(cli: Cli) -> Result<()> {
             MigrateWhat::Runc(r) => {
                 let key = key_of(r.key.as_deref(), r.insecure)?;
                 let criu = criu_of(r.criu.as_deref())?;
+                builtin_tar(&r.work_dir);
                 haul::source::runc::migrate_runc(&r, key.as_ref(), &criu, cli.quiet)
             }
             MigrateWhat::Pid(p) => {
                 let key = key_of(p.key.as_deref(), p.insecure)?;
                 let criu = criu_of(p.criu.as_deref())?;
+                builtin_tar(&p.work_dir);
                 let pre_dump = haul::source::precopy::Settings::from_flags(
                     p.pre_dump,
                     p.pre_dump_max_iterations,
@@ -155,6 +174,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Recover(r) => {
+            if let Some(root) = r.dir.parent() {
+                builtin_tar(root);
+            }
             let cfg = haul::dest::session::SessionConfig {
                 key: None,
                 criu: criu_of(r.criu.as_deref())?,

@@ -97,13 +97,14 @@ impl PidLab {
     }
 }
 
-/// Names in `dir` (none if it does not exist), without the `logs` kept from failed migrations.
+/// Names in `dir` (none if it does not exist), without the `logs` kept from failed migrations
+/// and `bin` (haul's own `tar` for CRIU, `<work root>/bin/tar`).
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "logs")
+                .filter(|n| n != "logs" && n != "bin")
                 .collect()
         })
         .unwrap_or_default()

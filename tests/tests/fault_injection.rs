@@ -370,11 +370,13 @@ fn rand_tag() -> String {
     )
 }
 
+/// Names in `dir`, without `bin` (haul's own `tar` for CRIU, `<work root>/bin/tar`).
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "bin")
                 .collect()
         })
         .unwrap_or_default();

@@ -106,6 +106,10 @@ impl Setup {
         self.serve = Some(s);
     }
 
+    fn serve_pid(&self) -> u32 {
+        self.serve.as_ref().expect("serve runs").pid()
+    }
+
     fn serve_log(&self) -> String {
         self.serve
             .as_ref()
@@ -146,11 +150,13 @@ impl Setup {
     }
 }
 
+/// Names in `dir`, without `bin` (haul's own `tar` for CRIU, `<work root>/bin/tar`).
 fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "bin")
                 .collect()
         })
         .unwrap_or_default()
@@ -198,6 +204,48 @@ fn moves_with(tag: &str, new_id: bool, check_ro: bool, copy: bool) {
     src.exec(&["sh", "-c", &format!("echo '{tmp_text}' > /tmp/t")])
         .unwrap();
     assert_eq!(src.exec(&["cat", "/tmp/t"]).unwrap().trim(), tmp_text);
+    // tmpfs contents CRIU archives (with haul's tar): owners, modes with set-id bits, a
+    // FIFO, a symbolic link, nested directories; and the listing of /dev (runc's tmpfs).
+    src.exec(&[
+        "sh",
+        "-c",
+        "busybox mkdir -p /dev/shm/d/e && echo x > /dev/shm/d/f \
+         && busybox mkfifo -m 640 /dev/shm/fifo && busybox ln -s /proc/self/fd /dev/shm/l",
+    ])
+    .unwrap();
+    {
+        // The container has no CAP_CHOWN: from the host, through its root.
+        use std::os::unix::fs::PermissionsExt;
+        let f = format!("/proc/{}/root/dev/shm/d/f", src.state().unwrap().pid);
+        std::os::unix::fs::chown(&f, Some(1234), Some(5678)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4711)).unwrap();
+    }
+    let tmpfs_listing = |c: &RuncContainer| {
+        let out = c
+            .exec(&[
+                "sh",
+                "-c",
+                "busybox ls -lanR /dev/shm /tmp; busybox ls -lan /dev",
+            ])
+            .unwrap();
+        // Left out: mount points under /dev and the tmpfs mounts' parents (`..`), which show
+        // what is mounted or copied there, new on the destination.
+        out.lines()
+            .filter(|l| {
+                ![" pts", " shm", " mqueue", " .."]
+                    .iter()
+                    .any(|end| l.ends_with(end))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let tmpfs_before = tmpfs_listing(&src);
+    assert!(tmpfs_before.contains("-rws--x--x"), "{tmpfs_before}");
+    let lo_up = |c: &RuncContainer| {
+        c.exec(&["busybox", "ip", "-o", "link", "show", "lo"])
+            .unwrap()
+    };
+    assert!(lo_up(&src).contains(",UP"), "{}", lo_up(&src));
     let src_pid = src.state().unwrap().pid;
     let ro = src.exec(&["sh", "-c", "echo x > /bin/x"]);
     assert!(ro.is_err(), "rootfs writable on the source: {ro:?}");
@@ -358,6 +406,11 @@ fn moves_with(tag: &str, new_id: bool, check_ro: bool, copy: bool) {
         RuncBundle::APP_CONF
     );
     assert_eq!(dst.exec(&["cat", "/tmp/t"]).unwrap().trim(), tmp_text);
+    assert_eq!(tmpfs_listing(&dst), tmpfs_before);
+    // Its own network namespace, new (not serve's), with the loopback up as runc left it.
+    assert!(lo_up(&dst).contains(",UP"), "{}", lo_up(&dst));
+    let netns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(netns(st.pid), netns(s.serve_pid()));
     // Still read-only and the data bind still read-write.
     if check_ro {
         let ro = dst.exec(&["sh", "-c", "echo x > /bin/x"]);
@@ -385,6 +438,11 @@ fn moves_with(tag: &str, new_id: bool, check_ro: bool, copy: bool) {
 
     // Nothing mounted under the test's directories (work dirs, runc roots, bundle) in this
     // mount namespace, nothing left in the work directories.
+    // haul's own tar for CRIU is in place on both sides (`<work root>/bin/tar` -> haul).
+    for w in [s.src_work(), s.dst_work()] {
+        let link = std::fs::read_link(w.join("bin/tar")).unwrap();
+        assert_eq!(link.canonicalize().unwrap(), s.haul.canonicalize().unwrap());
+    }
     let mounts = mounts_under(s.dir.path()).unwrap();
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
     assert!(

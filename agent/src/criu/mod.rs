@@ -10,6 +10,7 @@ pub mod fake;
 pub mod log_excerpt;
 pub mod stats;
 mod swrk;
+pub mod tar;
 
 pub use error::CriuError;
 pub use swrk::{find_criu, Event, Swrk, CRIU_PATH_ENV};

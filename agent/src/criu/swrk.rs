@@ -89,7 +89,7 @@ impl Swrk {
         cmd.arg("swrk")
             .arg(theirs.as_raw_fd().to_string())
             .env_clear()
-            .env("PATH", CRIU_PATH_ENV)
+            .env("PATH", super::tar::criu_path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

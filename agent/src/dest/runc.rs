@@ -403,6 +403,16 @@ impl RuncRestore {
         Ok(Some(TreeSink::new(fd)))
     }
 
+    /// Edits the received images where this host's restore differs from the source's dump:
+    /// with a new network namespace, the inventory's network lock is skipped (nothing to
+    /// unlock there).
+    pub fn prepare_images(&self, images: &Path) -> Result<()> {
+        if self.netns.is_some() {
+            super::inventory::skip_network_lock(images)?;
+        }
+        Ok(())
+    }
+
     pub fn restore_opts(&self, images_dir_fd: i32) -> CriuOpts {
         let inherit = self.inherit.clone();
         let netns_fd = self.netns.as_ref().map(|n| n.as_raw_fd());

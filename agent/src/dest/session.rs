@@ -647,6 +647,7 @@ pub fn restore_held(
     restorer.set_log(work.path.join("restore.log"));
     if let Some(j) = job.as_mut() {
         j.mount_root(work)?;
+        j.prepare_images(&work.path)?;
     }
     let mut opts = match job.as_ref() {
         Some(j) => j.restore_opts(work.raw()),

@@ -225,6 +225,8 @@ pub fn restore(c: &Container, d: &Destination, images_dir_fd: i32) -> (CriuOpts,
         cg_root: Vec::<CgroupRoot>::new(),
         // haul's new namespace is unreachable until the tasks run: nothing to lock, and CRIU's
         // unlock would fail there (it never locked it) after ~10-60 ms of iptables or nft.
+        // CRIU takes the method from the images' inventory, which the destination edits to
+        // match (dest::inventory); this says the same.
         network_lock: d
             .netns_fd
             .is_some()

@@ -188,7 +188,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             fs: fs as i32,
             readonly_root: c.container.readonly_root,
             restart: a.mode == "restart",
-            external_netns: c.container.netns_external(),
+            external_netns: a.mode != "restart" && c.container.netns_external(),
         }),
         ..Default::default()
     };
