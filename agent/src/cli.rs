@@ -40,6 +40,7 @@ pub enum Command {
     Recover(Recover),
     StdioRelay(StdioRelay),
     PostcopyGuard(PostcopyGuard),
+    FreezeGuard(FreezeGuard),
 }
 
 /// Destination: complete an in-doubt migration from the images `haul serve` kept.
@@ -325,6 +326,19 @@ pub struct StdioRelay {
     /// hold stdin open (the write end of a container's stdin pipe) until killed
     #[argh(switch)]
     pub hold: bool,
+}
+
+/// (internal) thaw a container's freezer cgroup if `haul migrate` dies after freezing it, once
+/// its CRIU has exited; started by `haul migrate`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "freeze-guard")]
+pub struct FreezeGuard {
+    /// the container's v1 freezer cgroup directory
+    #[argh(option)]
+    pub freezer: std::path::PathBuf,
+    /// the dumping CRIU
+    #[argh(option)]
+    pub criu_pid: i32,
 }
 
 /// (internal) kill a restored task if `haul serve` ends before its post-copy completed; started

@@ -13,7 +13,6 @@
 //! | `criu_log` | the error lines picked from a CRIU log |
 //! | `json_patch` | the source's state.json text patched for registration |
 //! | `tmpfs_archive` | a tmpfs archive from the source as haul's `tar --extract` reads it |
-//! | `criu_inventory` | the source's inventory.img as the destination edits it |
 
 use crate::criu::{log_excerpt, stats, Event, Swrk};
 use crate::dest::precopy::PageServers;
@@ -712,16 +711,6 @@ pub fn tmpfs_archive(data: &[u8]) {
     }
 }
 
-/// `criu_inventory`: the source's `inventory.img`, edited to skip the network lock: the edit
-/// changes one byte or appends one field, and editing again changes nothing.
-pub fn criu_inventory(data: &[u8]) {
-    use crate::dest::inventory::with_lock_skipped;
-    if let Ok(out) = with_lock_skipped(data) {
-        assert!(out.len() == data.len() || out.len() == data.len() + 2);
-        assert_eq!(with_lock_skipped(&out).as_ref(), Ok(&out));
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Seeds
 // ---------------------------------------------------------------------------------------------
@@ -816,7 +805,7 @@ fn runc_description(state_json: Vec<u8>, fs: FsMode, restart: bool) -> Msg {
             fs: fs as i32,
             readonly_root: false,
             restart,
-            external_netns: false,
+            own_netns: false,
         }),
         ..Default::default()
     })
@@ -1207,12 +1196,6 @@ pub fn seeds(fixtures: &Path) -> Result<Vec<Seed>, String> {
     // tmpfs_archive: a small tree as haul's tar writes it.
     out.push(seed("tmpfs_archive", "dev-like", tmpfs_archive_seed()));
 
-    // criu_inventory
-    out.push(seed(
-        "criu_inventory",
-        "criu-4.1.1-external-netns.img",
-        fixture("criu-4.1.1-inventory/inventory-external-netns.img")?,
-    ));
     Ok(out)
 }
 
@@ -1302,7 +1285,6 @@ mod tests {
                 "criu_log" => criu_log(&s.bytes),
                 "json_patch" => json_patch(&s.bytes),
                 "tmpfs_archive" => tmpfs_archive(&s.bytes),
-                "criu_inventory" => criu_inventory(&s.bytes),
                 other => panic!("seed for unknown target {other}"),
             }
         }
@@ -1316,12 +1298,6 @@ mod tests {
         // The archive seed is read to its end, every entry.
         let archive = crate::criu::tar::extract::list(&get("tmpfs_archive", "dev-like")[..]);
         assert_eq!(archive.map(|e| e.len()), Ok(6));
-        // The inventory seed is CRIU's and gets edited.
-        assert!(crate::dest::inventory::with_lock_skipped(get(
-            "criu_inventory",
-            "criu-4.1.1-external-netns.img"
-        ))
-        .is_ok());
         // The keyed handshake authenticates.
         let keyed = get("handshake", "keyed");
         let key = Key(KEY);

@@ -193,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::StdioRelay(r) => haul::dest::stdio::relay(&r.log, r.hold),
         Command::PostcopyGuard(g) => haul::dest::lazy::guard(g.pid, g.start_time),
+        Command::FreezeGuard(g) => haul::source::freeze::guard(&g.freezer, g.criu_pid),
         Command::Check(c) => {
             let key = match &c.to {
                 Some(_) => key_of(c.key.as_deref(), c.insecure)?,

@@ -256,7 +256,8 @@ impl Server {
             .map(|d| {
                 d.flatten()
                     .map(|e| e.path())
-                    .filter(|p| p.file_name().is_some_and(|n| n != "logs"))
+                    // `logs`: kept CRIU logs; `bin`: haul's own tar for CRIU (made at start).
+                    .filter(|p| p.file_name().is_some_and(|n| n != "logs" && n != "bin"))
                     .collect()
             })
             .unwrap_or_default()

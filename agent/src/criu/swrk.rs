@@ -70,6 +70,15 @@ impl Swrk {
     /// `inherit_fd[].fd`); `images_dir_fd` and `work_dir_fd` need not be inherited (CRIU opens
     /// them through `/proc/<our pid>/fd/N`) but must stay open until CRIU answers.
     pub fn spawn(criu: &Path, inherit: &[BorrowedFd<'_>]) -> Result<Swrk, CriuError> {
+        Swrk::spawn_in(criu, inherit, None)
+    }
+
+    /// [`Swrk::spawn`], CRIU running inside the network namespace `netns` if given.
+    pub fn spawn_in(
+        criu: &Path,
+        inherit: &[BorrowedFd<'_>],
+        netns: Option<BorrowedFd<'_>>,
+    ) -> Result<Swrk, CriuError> {
         // Test builds: `builtin:fake-criu` is a scripted CRIU in a thread of this process.
         #[cfg(test)]
         if let Some(sock) = super::builtin_fake::spawn(criu, inherit)? {
@@ -100,11 +109,14 @@ impl Swrk {
         let mut fds = Vec::with_capacity(inherit.len() + 1);
         fds.push(theirs.as_fd());
         fds.extend_from_slice(inherit);
-        let child =
-            crate::sys::spawn_inheriting(&mut cmd, &fds).map_err(|e| CriuError::NotFound {
-                tried: criu.display().to_string(),
-                detail: e.to_string(),
-            })?;
+        let spawned = match netns {
+            Some(ns) => crate::sys::spawn_inheriting_in_netns(&mut cmd, &fds, ns),
+            None => crate::sys::spawn_inheriting(&mut cmd, &fds),
+        };
+        let child = spawned.map_err(|e| CriuError::NotFound {
+            tried: criu.display().to_string(),
+            detail: e.to_string(),
+        })?;
         drop(theirs);
         log::debug!("criu swrk started (pid {})", child.id());
         Ok(Swrk {

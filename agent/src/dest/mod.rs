@@ -1,7 +1,6 @@
 //! The destination side: `haul serve` accepts authenticated connections; each migration gets
 //! its own session (receive pages and images → restore held at post-restore → Ready → Commit).
 
-pub mod inventory;
 pub mod journal;
 pub mod lazy;
 pub mod precopy;

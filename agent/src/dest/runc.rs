@@ -14,7 +14,7 @@ use crate::transfer::tree::TreeSink;
 use crate::workdir::WorkDir;
 use haul_proto::criu::CriuOpts;
 use haul_proto::haul::{FsMode, RuncContainer};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The restore plan's `Destination` for `container` under the id `dst_id` on this host.
@@ -30,8 +30,7 @@ pub fn destination_plan(
         &hier,
         inherit,
         "<temporary mount of the rootfs>",
-        // Created at restore time: no descriptor number yet.
-        c.own_netns.then_some(-1),
+        c.own_netns,
     ))
 }
 
@@ -41,7 +40,7 @@ fn destination_from(
     hier: &[HostHierarchy],
     inherit: &[(String, i32)],
     root_mount: &str,
-    netns_fd: Option<i32>,
+    new_netns: bool,
 ) -> Destination {
     Destination {
         // --fs shared: bind sources are where they were.
@@ -56,7 +55,7 @@ fn destination_from(
             .collect(),
         root_mount: root_mount.into(),
         inherit: inherit.to_vec(),
-        netns_fd,
+        new_netns,
     }
 }
 
@@ -159,7 +158,7 @@ pub struct RuncRestore {
     claim: Option<Claim>,
     /// `--fs copy`: where the bundle goes.
     copy_to: Option<PathBuf>,
-    /// The new network namespace for the restored tasks (the container has its own).
+    /// The new network namespace the restoring CRIU runs in (the container has its own).
     netns: Option<OwnedFd>,
     /// The bundle directory haul created (removed on failure).
     created_bundle: Option<PathBuf>,
@@ -313,9 +312,8 @@ impl RuncRestore {
                 rc.stdio[2].clone(),
             ],
             readonly_root: rc.readonly_root,
-            // The source took the namespace as external: the restore needs a new one.
-            own_netns: rc.external_netns,
-            netns_inode: 0,
+            // The source's CRIU ran inside the container's namespace: the restore needs a new one.
+            own_netns: rc.own_netns,
         };
         Ok(RuncRestore {
             stdio_log: cfg.stdio_dir.join(format!("{}.log", rc.dst_id)),
@@ -356,12 +354,14 @@ impl RuncRestore {
         Ok(())
     }
 
-    /// What the restoring CRIU inherits: the stdio pipes' container ends and the network
-    /// namespace.
+    /// What the restoring CRIU inherits: the stdio pipes' container ends.
     pub fn restorer_fds(&self) -> Vec<BorrowedFd<'_>> {
-        let mut fds = self.plumbing.as_ref().map(|p| p.fds()).unwrap_or_default();
-        fds.extend(self.netns.as_ref().map(|n| n.as_fd()));
-        fds
+        self.plumbing.as_ref().map(|p| p.fds()).unwrap_or_default()
+    }
+
+    /// The network namespace the restoring CRIU runs in, if the container has its own.
+    pub fn restorer_netns(&self) -> Option<BorrowedFd<'_>> {
+        self.netns.as_ref().map(|n| n.as_fd())
     }
 
     /// Creates the container's cgroups with the restoring CRIU in them, and mounts the root.
@@ -403,19 +403,8 @@ impl RuncRestore {
         Ok(Some(TreeSink::new(fd)))
     }
 
-    /// Edits the received images where this host's restore differs from the source's dump:
-    /// with a new network namespace, the inventory's network lock is skipped (nothing to
-    /// unlock there).
-    pub fn prepare_images(&self, images: &Path) -> Result<()> {
-        if self.netns.is_some() {
-            super::inventory::skip_network_lock(images)?;
-        }
-        Ok(())
-    }
-
     pub fn restore_opts(&self, images_dir_fd: i32) -> CriuOpts {
         let inherit = self.inherit.clone();
-        let netns_fd = self.netns.as_ref().map(|n| n.as_raw_fd());
         let root = self
             .root
             .as_ref()
@@ -427,7 +416,7 @@ impl RuncRestore {
             &self.hier,
             &inherit,
             &root,
-            netns_fd,
+            self.netns.is_some(),
         );
         let (opts, notes) = runc::restore(&self.container, &d, images_dir_fd);
         for n in notes {
@@ -633,7 +622,7 @@ mod tests {
                 own: "".into(),
             },
         ];
-        let d = destination_from(&c, "web2", &hier, &[], "/r", None);
+        let d = destination_from(&c, "web2", &hier, &[], "/r", false);
         assert_eq!(
             d.hierarchies.len(),
             1,

@@ -610,7 +610,8 @@ pub fn spawn_restorer(cfg: &SessionConfig, job: Option<&mut RuncRestore>) -> Res
     j.plumb()?;
     let restorer = {
         let fds = j.restorer_fds();
-        Swrk::spawn(&cfg.criu, &fds).map_err(|e| Error::setup(e.to_string()))?
+        Swrk::spawn_in(&cfg.criu, &fds, j.restorer_netns())
+            .map_err(|e| Error::setup(e.to_string()))?
     };
     j.release_pipes();
     let pid = restorer
@@ -647,7 +648,6 @@ pub fn restore_held(
     restorer.set_log(work.path.join("restore.log"));
     if let Some(j) = job.as_mut() {
         j.mount_root(work)?;
-        j.prepare_images(&work.path)?;
     }
     let mut opts = match job.as_ref() {
         Some(j) => j.restore_opts(work.raw()),

@@ -7,16 +7,12 @@
 
 use super::LOG_LEVEL;
 use haul_proto::criu::{
-    CgroupRoot, CriuCgMode, CriuNetworkLockMethod, CriuOpts, CriuPageServerInfo, ExtMountMap,
-    InheritFd,
+    CgroupRoot, CriuCgMode, CriuOpts, CriuPageServerInfo, ExtMountMap, InheritFd,
 };
 
 /// `CLONE_NEWNET`: runc restores the network namespace empty ("runc doesn't manage network
 /// devices"); haul does the same.
 pub const CLONE_NEWNET: u32 = 0x4000_0000;
-
-/// CRIU's key for a container's own network namespace taken as external (runc's name for it).
-pub const NETNS_KEY: &str = "extRootNetNS";
 
 /// What the plans need to know about the container.
 #[derive(Debug, Clone, Default)]
@@ -42,19 +38,11 @@ pub struct Container {
     /// The container's root mount is read-only.
     pub readonly_root: bool,
     /// The container has a network namespace of its own (`NEWNET` without a path in its
-    /// config): CRIU takes it as external instead of dumping what it holds (the destination
-    /// gives the restore a new one, as runc gives a new container), which spares CRIU's
-    /// network dump and its network lock and unlock while the tasks are frozen.
+    /// config). CRIU then runs inside it on the source, so it neither dumps nor locks it (that
+    /// took ~45 ms of the freeze), and the destination's CRIU restores inside a new one with
+    /// lo up, which the tasks inherit: what runc gives a new container, and all a restore with
+    /// `empty_ns` kept of the old one anyway.
     pub own_netns: bool,
-    /// The inode of init's network namespace (on the source; 0 where unknown).
-    pub netns_inode: u64,
-}
-
-impl Container {
-    /// Whether CRIU takes the container's network namespace as external: its own, of known inode.
-    pub fn netns_external(&self) -> bool {
-        self.own_netns && self.netns_inode != 0
-    }
 }
 
 /// A cgroup v1 hierarchy mounted on a host.
@@ -112,11 +100,17 @@ pub fn dump_ext_mounts(c: &Container, notes: &mut Notes) -> Vec<ExtMountMap> {
 pub fn dump(c: &Container, images_dir_fd: i32, ps_fd: i32) -> (CriuOpts, Notes) {
     let mut notes = Notes::new();
     let ext_mnt = dump_ext_mounts(c, &mut notes);
-    let (external, empty_ns) = if c.netns_external() {
-        (vec![format!("net[{}]:{NETNS_KEY}", c.netns_inode)], None)
+    // Its own namespace: CRIU runs inside it and leaves it alone. One joined by path: dumped,
+    // restored empty.
+    let empty_ns = if c.own_netns {
+        notes.push(
+            "network namespace: the container's own; CRIU runs inside it to dump, and the \
+             destination restores into a new one with lo up"
+                .into(),
+        );
+        None
     } else {
-        // A namespace joined by path (or of unknown inode): dumped, restored empty.
-        (Vec::new(), Some(CLONE_NEWNET))
+        Some(CLONE_NEWNET)
     };
     let opts = CriuOpts {
         images_dir_fd,
@@ -137,7 +131,6 @@ pub fn dump(c: &Container, images_dir_fd: i32, ps_fd: i32) -> (CriuOpts, Notes) 
         tcp_established: Some(true),
         orphan_pts_master: Some(true),
         empty_ns,
-        external,
         ext_mnt,
         ..Default::default()
     };
@@ -158,9 +151,9 @@ pub struct Destination {
     pub root_mount: String,
     /// (key `pipe:[N]`, fd number inherited by CRIU) for each stdio pipe.
     pub inherit: Vec<(String, i32)>,
-    /// The network namespace for the restored tasks (fd number inherited by CRIU), when the
-    /// source took the container's own as external; `None`: CRIU creates an empty one.
-    pub netns_fd: Option<i32>,
+    /// The restoring CRIU runs inside a new network namespace the tasks inherit (the source's
+    /// CRIU ran inside the container's own); `false`: CRIU creates an empty one (`empty_ns`).
+    pub new_netns: bool,
 }
 
 /// RESTORE of the container on the destination.
@@ -208,7 +201,7 @@ pub fn restore(c: &Container, d: &Destination, images_dir_fd: i32) -> (CriuOpts,
         ext_unix_sk: Some(true),
         tcp_established: Some(true),
         orphan_pts_master: Some(true),
-        empty_ns: d.netns_fd.is_none().then_some(CLONE_NEWNET),
+        empty_ns: (!d.new_netns).then_some(CLONE_NEWNET),
         ext_mnt,
         inherit_fd: d
             .inherit
@@ -217,20 +210,8 @@ pub fn restore(c: &Container, d: &Destination, images_dir_fd: i32) -> (CriuOpts,
                 key: key.clone(),
                 fd: *fd,
             })
-            .chain(d.netns_fd.map(|fd| InheritFd {
-                key: NETNS_KEY.into(),
-                fd,
-            }))
             .collect(),
         cg_root: Vec::<CgroupRoot>::new(),
-        // haul's new namespace is unreachable until the tasks run: nothing to lock, and CRIU's
-        // unlock would fail there (it never locked it) after ~10-60 ms of iptables or nft.
-        // CRIU takes the method from the images' inventory, which the destination edits to
-        // match (dest::inventory); this says the same.
-        network_lock: d
-            .netns_fd
-            .is_some()
-            .then_some(CriuNetworkLockMethod::Skip as i32),
         ..Default::default()
     };
     (opts, notes)
@@ -277,7 +258,6 @@ mod tests {
             ],
             readonly_root: true,
             own_netns: true,
-            netns_inode: 4026532871,
         }
     }
 
@@ -317,48 +297,37 @@ mod tests {
         );
         assert_eq!(o.root.as_deref(), Some("/srv/bundles/ctp/rootfs"));
         assert_eq!(o.manage_cgroups_mode, Some(CriuCgMode::Ignore as i32));
-        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("network namespace"), "{notes:?}");
     }
 
     #[test]
-    fn an_own_network_namespace_is_external_on_dump_and_a_new_one_on_restore() {
+    fn an_own_network_namespace_is_left_to_the_criu_running_inside_it() {
         let (o, _) = dump(&container(), 5, 9);
-        assert_eq!(o.external, vec!["net[4026532871]:extRootNetNS".to_string()]);
         assert_eq!(o.empty_ns, None, "CRIU would dump the namespace");
+        assert!(o.external.is_empty());
         let d = Destination {
             inherit: vec![("pipe:[23204]".into(), 11)],
-            netns_fd: Some(14),
+            new_netns: true,
             ..Default::default()
         };
         let (r, _) = restore(&container(), &d, 5);
-        assert_eq!(r.empty_ns, None);
-        assert_eq!(r.network_lock, Some(CriuNetworkLockMethod::Skip as i32));
-        let keys: Vec<(&str, i32)> = r
-            .inherit_fd
-            .iter()
-            .map(|i| (i.key.as_str(), i.fd))
-            .collect();
-        assert_eq!(keys, vec![("pipe:[23204]", 11), (NETNS_KEY, 14)]);
+        assert_eq!(
+            r.empty_ns, None,
+            "the tasks inherit the restoring CRIU's namespace"
+        );
+        assert_eq!(r.inherit_fd.len(), 1);
     }
 
     #[test]
-    fn a_joined_or_unknown_network_namespace_is_dumped_and_restored_empty() {
-        for (own, ino) in [(false, 4026532871), (true, 0)] {
-            let mut c = container();
-            c.own_netns = own;
-            c.netns_inode = ino;
-            let (o, _) = dump(&c, 5, 9);
-            assert!(o.external.is_empty(), "{:?}", o.external);
-            assert_eq!(o.empty_ns, Some(CLONE_NEWNET));
-        }
-        // A source that dumped the namespace: no namespace handed to the restore.
-        let (r, _) = restore(&container(), &Destination::default(), 5);
+    fn a_joined_network_namespace_is_dumped_and_restored_empty() {
+        let mut c = container();
+        c.own_netns = false;
+        let (o, notes) = dump(&c, 5, 9);
+        assert_eq!(o.empty_ns, Some(CLONE_NEWNET));
+        assert!(notes.iter().all(|n| !n.starts_with("network")), "{notes:?}");
+        let (r, _) = restore(&c, &Destination::default(), 5);
         assert_eq!(r.empty_ns, Some(CLONE_NEWNET));
-        assert_eq!(
-            r.network_lock, None,
-            "CRIU locked that one on dump: it unlocks it"
-        );
-        assert!(r.inherit_fd.iter().all(|i| i.key != NETNS_KEY));
     }
 
     #[test]
@@ -368,7 +337,7 @@ mod tests {
             hierarchies: hierarchies("web2"),
             root_mount: "/var/lib/haul/m1/root".into(),
             inherit: vec![("pipe:[23204]".into(), 11)],
-            netns_fd: None,
+            new_netns: false,
         };
         let (o, _) = restore(&container(), &d, 5);
         let m = &o.ext_mnt;

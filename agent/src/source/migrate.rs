@@ -62,6 +62,9 @@ pub struct Job<'a> {
     pub tree: Option<(std::path::PathBuf, Vec<String>)>,
     /// Runs after the destination confirmed; its failure is only a warning.
     pub after_commit: Option<Box<dyn FnOnce() -> Result<()> + 'a>>,
+    /// The network namespace CRIU runs in (the container's own, which CRIU then neither dumps
+    /// nor locks); `None`: haul's.
+    pub netns: Option<std::os::fd::OwnedFd>,
 }
 
 /// Migrates the process tree rooted at `pid`.
@@ -84,6 +87,7 @@ pub fn migrate_pid(pid: i32, o: &Options<'_>) -> Result<()> {
             extra_files: Vec::new(),
             tree: None,
             after_commit: None,
+            netns: None,
         },
         o,
     )
@@ -109,8 +113,12 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     }
     // CRIU is started before anything freezes, with its end of the page socket.
     let (ps_ours, ps_criu) = pages::socket_pair().ctx(Kind::Other, "page socketpair")?;
-    let mut swrk =
-        Swrk::spawn(o.criu, &[ps_criu.as_fd()]).map_err(|e| Error::setup(e.to_string()))?;
+    let mut swrk = Swrk::spawn_in(
+        o.criu,
+        &[ps_criu.as_fd()],
+        job.netns.as_ref().map(|n| n.as_fd()),
+    )
+    .map_err(|e| Error::setup(e.to_string()))?;
     // CRIU has its own copy under the same number; ours must go, or the page stream never ends.
     let ps_criu_no = std::os::fd::AsRawFd::as_raw_fd(&ps_criu);
     drop(ps_criu);
@@ -200,9 +208,12 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     // CRIU freezes the cgroup itself (freeze_cgroup) so that CRIU, knowing it froze it, thaws it
     // on any failure even if haul is killed. haul thaws it too on a rollback it sees, in case
     // CRIU crashed, unless it was frozen before haul started.
-    let thaw_guard = job.freezer.as_ref().and_then(|dir| {
+    let mut thaw_guard = job.freezer.as_ref().and_then(|dir| {
         let state = std::fs::read_to_string(dir.join("freezer.state")).unwrap_or_default();
-        (state.trim() == "THAWED").then(|| Thaw(dir.clone()))
+        (state.trim() == "THAWED").then(|| Thaw {
+            dir: dir.clone(),
+            guard: None,
+        })
     });
     // SIGTERM/SIGINT before the commit: cut CRIU's page stream and the connection, so the dump
     // fails and everything rolls back; after it, finish.
@@ -282,13 +293,18 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             let opts = pre.final_opts(opts);
             // Frozen here at a 1 ms pace rather than by CRIU's 100 ms one; only a cgroup haul
             // thaws on a rollback (`thaw_guard`: it was running when haul started).
-            if let (Some(dir), Some(_)) = (&job.freezer, &thaw_guard) {
-                match crate::cgroups::freeze(dir, FREEZE_LIMIT) {
-                    Ok(true) => log::debug!("froze {} before the dump", dir.display()),
-                    Ok(false) => log::info!(
+            if let (Some(dir), Some(t), Some(criu_pid)) =
+                (&job.freezer, thaw_guard.as_mut(), swrk.pid())
+            {
+                match super::freeze::freeze_guarded(dir, criu_pid) {
+                    Ok(Some(pipe)) => {
+                        log::debug!("froze {} before the dump", dir.display());
+                        t.guard = Some(pipe);
+                    }
+                    Ok(None) => log::info!(
                         "{} did not freeze within {} ms; CRIU freezes it",
                         dir.display(),
-                        FREEZE_LIMIT.as_millis()
+                        super::freeze::FREEZE_LIMIT.as_millis()
                     ),
                     Err(e) => log::warn!("{e}; CRIU freezes the cgroup"),
                 }
@@ -529,17 +545,20 @@ fn finish_summary(summary: &Summary<'_>, o: &Options<'_>, work: WorkDir) -> Resu
     Ok(())
 }
 
-/// How long haul waits for the container's freezer cgroup to report FROZEN before leaving the
-/// freezing to CRIU (whose first look comes after 100 ms).
-const FREEZE_LIMIT: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Thaws a freezer cgroup haul froze, when dropped (rollback).
-struct Thaw(std::path::PathBuf);
+/// Thaws a freezer cgroup haul froze, when dropped (rollback, or the tasks are gone), then
+/// dismisses the freeze guard (source::freeze) if one watches it.
+struct Thaw {
+    dir: std::path::PathBuf,
+    guard: Option<std::os::fd::OwnedFd>,
+}
 
 impl Drop for Thaw {
     fn drop(&mut self) {
-        if let Err(e) = crate::cgroups::thaw(&self.0) {
+        if let Err(e) = crate::cgroups::thaw(&self.dir) {
             log::error!("{e}");
+        }
+        if let Some(g) = self.guard.take() {
+            super::freeze::done(&g);
         }
     }
 }
@@ -583,6 +602,12 @@ fn run_dump(
                 // (destination gone, link cut) or the destination aborted with a reason.
                 let mut why = String::new();
                 if let Some(h) = relay.take() {
+                    // A broken link fails CRIU's page writes and the relay at about the same
+                    // moment: give the relay a moment to finish and say so.
+                    let end = Instant::now() + std::time::Duration::from_millis(200);
+                    while !h.is_finished() && Instant::now() < end {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
                     if h.is_finished() {
                         if let Ok(Err(we)) = h.join() {
                             why = format!("the connection to the destination broke while pages streamed ({we}); ");

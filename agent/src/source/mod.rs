@@ -2,6 +2,7 @@
 //! the images, and commit only when the destination holds the restored tasks.
 
 pub mod connect;
+pub mod freeze;
 pub mod migrate;
 pub mod postcopy;
 pub mod precopy;

@@ -3,7 +3,7 @@
 
 use super::migrate::{run, Job, Options};
 use crate::cli::MigrateRunc;
-use crate::error::{Error, Kind, Result};
+use crate::error::{Context, Error, Kind, Result};
 use crate::inspect::{
     bounds::STATE_JSON_MAX, read_mountinfo, read_proc_stat, read_state, ContainerId, MountInfoBuf,
     ProcPid, ProcStatBuf, StateBuf,
@@ -122,9 +122,6 @@ pub fn inspect_container(runc_root: &Path, id: &str) -> Result<Inspected> {
         stdio,
         readonly_root,
         own_netns: st.has_own_netns(),
-        netns_inode: std::fs::metadata(format!("/proc/{raw_pid}/ns/net"))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or(0),
     };
     Ok(Inspected {
         id: id.to_string(),
@@ -188,7 +185,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             fs: fs as i32,
             readonly_root: c.container.readonly_root,
             restart: a.mode == "restart",
-            external_netns: a.mode != "restart" && c.container.netns_external(),
+            own_netns: a.mode != "restart" && c.container.own_netns,
         }),
         ..Default::default()
     };
@@ -214,6 +211,20 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
         a.pre_dump_min_pages,
         a.pre_dump_max_growth,
     )?;
+    // CRIU dumps from inside the container's own network namespace (see plan::runc).
+    let netns = if container.own_netns {
+        let path = format!("/proc/{}/ns/net", container.init_pid);
+        Some(
+            rustix::fs::open(
+                path.as_str(),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ctx(Kind::Other, format!("opening {path}"))?,
+        )
+    } else {
+        None
+    };
     let runc_root = a.runc_root.clone();
     let id = a.id.clone();
     let o = Options {
@@ -239,6 +250,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
             extra_files: vec![("descriptors.json".into(), descriptors.into_bytes())],
             tree,
             after_commit: Some(Box::new(move || remove_source(&runc, &runc_root, &id))),
+            netns,
         },
         &o,
     )

@@ -19,30 +19,48 @@ use std::process::{Child, Command};
 /// the flag in the child only, between fork and exec, keeps other threads' spawns from leaking
 /// these descriptors.
 pub fn spawn_inheriting(cmd: &mut Command, inherit: &[BorrowedFd<'_>]) -> io::Result<Child> {
-    spawn_inheriting_with(cmd, inherit, false)
+    spawn_inheriting_with(cmd, inherit, false, None)
+}
+
+/// [`spawn_inheriting`] inside the network namespace `netns` (an open `/proc/PID/ns/net` or a
+/// namespace from [`new_netns`]): `setns` in the child between fork and exec.
+pub fn spawn_inheriting_in_netns(
+    cmd: &mut Command,
+    inherit: &[BorrowedFd<'_>],
+    netns: BorrowedFd<'_>,
+) -> io::Result<Child> {
+    spawn_inheriting_with(cmd, inherit, false, Some(netns.as_raw_fd()))
 }
 
 /// [`spawn_inheriting`], and the child is SIGKILLed when the thread that started it ends
 /// (`PR_SET_PDEATHSIG`; a killed `haul serve` ends all its threads): for helpers that must not
 /// outlive the migration that started them, such as CRIU's lazy-pages daemon.
 pub fn spawn_inheriting_tied(cmd: &mut Command, inherit: &[BorrowedFd<'_>]) -> io::Result<Child> {
-    spawn_inheriting_with(cmd, inherit, true)
+    spawn_inheriting_with(cmd, inherit, true, None)
 }
 
 fn spawn_inheriting_with(
     cmd: &mut Command,
     inherit: &[BorrowedFd<'_>],
     tied: bool,
+    netns: Option<RawFd>,
 ) -> io::Result<Child> {
     let fds: Vec<RawFd> = inherit.iter().map(|fd| fd.as_raw_fd()).collect();
     unblock_signals_in_child(cmd)?;
     // SAFETY: the closure runs in the child between fork and exec. It only borrows descriptor
     // numbers that are open in the parent (the caller holds `BorrowedFd`s, so they stay open
     // until `spawn` returns, and fork copies them) and calls `fcntl(F_SETFD)` (and, if tied,
-    // `prctl(PR_SET_PDEATHSIG)`) through rustix: raw system calls that neither allocate nor
-    // take locks, so they are async-signal-safe.
+    // `prctl(PR_SET_PDEATHSIG)`; with a namespace, `setns` on a descriptor the caller lends
+    // likewise) through rustix: raw system calls that neither allocate nor take locks, so they
+    // are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(ns) = netns {
+                rustix::thread::move_into_link_name_space(
+                    BorrowedFd::borrow_raw(ns),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+            }
             for &fd in &fds {
                 let borrowed = BorrowedFd::borrow_raw(fd);
                 rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty())?;
@@ -372,6 +390,32 @@ mod tests {
         assert_eq!(
             std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino(),
             ours
+        );
+    }
+
+    #[test]
+    fn a_child_spawned_in_a_namespace_runs_there_with_its_descriptors() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: creating a network namespace needs root");
+            return;
+        }
+        let ns = new_netns().unwrap();
+        let ino = rustix::fs::fstat(&ns).unwrap().st_ino;
+        let (keep_r, _keep_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let script = format!(
+            "readlink /proc/self/ns/net && test -e /proc/self/fd/{}",
+            keep_r.as_raw_fd()
+        );
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let child = spawn_inheriting_in_netns(&mut cmd, &[keep_r.as_fd()], ns.as_fd()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "the descriptor was not inherited");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("net:[{ino}]")
         );
     }
 

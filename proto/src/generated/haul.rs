@@ -97,11 +97,12 @@ pub struct RuncContainer {
     /// it afresh with runc from its bundle.
     #[prost(bool, tag = "9")]
     pub restart: bool,
-    /// The source's CRIU takes the container's own network namespace as external (key
-    /// `extRootNetNS`, as runc names it): the destination hands the restore a new namespace with
-    /// its loopback up. Unset: CRIU dumped the namespace and restores it empty (`empty_ns`).
+    /// The container has a network namespace of its own and the source's CRIU ran inside it, so
+    /// the images hold none: the destination's restoring CRIU runs inside a new namespace with
+    /// its loopback up, which the restored tasks inherit. Unset: CRIU dumped the namespace and
+    /// restores it empty (`empty_ns`).
     #[prost(bool, tag = "10")]
-    pub external_netns: bool,
+    pub own_netns: bool,
 }
 /// `--mode restart`: the container is stopped on the source and its bundle is in place: start it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
