@@ -1,12 +1,12 @@
 //! `tar --extract` of what haul's tar wrote, into a directory descriptor. The archive comes
-//! from the source host: every name is checked (relative, no `..`), parents are opened with
-//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` so no entry lands outside the directory
+//! from the source host: every name is checked (relative, no `..`), parents are opened one
+//! component at a time with `O_NOFOLLOW` so no entry lands outside the directory
 //! (through `..` or a symbolic link extracted earlier), files are created new (`O_EXCL`), and
 //! owner, mode and mtime are set as GNU tar does for root (directories last, deepest first).
 
 use super::gzip::StoredReader;
 use super::ustar::{Header, Kind, BLOCK};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use std::io::{Read, Write};
 use std::os::fd::{BorrowedFd, OwnedFd};
 
@@ -127,15 +127,17 @@ fn relative(path: &str) -> Result<String, String> {
     Ok(rest.to_string())
 }
 
-/// Opens `rel` (a directory) under `root` without leaving it or following links.
+/// Opens `rel` (a directory; components already checked: no `..`, none empty) under `root`,
+/// one component at a time with `O_NOFOLLOW | O_DIRECTORY`: a symbolic link anywhere on the
+/// way fails the open, so nothing resolves outside `root`. (openat2's RESOLVE_BENEATH would do
+/// the same in one call, but kernels before 5.6 and QEMU's user mode lack it.)
 fn beneath(root: BorrowedFd<'_>, rel: &str) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = rustix::fs::openat(root, ".", flags, Mode::empty())?;
+    for c in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        dir = rustix::fs::openat(&dir, c, flags, Mode::empty())?;
+    }
+    Ok(dir)
 }
 
 fn open_parent<'a>(root: BorrowedFd<'_>, rel: &'a str) -> Result<(OwnedFd, &'a str), String> {
