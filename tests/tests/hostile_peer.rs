@@ -142,15 +142,21 @@ impl Server {
     /// A migration at the image stage: Hello (pid), Prepare, Prepared received; returns the
     /// per-migration directory serve logged.
     fn prepared(&self) -> (Peer, PathBuf) {
+        // Only this session's lines: an earlier case's peer may have had the same local port.
+        let from = self.serve.lines().len();
         let mut p = self.hello(Purpose::MigratePid);
         p.send(Msg::Prepare(Prepare::default()));
         match p.recv(Duration::from_secs(30)) {
             Ok(Msg::Prepared(_)) => {}
             other => panic!("expected Prepared, got {other:?}"),
         }
-        let line = self
+        let (_, line) = self
             .serve
-            .wait_for_line(&format!("{}: migration ", p.local), Duration::from_secs(5))
+            .wait_for_line_from(
+                from,
+                &format!("{}: migration ", p.local),
+                Duration::from_secs(5),
+            )
             .unwrap();
         let dir = line
             .split("receiving into ")
