@@ -76,6 +76,29 @@ pub fn run(criu_path: &Path, work_root: &Path, to: Option<&str>, key: Option<&Ke
                             "not available (no userfaultfd): --lazy cannot restore here"
                         },
                     );
+                    r.info(
+                        "tmpfs contents (CRIU's tar)",
+                        &match crate::criu::tar::system_tar_path() {
+                            Some(t) if !crate::criu::tar::builtin_enabled() => {
+                                format!("{} (HAUL_CRIU_TAR=system)", t.display())
+                            }
+                            None if !crate::criu::tar::builtin_enabled() => {
+                                "HAUL_CRIU_TAR=system but no system tar: tmpfs mounts cannot be \
+                                 dumped"
+                                    .to_string()
+                            }
+                            Some(t) => format!(
+                                "haul itself ({}/bin/tar); {} for trees it does not handle",
+                                work_root.display(),
+                                t.display()
+                            ),
+                            None => format!(
+                                "haul itself ({}/bin/tar); no system tar for trees it does not \
+                                 handle (hard links, sparse files, sockets in a tmpfs)",
+                                work_root.display()
+                            ),
+                        },
+                    );
                     match crate::source::postcopy::pipe_check() {
                         Ok(d) => r.info("--lazy as source: page pipes", &d),
                         Err(why) => r.info(

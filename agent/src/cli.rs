@@ -126,7 +126,8 @@ pub struct Serve {
     /// criu binary (default: $HAUL_CRIU, else criu on PATH)
     #[argh(option)]
     pub criu: Option<PathBuf>,
-    /// where per-migration directories go (default /var/lib/haul)
+    /// where per-migration directories go, and bin/tar, haul as CRIU's tar (default
+    /// /var/lib/haul)
     #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
     pub work_dir: PathBuf,
     /// keep images after a successful restore (debugging)
@@ -266,7 +267,8 @@ pub struct MigrateRunc {
     /// criu binary (default: $HAUL_CRIU, else criu on PATH)
     #[argh(option)]
     pub criu: Option<PathBuf>,
-    /// where the images written here go (default /var/lib/haul)
+    /// where the images written here go, and bin/tar, haul as CRIU's tar (default
+    /// /var/lib/haul)
     #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
     pub work_dir: PathBuf,
     /// also write the summary as JSON to this file
@@ -400,7 +402,8 @@ pub struct MigratePid {
     /// criu binary (default: $HAUL_CRIU, else criu on PATH)
     #[argh(option)]
     pub criu: Option<PathBuf>,
-    /// where the images written here go (default /var/lib/haul)
+    /// where the images written here go, and bin/tar, haul as CRIU's tar (default
+    /// /var/lib/haul)
     #[argh(option, default = "PathBuf::from(\"/var/lib/haul\")")]
     pub work_dir: PathBuf,
     /// pre-copy before the freeze: auto (default; when this host can track memory and the

@@ -53,7 +53,7 @@ pub fn criu_path() -> String {
 /// Makes `dir` (mode 0700, owned by this user) hold `tar` → this executable, and puts it
 /// first in the PATH of every CRIU started from now on. Off with `HAUL_CRIU_TAR=system`.
 pub fn install(dir: &Path) -> Result<()> {
-    if std::env::var("HAUL_CRIU_TAR").is_ok_and(|v| v == "system") {
+    if !builtin_enabled() {
         log::info!("HAUL_CRIU_TAR=system: CRIU archives tmpfs contents with the system's tar");
         return Ok(());
     }
@@ -93,6 +93,11 @@ pub fn install(dir: &Path) -> Result<()> {
     }
     let _ = TAR_DIR.set(dir.to_path_buf());
     Ok(())
+}
+
+/// False when `HAUL_CRIU_TAR=system` leaves tmpfs contents to the system's tar.
+pub fn builtin_enabled() -> bool {
+    !std::env::var("HAUL_CRIU_TAR").is_ok_and(|v| v == "system")
 }
 
 /// Whether haul was started under the name `tar` (by CRIU, through `install`'s link).
@@ -211,16 +216,20 @@ fn extract_from_stdin(dir: &Path) -> std::result::Result<bool, String> {
     Ok(true)
 }
 
+/// The system's tar in CRIU's ordinary PATH (which never holds haul's directory), unless it is
+/// haul itself.
+pub fn system_tar_path() -> Option<PathBuf> {
+    let me = std::env::current_exe().and_then(|e| e.canonicalize()).ok();
+    std::env::split_paths(CRIU_PATH_ENV)
+        .map(|d| d.join("tar"))
+        .find(|p| p.is_file() && p.canonicalize().ok() != me)
+}
+
 /// Replaces this process with GNU tar from CRIU's ordinary PATH (never haul's directory), same
 /// arguments and descriptors. Returns only if that fails.
 fn system_tar(args: &[String], why: &str) -> u8 {
     use std::os::unix::process::CommandExt;
-    // CRIU_PATH_ENV never holds haul's directory; a system tar that is haul itself is skipped.
-    let me = std::env::current_exe().and_then(|e| e.canonicalize()).ok();
-    let found = std::env::split_paths(CRIU_PATH_ENV)
-        .map(|d| d.join("tar"))
-        .find(|p| p.is_file() && p.canonicalize().ok() != me);
-    let Some(tar) = found else {
+    let Some(tar) = system_tar_path() else {
         eprintln!("haul tar: {why}; and no system tar in {CRIU_PATH_ENV} to do it");
         return 2;
     };
