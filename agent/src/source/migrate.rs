@@ -371,7 +371,8 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
                 // cgroup haul may have frozen is thawed.
                 drop(swrk);
                 drop(thaw_guard);
-                if e.kind == Kind::RolledBack {
+                // CRIU locked the tasks' network namespace only if it was not its own.
+                if e.kind == Kind::RolledBack && job.netns.is_none() {
                     super::postcopy::unlock_network(job.pid);
                 }
                 conn.close();
