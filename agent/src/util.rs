@@ -87,6 +87,37 @@ pub fn fault_point(name: &str) {
     }
 }
 
+/// Starts haul itself with `args` as a guard process: its own process group (a Ctrl-C aimed at
+/// this haul does not reach it), stdin the read end of a pipe whose write end is returned. The
+/// guard acts when that pipe ends without the word it waits for; it is reaped in the
+/// background. `what` names it in errors.
+pub fn start_guard(
+    args: &[&std::ffi::OsStr],
+    what: &str,
+) -> crate::error::Result<std::os::fd::OwnedFd> {
+    use crate::error::Error;
+    let exe = std::env::current_exe().map_err(|e| Error::other(format!("own executable: {e}")))?;
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::other(format!("pipe: {e}")))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
+        .stdin(std::process::Stdio::from(r))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    crate::sys::unblock_signals_in_child(&mut cmd)
+        .map_err(|e| Error::other(format!("signal mask: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::other(format!("starting the {what}: {e}")))?;
+    let _ = std::thread::Builder::new()
+        .name("haul-guard-reaper".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    Ok(w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

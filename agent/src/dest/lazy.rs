@@ -204,27 +204,17 @@ impl Guard {
     pub fn start(pid: i32) -> Result<Guard> {
         let start =
             start_time(pid).ok_or_else(|| Error::other(format!("restored task {pid} is gone")))?;
-        let exe =
-            std::env::current_exe().map_err(|e| Error::other(format!("own executable: {e}")))?;
-        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| Error::other(format!("pipe: {e}")))?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("postcopy-guard")
-            .arg("--pid")
-            .arg(pid.to_string())
-            .arg("--start-time")
-            .arg(start.to_string())
-            .stdin(Stdio::from(r))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        crate::sys::unblock_signals_in_child(&mut cmd)
-            .map_err(|e| Error::other(format!("signal mask: {e}")))?;
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::other(format!("starting the post-copy guard: {e}")))?;
-        // Not waited for here: it exits by itself when the pipe closes.
-        reap_later(child);
+        let (pid, start) = (pid.to_string(), start.to_string());
+        let w = crate::util::start_guard(
+            &[
+                "postcopy-guard".as_ref(),
+                "--pid".as_ref(),
+                pid.as_ref(),
+                "--start-time".as_ref(),
+                start.as_ref(),
+            ],
+            "post-copy guard",
+        )?;
         Ok(Guard { pipe: Some(w) })
     }
 
@@ -234,14 +224,6 @@ impl Guard {
             let _ = rustix::io::write(&w, GUARD_DONE);
         }
     }
-}
-
-fn reap_later(mut child: Child) {
-    let _ = std::thread::Builder::new()
-        .name("haul-guard-reaper".into())
-        .spawn(move || {
-            let _ = child.wait();
-        });
 }
 
 /// Start time of a process (field 22 of /proc/PID/stat), in clock ticks since boot.

@@ -6,11 +6,10 @@
 //! freeze thaws it once CRIU has exited: the container keeps running on the source whatever
 //! kills haul.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long haul waits for the cgroup to report FROZEN before leaving the freezing to CRIU
@@ -25,31 +24,17 @@ const DONE: &[u8] = b"done";
 /// guard's pipe (write [`done`] to it once the cgroup is handled) if the cgroup froze; `None`
 /// if it did not in time (thawed again; CRIU freezes it).
 pub fn freeze_guarded(dir: &Path, criu_pid: u32) -> Result<Option<OwnedFd>> {
-    let exe = std::env::current_exe().map_err(|e| Error::other(format!("own executable: {e}")))?;
-    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| Error::other(format!("pipe: {e}")))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("freeze-guard")
-        .arg("--freezer")
-        .arg(dir)
-        .arg("--criu-pid")
-        .arg(criu_pid.to_string())
-        .stdin(Stdio::from(r))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    // Its own process group: the Ctrl-C that interrupts haul must not take the guard along.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    crate::sys::unblock_signals_in_child(&mut cmd)
-        .map_err(|e| Error::other(format!("signal mask: {e}")))?;
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::other(format!("starting the freeze guard: {e}")))?;
-    // Reaped in the background: it exits when told, or after thawing.
-    let _ = std::thread::Builder::new()
-        .name("haul-freeze-guard".into())
-        .spawn(move || {
-            let _ = child.wait();
-        });
+    let pid = criu_pid.to_string();
+    let w = crate::util::start_guard(
+        &[
+            "freeze-guard".as_ref(),
+            "--freezer".as_ref(),
+            dir.as_os_str(),
+            "--criu-pid".as_ref(),
+            pid.as_ref(),
+        ],
+        "freeze guard",
+    )?;
     if crate::cgroups::freeze(dir, FREEZE_LIMIT)? {
         Ok(Some(w))
     } else {

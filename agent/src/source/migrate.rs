@@ -400,14 +400,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         if let Some(Ok(Err(e))) = lazy_relay.map(|h| h.join()) {
             log::debug!("page relay after the post-copy: {e}");
         }
-        let wire_bytes = conn.wire_bytes_out();
-        conn.close();
-        swrk.finish();
-        if let Some(after) = job.after_commit {
-            if let Err(e) = after() {
-                log::warn!("after the migration: {e}");
-            }
-        }
+        let wire_bytes = wind_down(conn, swrk, job.after_commit);
         let dstats = stats::dump(&work.path).unwrap_or_default();
         let summary = Summary {
             kind: job.kind,
@@ -477,14 +470,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         }
     };
     let frozen_ms = frozen_start.elapsed().as_millis() as u64;
-    let wire_bytes = conn.wire_bytes_out();
-    conn.close();
-    swrk.finish();
-    if let Some(after) = job.after_commit {
-        if let Err(e) = after() {
-            log::warn!("after the migration: {e}");
-        }
-    }
+    let wire_bytes = wind_down(conn, swrk, job.after_commit);
 
     let dstats = stats::dump(&work.path).unwrap_or_default();
     // CRIU's memwrite runs inside memdump: the pages went out during memdump.
@@ -544,6 +530,24 @@ fn finish_summary(summary: &Summary<'_>, o: &Options<'_>, work: WorkDir) -> Resu
         log::warn!("{e}");
     }
     Ok(())
+}
+
+/// The destination confirmed: closes the connection, lets CRIU finish, runs the after-commit
+/// step (its failure is only a warning). Returns the bytes sent on the connection.
+fn wind_down(
+    conn: crate::transfer::Conn,
+    swrk: Swrk,
+    after_commit: Option<Box<dyn FnOnce() -> Result<()> + '_>>,
+) -> u64 {
+    let wire_bytes = conn.wire_bytes_out();
+    conn.close();
+    swrk.finish();
+    if let Some(after) = after_commit {
+        if let Err(e) = after() {
+            log::warn!("after the migration: {e}");
+        }
+    }
+    wire_bytes
 }
 
 /// Thaws a freezer cgroup haul froze, when dropped (rollback, or the tasks are gone), then

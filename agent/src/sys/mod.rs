@@ -116,7 +116,7 @@ pub fn new_netns() -> io::Result<OwnedFd> {
                 rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
                 rustix::fs::Mode::empty(),
             )?;
-            loopback_up()?;
+            loopback_flags(true)?;
             Ok(ns)
         })?
         .join()
@@ -131,12 +131,12 @@ struct IfreqFlags {
     _pad: [u8; 22],
 }
 
-/// Sets IFF_UP on `lo` of the calling thread's network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS).
-fn loopback_up() -> io::Result<()> {
+/// The flags of `lo` in the calling thread's network namespace (SIOCGIFFLAGS); with `up`,
+/// IFF_UP is set first (SIOCSIFFLAGS).
+fn loopback_flags(up: bool) -> io::Result<i16> {
     use rustix::ioctl::{ioctl, Opcode, Updater};
     const SIOCGIFFLAGS: Opcode = 0x8913;
     const SIOCSIFFLAGS: Opcode = 0x8914;
-    const IFF_UP: i16 = 0x1;
     let sock = rustix::net::socket(
         rustix::net::AddressFamily::INET,
         rustix::net::SocketType::DGRAM,
@@ -153,47 +153,15 @@ fn loopback_up() -> io::Result<()> {
     // kernel reads the name and reads or writes only the flags.
     unsafe {
         ioctl(&sock, Updater::<SIOCGIFFLAGS, IfreqFlags>::new(&mut req))?;
-        req.flags |= IFF_UP;
-        ioctl(&sock, Updater::<SIOCSIFFLAGS, IfreqFlags>::new(&mut req))?;
+        if up && req.flags & IFF_UP == 0 {
+            req.flags |= IFF_UP;
+            ioctl(&sock, Updater::<SIOCSIFFLAGS, IfreqFlags>::new(&mut req))?;
+        }
     }
-    Ok(())
+    Ok(req.flags)
 }
 
-/// Whether `lo` is up in the network namespace `netns` (tests, `haul check`).
-pub fn loopback_is_up(netns: BorrowedFd<'_>) -> io::Result<bool> {
-    let raw = netns.as_raw_fd();
-    std::thread::scope(|s| {
-        s.spawn(move || -> io::Result<bool> {
-            // SAFETY: `raw` is the caller's open descriptor, borrowed for this call only.
-            let ns = unsafe { BorrowedFd::borrow_raw(raw) };
-            rustix::thread::move_into_link_name_space(
-                ns,
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )?;
-            let sock = rustix::net::socket(
-                rustix::net::AddressFamily::INET,
-                rustix::net::SocketType::DGRAM,
-                None,
-            )?;
-            let mut req = IfreqFlags {
-                name: [0; 16],
-                flags: 0,
-                _pad: [0; 22],
-            };
-            req.name[..2].copy_from_slice(b"lo");
-            // SAFETY: as in `loopback_up`.
-            unsafe {
-                rustix::ioctl::ioctl(
-                    &sock,
-                    rustix::ioctl::Updater::<0x8913, IfreqFlags>::new(&mut req),
-                )?;
-            }
-            Ok(req.flags & 0x1 != 0)
-        })
-        .join()
-        .map_err(|_| io::Error::other("the netns thread panicked"))?
-    })
-}
+const IFF_UP: i16 = 0x1;
 
 /// `fcntl(fd, F_SETFD, FD_CLOEXEC)` on a descriptor number that may not be open.
 pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
@@ -385,7 +353,19 @@ mod tests {
         let ours = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
         let st = rustix::fs::fstat(&ns).unwrap();
         assert_ne!(st.st_ino as u64, ours, "the new namespace is haul's own");
-        assert!(loopback_is_up(ns.as_fd()).unwrap(), "lo is down");
+        let flags = std::thread::scope(|s| {
+            s.spawn(|| {
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap();
+                loopback_flags(false).unwrap()
+            })
+            .join()
+            .unwrap()
+        });
+        assert_ne!(flags & IFF_UP, 0, "lo is down");
         // This thread's namespace did not change.
         assert_eq!(
             std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino(),
