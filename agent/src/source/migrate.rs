@@ -205,9 +205,10 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         (Some(relay), None)
     };
 
-    // CRIU freezes the cgroup itself (freeze_cgroup) so that CRIU, knowing it froze it, thaws it
-    // on any failure even if haul is killed. haul thaws it too on a rollback it sees, in case
-    // CRIU crashed, unless it was frozen before haul started.
+    // haul freezes the cgroup just before DUMP (source/freeze.rs); CRIU seizes the tasks and
+    // thaws it, but re-freezes it when a dump fails. So haul thaws it on every rollback (after
+    // CRIU exited), and its freeze guard does if haul dies; unless it was frozen before haul
+    // started: then it is left as it was.
     let mut thaw_guard = job.freezer.as_ref().and_then(|dir| {
         let state = std::fs::read_to_string(dir.join("freezer.state")).unwrap_or_default();
         (state.trim() == "THAWED").then(|| Thaw {
