@@ -20,7 +20,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct Options<'a> {
     pub to: &'a str,
@@ -604,30 +604,7 @@ fn run_dump(
                 break;
             }
             Err(e) => {
-                // Say why CRIU failed when the cause is on the other side: the page relay broke
-                // (destination gone, link cut) or the destination aborted with a reason.
-                let mut why = String::new();
-                if let Some(h) = relay.take() {
-                    // A broken link fails CRIU's page writes and the relay at about the same
-                    // moment: give the relay a moment to finish and say so.
-                    let end = Instant::now() + std::time::Duration::from_millis(200);
-                    while !h.is_finished() && Instant::now() < end {
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                    if h.is_finished() {
-                        if let Ok(Err(we)) = h.join() {
-                            why = format!("the connection to the destination broke while pages streamed ({we}); ");
-                        }
-                    }
-                }
-                if let Ok(Msg::Abort(a)) =
-                    conn.recv_control(std::time::Duration::from_millis(500), "abort")
-                {
-                    why.push_str(&format!(
-                        "the destination says: {}; ",
-                        crate::util::printable(&a.reason)
-                    ));
-                }
+                let why = dump_failure_cause(relay.take(), conn, Duration::from_millis(500));
                 return Err(Error::new(Kind::RolledBack, format!("{why}{e}")));
             }
         };
@@ -763,5 +740,144 @@ pub fn process_exists(pid: i32) -> bool {
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
         Err(_) => false,
+    }
+}
+
+/// Why a dump failed when the cause is on the other side: the page relay broke (destination
+/// gone, link cut), the connection was lost, or the destination aborted with a reason. Empty
+/// when the connection is fine and the destination says nothing within `wait`: CRIU's own
+/// error then stands alone.
+fn dump_failure_cause(
+    relay: Option<JoinHandle<Result<u64, WireError>>>,
+    conn: &crate::transfer::Conn,
+    wait: Duration,
+) -> String {
+    let mut why = String::new();
+    if let Some(h) = relay {
+        // A broken link fails CRIU's page writes and the relay at about the same moment: give
+        // the relay a moment to finish and say so.
+        let end = Instant::now() + Duration::from_millis(200);
+        while !h.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if h.is_finished() {
+            if let Ok(Err(we)) = h.join() {
+                why = format!(
+                    "the connection to the destination broke while pages streamed ({we}); "
+                );
+            }
+        }
+    }
+    match conn.recv_control(wait, "abort") {
+        Ok(Msg::Abort(a)) => why.push_str(&format!(
+            "the destination says: {}; ",
+            crate::util::printable(&a.reason)
+        )),
+        // The connection's reader saw the loss first and shut CRIU's page socket: the relay
+        // then ended cleanly (its read saw the end), but the link is what failed.
+        Err(we) if why.is_empty() && !matches!(we, WireError::Timeout { .. }) => {
+            why = format!("the connection to the destination was lost ({we}); ");
+        }
+        _ => {}
+    }
+    why
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transfer::{handshake, Conn};
+    use std::net::{TcpListener, TcpStream};
+
+    /// A connection to a peer that `peer` drives once the handshake is done.
+    fn conn_to(peer: impl FnOnce(Conn) + Send + 'static) -> (Conn, JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let (tx, rx) = handshake::accept(s, None, IDLE_TIMEOUT).unwrap();
+            peer(Conn::start(tx, rx));
+        });
+        let (tx, rx) = handshake::connect(TcpStream::connect(addr).unwrap(), None).unwrap();
+        (Conn::start(tx, rx), h)
+    }
+
+    fn relay_that_ended(r: Result<u64, WireError>) -> JoinHandle<Result<u64, WireError>> {
+        std::thread::spawn(move || r)
+    }
+
+    #[test]
+    fn a_lost_connection_is_named_even_when_the_relay_ended_cleanly() {
+        // The reader saw the peer vanish first and shut the page socket: the relay read the
+        // end and returned Ok. The cause must still be the connection.
+        let (conn, peer) = conn_to(|c| {
+            c.close();
+        });
+        peer.join().unwrap();
+        let why = dump_failure_cause(
+            Some(relay_that_ended(Ok(4096))),
+            &conn,
+            Duration::from_secs(5),
+        );
+        assert!(
+            why.starts_with("the connection to the destination was lost ("),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_broken_relay_is_named_once() {
+        let (conn, peer) = conn_to(|c| {
+            c.close();
+        });
+        peer.join().unwrap();
+        let broken = WireError::Closed { during: "pages" };
+        let why = dump_failure_cause(
+            Some(relay_that_ended(Err(broken))),
+            &conn,
+            Duration::from_secs(5),
+        );
+        assert!(
+            why.starts_with(
+                "the connection to the destination broke while pages streamed (peer closed"
+            ),
+            "{why}"
+        );
+        assert_eq!(
+            why.matches("connection to the destination").count(),
+            1,
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn the_destination_s_reason_is_quoted() {
+        let (conn, peer) = conn_to(|c| {
+            c.send(Msg::Abort(Abort {
+                reason: "disk full".into(),
+                ..Default::default()
+            }))
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let why = dump_failure_cause(None, &conn, Duration::from_secs(5));
+        peer.join().unwrap();
+        assert_eq!(why, "the destination says: disk full; ");
+    }
+
+    #[test]
+    fn a_live_silent_destination_adds_nothing() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (conn, peer) = conn_to(move |_c| {
+            let _ = rx.recv();
+        });
+        let why = dump_failure_cause(
+            Some(relay_that_ended(Ok(1))),
+            &conn,
+            Duration::from_millis(100),
+        );
+        assert_eq!(why, "");
+        tx.send(()).unwrap();
+        peer.join().unwrap();
     }
 }
