@@ -8,6 +8,8 @@ mod error;
 #[cfg(test)]
 pub mod fake;
 pub mod log_excerpt;
+pub mod page_server;
+pub mod pagemap;
 pub mod stats;
 mod swrk;
 pub mod tar;

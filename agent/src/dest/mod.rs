@@ -4,6 +4,7 @@
 pub mod journal;
 pub mod lazy;
 pub mod precopy;
+pub mod prefetch;
 pub mod recover;
 pub mod restart;
 pub mod runc;

@@ -482,13 +482,13 @@ fn receive_and_restore(
     // --lazy: the daemon that will fetch the memory, listening before the restore starts.
     let mut lazy_daemon = None;
     let mut lazy_relay = None;
+    let mut prefetch = None;
     if lazy {
         let d = super::lazy::start(&cfg.criu, work)?;
-        conn.set_page_sink(d.ps.clone());
-        lazy_relay = Some(
-            pages::spawn_outbound(d.ps.clone(), conn.sender(), conn.counters.clone())
-                .map_err(|e| wire(e, "page relay"))?,
-        );
+        let (relay, filter) = super::prefetch::start_relay(d.ps.clone(), work.path.clone(), conn)
+            .map_err(|e| wire(e, "page relay"))?;
+        lazy_relay = Some(relay);
+        prefetch = filter;
         lazy_daemon = Some(d);
     }
     log::info!(
@@ -573,6 +573,16 @@ fn receive_and_restore(
         }
         if let Some(Ok(Err(e))) = lazy_relay.map(|r| r.join()) {
             log::debug!("page relay after the post-copy: {e}");
+        }
+        if let Some(p) = prefetch {
+            let c = p.counts();
+            log::info!(
+                "read-ahead: {} of the lazy-pages daemon's {} requests answered from {} prefetched pages ({} unused)",
+                c.from_cache,
+                c.asked,
+                c.prefetched,
+                c.unused
+            );
         }
         done.postcopy_us = took.as_micros() as u64;
         done.postcopy_bytes = crate::transfer::mux::load(&conn.counters.pages_in) - before;

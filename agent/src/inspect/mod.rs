@@ -45,7 +45,7 @@ mod runc_state;
 mod text_arena;
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use bounded_read::{
     lines, read_into, DecodeBuf, FileBuf, FileError, FileSize, Line, LineTooLong, Lines, ReadError,

@@ -30,7 +30,38 @@ pub struct Counters {
     pub pages_out: AtomicU64,
 }
 
-type Sink = Arc<Mutex<Option<Arc<OwnedFd>>>>;
+/// Where the reader puts incoming page-server bytes: the local CRIU's page socket, or a filter
+/// in front of it (`dest::prefetch`).
+pub trait PageSink: Send + Sync {
+    /// The next bytes of the peer's page stream.
+    fn put(&self, bytes: &[u8]) -> Result<(), String>;
+    /// The peer's page stream ended (PAGE_EOF).
+    fn end(&self);
+    /// The connection is lost: write `farewell` if any, then make the local CRIU stop waiting.
+    fn lost(&self, farewell: Option<&[u8]>);
+}
+
+/// The local CRIU's page socket itself.
+struct FdSink(Arc<OwnedFd>);
+
+impl PageSink for FdSink {
+    fn put(&self, bytes: &[u8]) -> Result<(), String> {
+        write_all(&self.0, bytes).map_err(|e| e.to_string())
+    }
+
+    fn end(&self) {
+        let _ = rustix::net::shutdown(&*self.0, rustix::net::Shutdown::Write);
+    }
+
+    fn lost(&self, farewell: Option<&[u8]>) {
+        if let Some(bytes) = farewell {
+            let _ = write_all(&self.0, bytes);
+        }
+        let _ = rustix::net::shutdown(&*self.0, rustix::net::Shutdown::Both);
+    }
+}
+
+type Sink = Arc<Mutex<Option<Arc<dyn PageSink>>>>;
 /// Bytes written into the page sink before it is shut down when the connection is lost.
 type Farewell = Arc<Mutex<Option<&'static [u8]>>>;
 
@@ -120,8 +151,13 @@ impl Conn {
 
     /// Where incoming page-server bytes go from now on.
     pub fn set_page_sink(&self, fd: Arc<OwnedFd>) {
+        self.set_page_filter(Arc::new(FdSink(fd)));
+    }
+
+    /// Where incoming page-server bytes go from now on: through `filter`.
+    pub fn set_page_filter(&self, filter: Arc<dyn PageSink>) {
         if let Ok(mut s) = self.sink.lock() {
-            *s = Some(fd);
+            *s = Some(filter);
         }
     }
 
@@ -270,9 +306,9 @@ fn read_loop(
             Ok((Kind::Control, body)) => decode_control(body).map(Incoming::Control),
             Ok((Kind::FileData, body)) => Ok(Incoming::FileData(body.to_vec())),
             Ok((Kind::PageData, body)) => {
-                let fd = sink.lock().ok().and_then(|s| s.clone());
-                match fd {
-                    Some(fd) => match write_all(&fd, body) {
+                let to = sink.lock().ok().and_then(|s| s.clone());
+                match to {
+                    Some(to) => match to.put(body) {
                         Ok(()) => {
                             counters
                                 .pages_in
@@ -289,8 +325,8 @@ fn read_loop(
                 }
             }
             Ok((Kind::PageEof, _)) => {
-                if let Some(fd) = sink.lock().ok().and_then(|s| s.clone()) {
-                    let _ = rustix::net::shutdown(&*fd, rustix::net::Shutdown::Write);
+                if let Some(to) = sink.lock().ok().and_then(|s| s.clone()) {
+                    to.end();
                 }
                 continue;
             }
@@ -299,11 +335,8 @@ fn read_loop(
         let stop = item.is_err();
         if stop {
             // The connection is gone: the local CRIU must not wait on its page socket.
-            if let Some(fd) = sink.lock().ok().and_then(|s| s.clone()) {
-                if let Some(bytes) = farewell.lock().ok().and_then(|f| *f) {
-                    let _ = write_all(&fd, bytes);
-                }
-                let _ = rustix::net::shutdown(&*fd, rustix::net::Shutdown::Both);
+            if let Some(to) = sink.lock().ok().and_then(|s| s.clone()) {
+                to.lost(farewell.lock().ok().and_then(|f| *f));
             }
         }
         if q.send(item).is_err() || stop {

@@ -1,0 +1,187 @@
+//! Reads CRIU's `pagemap-<id>.img`: which address ranges of a task the dump recorded, and how.
+//! On the destination of a `--lazy` migration haul needs the lazy ones: the source's page
+//! server holds exactly those, and a request for any other address makes it fail (see
+//! `dest::prefetch`).
+//!
+//! Layout: two little-endian u32 magics (images, pagemap), then records of a u32 length and a
+//! protobuf message: one `pagemap_head`, then one `pagemap_entry` per run of pages.
+
+use haul_proto::criu::{PagemapEntry, PagemapHead};
+use prost::Message;
+use std::path::Path;
+
+const MAGIC_IMG_COMMON: u32 = 0x5456_4319;
+const MAGIC_PAGEMAP: u32 = 0x5608_4025;
+/// Pages are in the source's page server, to be fetched on demand (CRIU's PE_LAZY).
+pub const PE_LAZY: u32 = 1 << 1;
+/// A pagemap file larger than this is refused (~70 000 entries: far more runs of pages than a
+/// container's tasks have).
+pub const PAGEMAP_MAX: usize = 1 << 20;
+/// An entry is five small fields; a record longer than this is not a pagemap entry.
+const ENTRY_MAX: usize = 64;
+
+/// A run of pages, in bytes: `start..end`.
+pub type Range = (u64, u64);
+
+/// The lazy ranges of a pagemap image, one per entry, sorted by address. `page` is the
+/// page size the image was written with (the host's).
+pub fn lazy_ranges(bytes: &[u8], page: u64) -> Result<Vec<Range>, String> {
+    let word = |i: usize| -> Result<u32, String> {
+        bytes
+            .get(i..i + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| format!("cut short at byte {i}"))
+    };
+    if word(0)? != MAGIC_IMG_COMMON || word(4)? != MAGIC_PAGEMAP {
+        return Err("not a pagemap image (magic)".into());
+    }
+    let mut at = 8usize;
+    let mut head = true;
+    let mut ranges: Vec<Range> = Vec::new();
+    while at < bytes.len() {
+        let len = usize::try_from(word(at)?).map_err(|e| e.to_string())?;
+        if len > ENTRY_MAX {
+            return Err(format!(
+                "a record of {len} bytes at byte {at}; the limit is {ENTRY_MAX}"
+            ));
+        }
+        let body = bytes
+            .get(at + 4..at + 4 + len)
+            .ok_or_else(|| format!("record at byte {at} cut short"))?;
+        at += 4 + len;
+        if head {
+            PagemapHead::decode(body).map_err(|e| format!("pagemap head: {e}"))?;
+            head = false;
+            continue;
+        }
+        let e = PagemapEntry::decode(body).map_err(|e| format!("pagemap entry: {e}"))?;
+        if e.flags.unwrap_or(0) & PE_LAZY == 0 {
+            continue;
+        }
+        let pages = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
+        let end = pages
+            .checked_mul(page)
+            .and_then(|n| e.vaddr.checked_add(n))
+            .ok_or_else(|| format!("entry at {:#x} of {pages} pages overflows", e.vaddr))?;
+        if e.vaddr % page != 0 || pages == 0 {
+            return Err(format!("entry at {:#x} of {pages} pages", e.vaddr));
+        }
+        ranges.push((e.vaddr, end));
+    }
+    if head {
+        return Err("no pagemap head".into());
+    }
+    ranges.sort_unstable();
+    // Adjacent entries stay apart: the source's page server holds each as its own run and
+    // answers a question crossing from one to the next short.
+    if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+        return Err(format!("overlapping entries at {:#x}", w[1].0));
+    }
+    Ok(ranges)
+}
+
+/// Reads `pagemap-<id>.img` in `dir` (at most `PAGEMAP_MAX` bytes).
+pub fn read_lazy_ranges(dir: &Path, id: u64, page: u64) -> Result<Vec<Range>, String> {
+    let path = dir.join(format!("pagemap-{id}.img"));
+    let bytes = crate::util::read_bounded(&path, PAGEMAP_MAX)?;
+    lazy_ranges(&bytes, page).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The range of `ranges` (sorted, disjoint) that holds `addr`.
+pub fn containing(ranges: &[Range], addr: u64) -> Option<Range> {
+    let i = ranges.partition_point(|r| r.1 <= addr);
+    ranges.get(i).copied().filter(|r| r.0 <= addr)
+}
+
+/// A pagemap image of `entries` (vaddr, pages, flags), as CRIU writes it (tests).
+#[cfg(test)]
+pub fn test_image(entries: &[(u64, u32, u32)]) -> Vec<u8> {
+    let e: Vec<PagemapEntry> = entries
+        .iter()
+        .map(|&(vaddr, pages, flags)| PagemapEntry {
+            vaddr,
+            compat_nr_pages: pages,
+            in_parent: None,
+            flags: Some(flags),
+            nr_pages: Some(u64::from(pages)),
+        })
+        .collect();
+    tests::image(&e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn image(entries: &[PagemapEntry]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC_IMG_COMMON.to_le_bytes());
+        b.extend_from_slice(&MAGIC_PAGEMAP.to_le_bytes());
+        let mut rec = |m: Vec<u8>| {
+            b.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            b.extend_from_slice(&m);
+        };
+        rec(PagemapHead { pages_id: 1 }.encode_to_vec());
+        for e in entries {
+            rec(e.encode_to_vec());
+        }
+        b
+    }
+
+    fn entry(vaddr: u64, pages: u32, flags: u32) -> PagemapEntry {
+        PagemapEntry {
+            vaddr,
+            compat_nr_pages: pages,
+            in_parent: None,
+            flags: Some(flags),
+            nr_pages: Some(u64::from(pages)),
+        }
+    }
+
+    #[test]
+    fn lazy_entries_only_sorted_apart() {
+        let img = image(&[
+            entry(0x7000, 2, PE_LAZY | 4),
+            entry(0x1000, 1, 4),
+            entry(0x3000, 4, PE_LAZY | 4),
+            entry(0x9000, 1, PE_LAZY),
+        ]);
+        let r = lazy_ranges(&img, 4096).unwrap();
+        assert_eq!(
+            r,
+            vec![(0x3000, 0x7000), (0x7000, 0x9000), (0x9000, 0xa000)]
+        );
+        assert_eq!(containing(&r, 0x3000), Some((0x3000, 0x7000)));
+        assert_eq!(containing(&r, 0x7000), Some((0x7000, 0x9000)));
+        assert_eq!(containing(&r, 0x9fff), Some((0x9000, 0xa000)));
+        assert_eq!(containing(&r, 0xa000), None);
+        assert_eq!(containing(&r, 0x2fff), None);
+    }
+
+    #[test]
+    fn the_compat_count_is_used_without_nr_pages() {
+        let mut e = entry(0x10000, 3, PE_LAZY);
+        e.nr_pages = None;
+        assert_eq!(
+            lazy_ranges(&image(&[e]), 4096).unwrap(),
+            vec![(0x10000, 0x13000)]
+        );
+    }
+
+    #[test]
+    fn malformed_images_are_errors() {
+        let good = image(&[entry(0x1000, 1, PE_LAZY)]);
+        assert!(lazy_ranges(&good[..good.len() - 1], 4096).is_err());
+        assert!(lazy_ranges(&good[4..], 4096).is_err());
+        assert!(lazy_ranges(&good[..8], 4096).is_err(), "no head");
+        assert!(lazy_ranges(&image(&[entry(0x1001, 1, PE_LAZY)]), 4096).is_err());
+        assert!(lazy_ranges(&image(&[entry(!0xfff, 2, PE_LAZY)]), 4096).is_err());
+        let overlap = image(&[entry(0x1000, 2, PE_LAZY), entry(0x2000, 1, PE_LAZY)]);
+        assert!(lazy_ranges(&overlap, 4096).is_err());
+        let mut long = good.clone();
+        long.extend_from_slice(&1000u32.to_le_bytes());
+        long.extend_from_slice(&[0u8; 1000]);
+        assert!(lazy_ranges(&long, 4096).unwrap_err().contains("limit"));
+    }
+}

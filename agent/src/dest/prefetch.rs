@@ -1,0 +1,1085 @@
+//! `--lazy` on the destination: read-ahead between CRIU's lazy-pages daemon and the source.
+//!
+//! The daemon asks for exactly the page a task faulted on (criu/uffd.c), and every question is a
+//! round trip to the source's page server (~0.4 ms here). A task walking its memory faults on
+//! page after page. haul sits on the daemon's page socket anyway (it relays it through the
+//! connection), so it reads the daemon's requests (`criu::page_server` headers): when a fault
+//! continues a run of pages the daemon asked for just before, haul asks the source for the
+//! next `PREFETCH_WINDOW` bytes of the same lazy range too, keeps the answer in a bounded cache
+//! (`PREFETCH_CACHE`), and answers the daemon's next faults there from memory. The source side
+//! is unchanged: it relays bytes to and from its CRIU, which answers haul's requests as the
+//! daemon's.
+//!
+//! Rules that keep the daemon's protocol intact:
+//! - The daemon reads answers in the order it asked; haul keeps that order (`Ask` queue): an
+//!   answer from the cache waits behind earlier questions still on the wire.
+//! - The source's page server fails on an address it does not hold, so haul asks only for
+//!   addresses inside the task's lazy ranges (from `pagemap-<id>.img`, `criu::pagemap`).
+//! - Nothing is changed: a question the cache cannot fully answer goes to the source as asked.
+//!
+//! `HAUL_PREFETCH=off` (environment of `haul serve`) relays the daemon's socket as is.
+
+use crate::criu::page_server::{self, Iov};
+use crate::criu::pagemap::{self, Range};
+use crate::transfer::mux::{write_all, PageSink};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How far ahead of a sequential fault haul asks, in bytes.
+pub const PREFETCH_WINDOW: u64 = 256 << 10;
+/// Most bytes of prefetched pages held at once (received, or asked for and on the way).
+pub const PREFETCH_CACHE: u64 = 1 << 20;
+/// How many of the daemon's recent questions are remembered to tell a sequential fault.
+const RECENT: usize = 16;
+/// Bytes read from the daemon's socket at a time.
+const READ_CHUNK: usize = 4096;
+
+/// Sends page-protocol bytes to the source (a PAGE_DATA frame).
+pub type Upstream = Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
+/// Counts for the log at the end of the post-copy.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Questions of the daemon.
+    pub asked: u64,
+    /// Of these, answered from prefetched pages.
+    pub from_cache: u64,
+    /// Pages haul asked the source for ahead of the daemon.
+    pub prefetched: u64,
+    /// Prefetched pages dropped unused (evicted or left at the end).
+    pub unused: u64,
+}
+
+/// A question on the wire to the source, in the order sent.
+#[derive(Debug)]
+enum Wire {
+    /// The daemon's; the answer is streamed to it.
+    Daemon,
+    /// haul's own read-ahead.
+    Own { dst: u64, vaddr: u64, pages: u64 },
+    /// The daemon's close; answered by a 4-byte status.
+    Close,
+}
+
+/// A question of the daemon not answered yet, in the order asked. Order kept: a `Cache`
+/// question exists only at the head (it was asked when nothing else was outstanding) and the
+/// questions behind it are `Held` until it is answered, so no answer from the source can
+/// overtake it.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    /// Sent to the source; its answer is the next one for the daemon on the wire.
+    Wire,
+    /// To be answered from the cache once its pages are there.
+    Cache(Iov),
+    /// Waiting behind a `Cache` question; decided when it reaches the head.
+    Held(Iov),
+}
+
+/// Where the bytes of the current answer from the source go.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    /// Reading a header (`have` of its bytes).
+    Header {
+        buf: [u8; page_server::HEADER],
+        have: usize,
+    },
+    /// Reading a close status (`have` of its bytes).
+    Status { have: usize },
+    /// `left` bytes of pages for the daemon.
+    ToDaemon { left: u64 },
+    /// Pages of a read-ahead: the page at `addr` goes to `slot`, `have` of its bytes are there;
+    /// `left` pages to go, this one included.
+    ToCache {
+        dst: u64,
+        addr: u64,
+        slot: Option<usize>,
+        have: usize,
+        left: u64,
+    },
+}
+
+const NEXT_HEADER: Reply = Reply::Header {
+    buf: [0; page_server::HEADER],
+    have: 0,
+};
+
+/// Prefetched pages: at most `cap`, received or on the way, in one buffer allocated at the
+/// first read-ahead.
+struct Cache {
+    page: usize,
+    cap: usize,
+    buf: Vec<u8>,
+    free: Vec<usize>,
+    /// (image id, address) → slot, for pages received in full.
+    index: HashMap<(u64, u64), usize>,
+    /// Received pages, oldest first (the eviction order); may name pages already taken.
+    order: VecDeque<(u64, u64)>,
+    /// Slots promised to read-aheads on the wire.
+    reserved: usize,
+}
+
+impl Cache {
+    fn new(page: usize, bytes: u64) -> Cache {
+        let cap = usize::try_from(bytes).unwrap_or(usize::MAX) / page.max(1);
+        Cache {
+            page,
+            cap,
+            buf: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            order: VecDeque::new(),
+            reserved: 0,
+        }
+    }
+
+    fn has(&self, dst: u64, addr: u64) -> bool {
+        self.index.contains_key(&(dst, addr))
+    }
+
+    /// Room for `n` more pages on the way, evicting the oldest received pages that `keep`
+    /// does not protect. False (nothing reserved) if there is no such room.
+    fn reserve(&mut self, n: usize, keep: impl Fn(u64, u64) -> bool, counts: &mut Counts) -> bool {
+        if n > self.cap {
+            return false;
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; self.cap * self.page];
+            self.free = (0..self.cap).rev().collect();
+        }
+        let mut kept = VecDeque::new();
+        while self.free.len() < self.reserved + n {
+            let Some((dst, addr)) = self.order.pop_front() else {
+                break;
+            };
+            if !self.index.contains_key(&(dst, addr)) {
+                continue;
+            }
+            if keep(dst, addr) {
+                kept.push_back((dst, addr));
+                continue;
+            }
+            if let Some(slot) = self.index.remove(&(dst, addr)) {
+                self.free.push(slot);
+                counts.unused += 1;
+            }
+        }
+        while let Some(k) = kept.pop_back() {
+            self.order.push_front(k);
+        }
+        if self.free.len() < self.reserved + n {
+            return false;
+        }
+        self.reserved += n;
+        true
+    }
+
+    /// A slot for a page of a read-ahead arriving (reserved before).
+    fn slot_for(&mut self) -> Option<usize> {
+        if self.reserved == 0 {
+            return None;
+        }
+        self.reserved -= 1;
+        self.free.pop()
+    }
+
+    /// A page arrived in full in `slot`.
+    fn filled(&mut self, dst: u64, addr: u64, slot: usize) {
+        if let Some(old) = self.index.insert((dst, addr), slot) {
+            self.free.push(old);
+        }
+        self.order.push_back((dst, addr));
+        // Names of pages taken meanwhile pile up in `order`: drop them now and then.
+        if self.order.len() > 2 * self.cap {
+            let index = &self.index;
+            self.order.retain(|k| index.contains_key(k));
+        }
+    }
+
+    fn page_mut(&mut self, slot: usize) -> &mut [u8] {
+        let p = self.page;
+        self.buf
+            .get_mut(slot * p..(slot + 1) * p)
+            .unwrap_or_default()
+    }
+}
+
+struct State {
+    /// Questions on the wire to the source, in the order sent.
+    wire: VecDeque<Wire>,
+    /// The daemon's questions not answered yet, in the order asked.
+    asks: VecDeque<Ask>,
+    reply: Reply,
+    cache: Cache,
+    /// Lazy ranges per image id (None: its pagemap is unreadable; no read-ahead for it).
+    ranges: HashMap<u64, Option<Vec<Range>>>,
+    /// (image id, end address) of the daemon's recent questions.
+    recent: VecDeque<(u64, u64)>,
+    /// Per image id: the last read-ahead window.
+    ahead: HashMap<u64, Range>,
+    counts: Counts,
+}
+
+impl State {
+    /// Whether every page of `q` is received.
+    fn cached(&self, q: &Iov, page: u64) -> bool {
+        q.nr_pages > 0 && pages(q, page).all(|a| self.cache.has(q.dst_id, a))
+    }
+
+    /// Whether every page of `q` is received or asked for by a read-ahead on the wire.
+    fn coming(&self, q: &Iov, page: u64) -> bool {
+        q.nr_pages > 0
+            && pages(q, page)
+                .all(|a| self.cache.has(q.dst_id, a) || on_the_way(&self.wire, q.dst_id, a, page))
+    }
+}
+
+/// The pages of a question (at most `PREFETCH_CACHE` worth are ever looked at: a question
+/// longer than the cache is never answered from it).
+fn pages(q: &Iov, page: u64) -> impl Iterator<Item = u64> + '_ {
+    let n = q.nr_pages.min(PREFETCH_CACHE / page.max(1) + 1);
+    (0..n).map(move |i| q.vaddr.wrapping_add(i.wrapping_mul(page)))
+}
+
+/// Whether a read-ahead on the wire covers page `addr` of task `dst`.
+fn on_the_way(wire: &VecDeque<Wire>, dst: u64, addr: u64, page: u64) -> bool {
+    wire.iter().any(|w| match *w {
+        Wire::Own {
+            dst: d,
+            vaddr,
+            pages,
+        } => d == dst && vaddr <= addr && addr < vaddr.saturating_add(pages.saturating_mul(page)),
+        _ => false,
+    })
+}
+
+fn daemon_gone(e: rustix::io::Errno) -> String {
+    format!("writing to the lazy-pages daemon: {e}")
+}
+
+/// The filter on the daemon's page socket. The connection's reader hands it the source's
+/// answers (`PageSink::put`); `run_outbound` reads the daemon's questions.
+pub struct Prefetch {
+    daemon: Arc<OwnedFd>,
+    upstream: Upstream,
+    images: PathBuf,
+    page: u64,
+    window: u64,
+    state: Mutex<State>,
+}
+
+impl Prefetch {
+    /// `daemon`: haul's end of the daemon's page socket; `images`: the migration directory
+    /// (pagemap images); `upstream` sends bytes to the source's page server.
+    pub fn new(daemon: Arc<OwnedFd>, images: PathBuf, upstream: Upstream) -> Prefetch {
+        let page = rustix::param::page_size() as u64;
+        Prefetch::with_sizes(
+            daemon,
+            images,
+            upstream,
+            page,
+            PREFETCH_WINDOW,
+            PREFETCH_CACHE,
+        )
+    }
+
+    pub fn with_sizes(
+        daemon: Arc<OwnedFd>,
+        images: PathBuf,
+        upstream: Upstream,
+        page: u64,
+        window: u64,
+        cache: u64,
+    ) -> Prefetch {
+        let page = page.max(1);
+        Prefetch {
+            daemon,
+            upstream,
+            images,
+            page,
+            window: window.max(page),
+            state: Mutex::new(State {
+                wire: VecDeque::new(),
+                asks: VecDeque::new(),
+                reply: NEXT_HEADER,
+                cache: Cache::new(usize::try_from(page).unwrap_or(4096), cache),
+                ranges: HashMap::new(),
+                recent: VecDeque::new(),
+                ahead: HashMap::new(),
+                counts: Counts::default(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, String> {
+        self.state
+            .lock()
+            .map_err(|_| "prefetch state lock poisoned".to_string())
+    }
+
+    /// What happened so far.
+    pub fn counts(&self) -> Counts {
+        self.lock()
+            .map(|s| {
+                let mut c = s.counts;
+                c.unused += s.cache.index.len() as u64;
+                c
+            })
+            .unwrap_or_default()
+    }
+
+    /// Relays the daemon's questions until it closes its socket; returns the bytes it sent.
+    /// On an error the daemon's socket is shut down (the daemon fails, the post-copy with it).
+    pub fn run_outbound(&self) -> Result<u64, String> {
+        let r = self.outbound();
+        if r.is_err() {
+            let _ = rustix::net::shutdown(&*self.daemon, rustix::net::Shutdown::Both);
+        }
+        r
+    }
+
+    fn outbound(&self) -> Result<u64, String> {
+        let mut buf = [0u8; READ_CHUNK];
+        let mut have = 0usize;
+        let mut total = 0u64;
+        loop {
+            let room = buf.get_mut(have..).unwrap_or_default();
+            let n = match rustix::io::read(&*self.daemon, room) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(format!("reading the lazy-pages daemon's questions: {e}")),
+            };
+            total += n as u64;
+            have += n;
+            let whole = have - have % page_server::HEADER;
+            {
+                let mut st = self.lock()?;
+                for q in buf
+                    .get(..whole)
+                    .unwrap_or_default()
+                    .chunks_exact(page_server::HEADER)
+                {
+                    let mut h = [0u8; page_server::HEADER];
+                    h.copy_from_slice(q);
+                    self.question(&mut st, Iov::decode(&h))?;
+                }
+            }
+            buf.copy_within(whole..have, 0);
+            have -= whole;
+        }
+        if have != 0 {
+            return Err(format!(
+                "the lazy-pages daemon closed its socket in the middle of a question ({have} bytes)"
+            ));
+        }
+        Ok(total)
+    }
+
+    /// Sends a question of the daemon to the source.
+    fn send(&self, st: &mut State, q: &Iov) -> Result<(), String> {
+        (self.upstream)(&q.encode())?;
+        st.wire.push_back(match q.command() {
+            page_server::IOV_CLOSE | page_server::IOV_FORCE_CLOSE => Wire::Close,
+            // A GET, or a command haul does not know: its answer is a header and pages.
+            _ => Wire::Daemon,
+        });
+        Ok(())
+    }
+
+    /// One question of the daemon.
+    fn question(&self, st: &mut State, q: Iov) -> Result<(), String> {
+        let get = q.command() == page_server::IOV_GET;
+        if get {
+            st.counts.asked += 1;
+        }
+        let sequential = get
+            && (st.recent.contains(&(q.dst_id, q.vaddr))
+                || st
+                    .ahead
+                    .get(&q.dst_id)
+                    .is_some_and(|a| a.0 <= q.vaddr && q.vaddr < a.1));
+        if get {
+            if let Some(end) = q
+                .nr_pages
+                .checked_mul(self.page)
+                .and_then(|n| q.vaddr.checked_add(n))
+            {
+                if st.recent.len() == RECENT {
+                    st.recent.pop_front();
+                }
+                st.recent.push_back((q.dst_id, end));
+            }
+        }
+        let behind_cache = st
+            .asks
+            .iter()
+            .any(|a| matches!(a, Ask::Cache(_) | Ask::Held(_)));
+        if behind_cache {
+            st.asks.push_back(Ask::Held(q));
+        } else if get && st.asks.is_empty() && st.coming(&q, self.page) {
+            st.asks.push_back(Ask::Cache(q));
+        } else {
+            self.send(st, &q)?;
+            st.asks.push_back(Ask::Wire);
+        }
+        if sequential && q.nr_pages == 1 {
+            self.read_ahead(st, q.dst_id, q.vaddr.saturating_add(self.page))?;
+        }
+        self.answer_ready(st)
+    }
+
+    /// Asks the source for the window after `from`, within the lazy range holding it, unless
+    /// the last window still reaches far enough.
+    fn read_ahead(&self, st: &mut State, dst: u64, from: u64) -> Result<(), String> {
+        // The stream of windows so far (a0..a1): the next one starts where it ends.
+        let mut start = from;
+        let mut stream = from;
+        if let Some(&(a0, a1)) = st.ahead.get(&dst) {
+            if a0 <= from && from <= a1 {
+                if a1 - from > self.window / 2 {
+                    return Ok(());
+                }
+                start = a1;
+                stream = a0;
+            }
+        }
+        let images = &self.images;
+        let page = self.page;
+        st.ranges.entry(dst).or_insert_with(|| {
+            pagemap::read_lazy_ranges(images, dst, page)
+                .map_err(|e| log::warn!("no read-ahead for task {dst}: {e}"))
+                .ok()
+        });
+        let Some(Some(ranges)) = st.ranges.get(&dst) else {
+            return Ok(());
+        };
+        // Within one pagemap entry: the source's page server holds each as one run and would
+        // answer a longer question short.
+        let Some((_, range_end)) = pagemap::containing(ranges, start) else {
+            return Ok(());
+        };
+        let end = range_end.min(start.saturating_add(self.window));
+        let n = (end - start) / self.page;
+        if n == 0 {
+            return Ok(());
+        }
+        // The pages the question at the head waits for stay.
+        let head = match st.asks.front() {
+            Some(Ask::Cache(q)) => Some(*q),
+            _ => None,
+        };
+        let page = self.page;
+        let keep = move |d: u64, a: u64| {
+            head.is_some_and(|q| {
+                q.dst_id == d
+                    && q.vaddr <= a
+                    && a < q.vaddr.saturating_add(q.nr_pages.saturating_mul(page))
+            })
+        };
+        let mut counts = st.counts;
+        let room = st
+            .cache
+            .reserve(usize::try_from(n).unwrap_or(usize::MAX), keep, &mut counts);
+        st.counts = counts;
+        if !room {
+            return Ok(());
+        }
+        (self.upstream)(&Iov::get(dst, start, n).encode())?;
+        st.wire.push_back(Wire::Own {
+            dst,
+            vaddr: start,
+            pages: n,
+        });
+        st.counts.prefetched += n;
+        st.ahead.insert(dst, (stream, end));
+        Ok(())
+    }
+
+    /// Answers the daemon's questions at the head of the queue that the cache can answer now;
+    /// decides held questions as they reach the head; sends to the source what the cache
+    /// will not answer.
+    fn answer_ready(&self, st: &mut State) -> Result<(), String> {
+        loop {
+            let q = match st.asks.front() {
+                None | Some(Ask::Wire) => return Ok(()),
+                Some(Ask::Held(q)) => {
+                    let q = *q;
+                    let cacheable = q.command() == page_server::IOV_GET && st.coming(&q, self.page);
+                    if let Some(a) = st.asks.front_mut() {
+                        *a = if cacheable { Ask::Cache(q) } else { Ask::Wire };
+                    }
+                    if !cacheable {
+                        self.send(st, &q)?;
+                        return self.send_held(st);
+                    }
+                    continue;
+                }
+                Some(Ask::Cache(q)) => *q,
+            };
+            if !st.cached(&q, self.page) {
+                if st.coming(&q, self.page) {
+                    return Ok(());
+                }
+                // Its pages will not come (evicted, or a short answer): ask the source.
+                self.send(st, &q)?;
+                if let Some(a) = st.asks.front_mut() {
+                    *a = Ask::Wire;
+                }
+                return self.send_held(st);
+            }
+            let head = Iov::pages(q.dst_id, q.vaddr, q.nr_pages).encode();
+            write_all(&self.daemon, &head).map_err(daemon_gone)?;
+            for a in pages(&q, self.page) {
+                if let Some(slot) = st.cache.index.remove(&(q.dst_id, a)) {
+                    let r = write_all(&self.daemon, st.cache.page_mut(slot));
+                    st.cache.free.push(slot);
+                    r.map_err(daemon_gone)?;
+                }
+            }
+            st.counts.from_cache += 1;
+            st.asks.pop_front();
+        }
+    }
+
+    /// The head went to the source: the questions held behind it follow it there, in order.
+    fn send_held(&self, st: &mut State) -> Result<(), String> {
+        let held: Vec<Iov> = st
+            .asks
+            .iter()
+            .filter_map(|a| match a {
+                Ask::Held(q) => Some(*q),
+                _ => None,
+            })
+            .collect();
+        for q in &held {
+            self.send(st, q)?;
+        }
+        for a in st.asks.iter_mut() {
+            if matches!(a, Ask::Held(_)) {
+                *a = Ask::Wire;
+            }
+        }
+        Ok(())
+    }
+
+    /// The source's answers, as they arrive.
+    fn answers(&self, st: &mut State, mut bytes: &[u8]) -> Result<(), String> {
+        while !bytes.is_empty() {
+            let (next, used) = self.advance(st, st.reply, bytes)?;
+            st.reply = next;
+            bytes = bytes.get(used..).unwrap_or_default();
+            let done = match st.reply {
+                Reply::ToDaemon { left } | Reply::ToCache { left, .. } => left == 0,
+                Reply::Status { have } => have == page_server::CLOSE_STATUS,
+                Reply::Header { .. } => false,
+            };
+            if done {
+                if let Some(Wire::Daemon | Wire::Close) = st.wire.pop_front() {
+                    st.asks.pop_front();
+                }
+                st.reply = NEXT_HEADER;
+                self.answer_ready(st)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes what it can of `bytes` for the answer in progress; returns its new state and how
+    /// many bytes it used.
+    fn advance(
+        &self,
+        st: &mut State,
+        reply: Reply,
+        bytes: &[u8],
+    ) -> Result<(Reply, usize), String> {
+        Ok(match reply {
+            Reply::Header { mut buf, have } => {
+                if have == 0 && matches!(st.wire.front(), Some(Wire::Close)) {
+                    return Ok((Reply::Status { have: 0 }, 0));
+                }
+                let take = (page_server::HEADER - have).min(bytes.len());
+                buf[have..have + take].copy_from_slice(&bytes[..take]);
+                if have + take < page_server::HEADER {
+                    return Ok((
+                        Reply::Header {
+                            buf,
+                            have: have + take,
+                        },
+                        take,
+                    ));
+                }
+                let a = Iov::decode(&buf);
+                let len = a
+                    .nr_pages
+                    .checked_mul(self.page)
+                    .ok_or_else(|| format!("the source answered with {} pages", a.nr_pages))?;
+                let next = match st.wire.front() {
+                    Some(Wire::Daemon) => {
+                        write_all(&self.daemon, &buf).map_err(daemon_gone)?;
+                        Reply::ToDaemon { left: len }
+                    }
+                    Some(&Wire::Own { dst, vaddr, pages }) => {
+                        if a.dst_id != dst || a.vaddr != vaddr || a.nr_pages > pages {
+                            return Err(format!(
+                                "the source answered {} pages at {:#x} of task {} to a read-ahead of {pages} pages at {vaddr:#x} of task {dst}",
+                                a.nr_pages, a.vaddr, a.dst_id
+                            ));
+                        }
+                        // Slots promised to pages the answer does not carry are free again.
+                        let short = usize::try_from(pages - a.nr_pages).unwrap_or(0);
+                        st.cache.reserved = st.cache.reserved.saturating_sub(short);
+                        Reply::ToCache {
+                            dst,
+                            addr: vaddr,
+                            slot: None,
+                            have: 0,
+                            left: a.nr_pages,
+                        }
+                    }
+                    Some(Wire::Close) | None => {
+                        return Err("the source sent page data nobody asked for".into())
+                    }
+                };
+                (next, take)
+            }
+            Reply::Status { have } => {
+                let take = (page_server::CLOSE_STATUS - have).min(bytes.len());
+                write_all(&self.daemon, &bytes[..take]).map_err(daemon_gone)?;
+                (Reply::Status { have: have + take }, take)
+            }
+            Reply::ToDaemon { left } => {
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                write_all(&self.daemon, &bytes[..take]).map_err(daemon_gone)?;
+                (
+                    Reply::ToDaemon {
+                        left: left - take as u64,
+                    },
+                    take,
+                )
+            }
+            Reply::ToCache {
+                dst,
+                addr,
+                slot,
+                have,
+                left,
+            } => {
+                let slot = match slot {
+                    Some(s) => s,
+                    None => st
+                        .cache
+                        .slot_for()
+                        .ok_or("prefetch cache: a page arrived without a slot")?,
+                };
+                let page = st.cache.page;
+                let take = (page - have).min(bytes.len());
+                if let Some(dst_bytes) = st.cache.page_mut(slot).get_mut(have..have + take) {
+                    dst_bytes.copy_from_slice(&bytes[..take]);
+                }
+                if have + take < page {
+                    return Ok((
+                        Reply::ToCache {
+                            dst,
+                            addr,
+                            slot: Some(slot),
+                            have: have + take,
+                            left,
+                        },
+                        take,
+                    ));
+                }
+                st.cache.filled(dst, addr, slot);
+                (
+                    Reply::ToCache {
+                        dst,
+                        addr: addr.wrapping_add(self.page),
+                        slot: None,
+                        have: 0,
+                        left: left - 1,
+                    },
+                    take,
+                )
+            }
+        })
+    }
+}
+
+impl PageSink for Prefetch {
+    fn put(&self, bytes: &[u8]) -> Result<(), String> {
+        let mut st = self.lock()?;
+        let r = self.answers(&mut st, bytes);
+        if r.is_err() {
+            let _ = rustix::net::shutdown(&*self.daemon, rustix::net::Shutdown::Both);
+        }
+        r
+    }
+
+    fn end(&self) {
+        let _ = rustix::net::shutdown(&*self.daemon, rustix::net::Shutdown::Write);
+    }
+
+    fn lost(&self, farewell: Option<&[u8]>) {
+        if let Some(b) = farewell {
+            let _ = write_all(&self.daemon, b);
+        }
+        let _ = rustix::net::shutdown(&*self.daemon, rustix::net::Shutdown::Both);
+    }
+}
+
+/// The relay thread of the daemon's questions: bytes relayed, or why it stopped.
+pub type RelayThread = std::thread::JoinHandle<Result<u64, crate::transfer::WireError>>;
+
+/// Whether `haul serve` reads ahead (`HAUL_PREFETCH=off` turns it off).
+pub fn enabled() -> bool {
+    !matches!(std::env::var_os("HAUL_PREFETCH"), Some(v) if v == "off")
+}
+
+/// Relays the daemon's page socket through `conn` for the post-copy: through a `Prefetch`
+/// unless turned off. Returns the relay thread (bytes the daemon sent) and the filter, for
+/// its counts.
+pub fn start_relay(
+    daemon: Arc<OwnedFd>,
+    images: PathBuf,
+    conn: &crate::transfer::Conn,
+) -> Result<(RelayThread, Option<Arc<Prefetch>>), crate::transfer::WireError> {
+    use crate::transfer::{frame::Kind, mux, WireError};
+    if !enabled() {
+        conn.set_page_sink(daemon.clone());
+        let h =
+            crate::transfer::pages::spawn_outbound(daemon, conn.sender(), conn.counters.clone())?;
+        return Ok((h, None));
+    }
+    let tx = conn.sender();
+    let counters = conn.counters.clone();
+    let upstream: Upstream = Box::new(move |b: &[u8]| {
+        counters
+            .pages_out
+            .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        mux::send_frame(&tx, Kind::PageData, b).map_err(|e| e.to_string())
+    });
+    let p = Arc::new(Prefetch::new(daemon, images, upstream));
+    conn.set_page_filter(p.clone());
+    let (relay, tx) = (p.clone(), conn.sender());
+    let h = std::thread::Builder::new()
+        .name("haul-prefetch".into())
+        .spawn(move || {
+            let n = relay.run_outbound().map_err(WireError::Protocol)?;
+            mux::send_frame(&tx, Kind::PageEof, &[])?;
+            Ok(n)
+        })
+        .map_err(|err| WireError::Io {
+            op: "spawn prefetch thread",
+            err,
+        })?;
+    Ok((h, Some(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::criu::pagemap::{test_image, PE_LAZY};
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+
+    const PAGE: u64 = 4096;
+    const TASK: u64 = 7;
+
+    /// The bytes of page `addr` of task `dst` at the source.
+    fn content(dst: u64, addr: u64) -> Vec<u8> {
+        let mut p = vec![0u8; PAGE as usize];
+        for (i, c) in p.chunks_exact_mut(8).enumerate() {
+            c.copy_from_slice(&(dst ^ addr ^ (i as u64) << 48).to_le_bytes());
+        }
+        p
+    }
+
+    /// A world around one `Prefetch`: the daemon's end of its socket, a fake source page
+    /// server (a thread answering what reaches it, as CRIU's does, failing on an address
+    /// outside `ranges`) and the relay thread. `split`: the source's answers reach the filter
+    /// in pieces of this many bytes.
+    struct World {
+        daemon: UnixStream,
+        filter: Arc<Prefetch>,
+        source: Option<std::thread::JoinHandle<Result<Vec<Iov>, String>>>,
+        relay: Option<std::thread::JoinHandle<Result<u64, String>>>,
+        link: Arc<Mutex<Option<mpsc::Sender<Vec<u8>>>>>,
+        _dir: crate::inspect::test_support::TempDir,
+    }
+
+    impl World {
+        fn new(ranges: &[(u64, u32)], split: usize) -> World {
+            let dir = crate::inspect::test_support::TempDir::new("prefetch").unwrap();
+            let entries: Vec<(u64, u32, u32)> =
+                ranges.iter().map(|&(a, n)| (a, n, PE_LAZY)).collect();
+            std::fs::write(
+                dir.path().join(format!("pagemap-{TASK}.img")),
+                test_image(&entries),
+            )
+            .unwrap();
+            let lazy: Vec<(u64, u64)> = ranges
+                .iter()
+                .map(|&(a, n)| (a, a + u64::from(n) * PAGE))
+                .collect();
+            let (daemon, ours) = UnixStream::pair().unwrap();
+            let (to_source, source_rx) = mpsc::channel::<Vec<u8>>();
+            let to_source = Arc::new(Mutex::new(Some(to_source)));
+            let link = to_source.clone();
+            let upstream: Upstream = Box::new(move |b: &[u8]| match &*link.lock().unwrap() {
+                Some(tx) => tx.send(b.to_vec()).map_err(|e| e.to_string()),
+                None => Err("link closed".into()),
+            });
+            let filter = Arc::new(Prefetch::with_sizes(
+                Arc::new(OwnedFd::from(ours)),
+                dir.path().to_path_buf(),
+                upstream,
+                PAGE,
+                16 * PAGE,
+                64 * PAGE,
+            ));
+            let f = filter.clone();
+            let source = std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut pending = Vec::new();
+                while let Ok(b) = source_rx.recv() {
+                    pending.extend_from_slice(&b);
+                    while pending.len() >= page_server::HEADER {
+                        let mut h = [0u8; page_server::HEADER];
+                        h.copy_from_slice(&pending[..page_server::HEADER]);
+                        pending.drain(..page_server::HEADER);
+                        let q = Iov::decode(&h);
+                        seen.push(q);
+                        let mut answer = Vec::new();
+                        if q.command() == page_server::IOV_FORCE_CLOSE {
+                            answer.extend_from_slice(&0i32.to_ne_bytes());
+                        } else {
+                            let Some(r) = lazy.iter().find(|r| r.0 <= q.vaddr && q.vaddr < r.1)
+                            else {
+                                return Err(format!("asked for {:#x}, not held", q.vaddr));
+                            };
+                            // Clamped to the run, as CRIU's page_pipe_read does.
+                            let n = q.nr_pages.min((r.1 - q.vaddr) / PAGE);
+                            answer.extend_from_slice(&Iov::pages(q.dst_id, q.vaddr, n).encode());
+                            for i in 0..n {
+                                answer.extend_from_slice(&content(q.dst_id, q.vaddr + i * PAGE));
+                            }
+                        }
+                        for piece in answer.chunks(split) {
+                            f.put(piece)?;
+                        }
+                    }
+                }
+                Ok(seen)
+            });
+            let f = filter.clone();
+            let relay = std::thread::spawn(move || f.run_outbound());
+            World {
+                daemon,
+                filter,
+                source: Some(source),
+                relay: Some(relay),
+                link: to_source,
+                _dir: dir,
+            }
+        }
+
+        fn ask(&mut self, q: &Iov) {
+            self.daemon.write_all(&q.encode()).unwrap();
+        }
+
+        /// Reads one answer and checks it carries `q`'s pages (all of them, or the first `n`).
+        fn expect(&mut self, q: &Iov, n: u64) {
+            let mut h = [0u8; page_server::HEADER];
+            self.daemon.read_exact(&mut h).unwrap();
+            let a = Iov::decode(&h);
+            assert_eq!(a, Iov::pages(q.dst_id, q.vaddr, n), "answer to {q:?}");
+            for i in 0..n {
+                let mut p = vec![0u8; PAGE as usize];
+                self.daemon.read_exact(&mut p).unwrap();
+                assert!(
+                    p == content(q.dst_id, q.vaddr + i * PAGE),
+                    "page {i} of the answer to {q:?}"
+                );
+            }
+        }
+
+        /// Closes as the daemon does (FORCE_CLOSE, status, close); returns what the source was
+        /// asked and the counts.
+        fn finish(mut self) -> (Vec<Iov>, Counts) {
+            let close = Iov {
+                cmd: page_server::IOV_FORCE_CLOSE,
+                nr_pages: 0,
+                vaddr: 0,
+                dst_id: 0,
+            };
+            self.ask(&close);
+            let mut status = [1u8; 4];
+            self.daemon.read_exact(&mut status).unwrap();
+            assert_eq!(status, [0; 4]);
+            self.daemon.shutdown(std::net::Shutdown::Both).unwrap();
+            let sent = self.relay.take().unwrap().join().unwrap().unwrap();
+            assert!(sent > 0);
+            let counts = self.filter.counts();
+            // The relay is done: the source's link closes, its thread ends.
+            self.link.lock().unwrap().take();
+            let seen = self.source.take().unwrap().join().unwrap().unwrap();
+            (seen, counts)
+        }
+    }
+
+    const BASE: u64 = 0x7f00_0000_0000;
+
+    #[test]
+    fn a_sequential_walk_is_answered_from_read_ahead() {
+        for split in [PAGE as usize + 32, 1000, 7] {
+            let mut w = World::new(&[(BASE, 200), (BASE + 300 * PAGE, 10)], split);
+            for i in 0..200 {
+                let q = Iov::get(TASK, BASE + i * PAGE, 1);
+                w.ask(&q);
+                w.expect(&q, 1);
+            }
+            let (seen, c) = w.finish();
+            assert_eq!(c.asked, 200);
+            // The first two faults go to the source, then the read-ahead keeps ahead of the
+            // walk (16-page windows, the next asked at half).
+            assert!(c.from_cache >= 190, "{c:?}");
+            let own: Vec<&Iov> = seen.iter().filter(|q| q.nr_pages > 1).collect();
+            assert!(!own.is_empty());
+            for q in &own {
+                assert!(
+                    q.vaddr + q.nr_pages * PAGE <= BASE + 200 * PAGE,
+                    "{q:?} leaves the run"
+                );
+            }
+            // Only the pages of the run were fetched, each once: pages 2..200.
+            assert!(c.prefetched <= 198, "{c:?}");
+            assert_eq!(c.unused, c.prefetched - c.from_cache, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn random_faults_fetch_nothing_ahead() {
+        let mut w = World::new(&[(BASE, 1000)], 4096);
+        for i in [5u64, 900, 17, 500, 3, 250, 999, 42] {
+            let q = Iov::get(TASK, BASE + i * PAGE, 1);
+            w.ask(&q);
+            w.expect(&q, 1);
+        }
+        let (seen, c) = w.finish();
+        assert_eq!((c.from_cache, c.prefetched), (0, 0), "{c:?}");
+        assert_eq!(
+            seen.len(),
+            9,
+            "8 faults and the close, nothing more: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn read_ahead_stops_at_the_end_of_a_run() {
+        // Two adjacent runs: the page server would answer a question across both short.
+        let mut w = World::new(&[(BASE, 4), (BASE + 4 * PAGE, 4)], 512);
+        for i in 0..8 {
+            let q = Iov::get(TASK, BASE + i * PAGE, 1);
+            w.ask(&q);
+            w.expect(&q, 1);
+        }
+        let (seen, _) = w.finish();
+        for q in seen.iter().filter(|q| q.command() == page_server::IOV_GET) {
+            let run_end = if q.vaddr < BASE + 4 * PAGE {
+                BASE + 4 * PAGE
+            } else {
+                BASE + 8 * PAGE
+            };
+            assert!(
+                q.vaddr + q.nr_pages * PAGE <= run_end,
+                "{q:?} crosses a run"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_keep_the_daemon_s_order() {
+        let mut w = World::new(&[(BASE, 400)], 3000);
+        // A walk sets up a read-ahead window...
+        for i in 0..4 {
+            let q = Iov::get(TASK, BASE + i * PAGE, 1);
+            w.ask(&q);
+            w.expect(&q, 1);
+        }
+        // ...then three questions at once: one the window answers, a background chunk the
+        // source must answer, and another from the window. Answers come in this order.
+        let a = Iov::get(TASK, BASE + 4 * PAGE, 1);
+        let b = Iov::get(TASK, BASE + 100 * PAGE, 16);
+        let c = Iov::get(TASK, BASE + 5 * PAGE, 1);
+        let mut three = Vec::new();
+        for q in [a, b, c] {
+            three.extend_from_slice(&q.encode());
+        }
+        w.daemon.write_all(&three).unwrap();
+        w.expect(&a, 1);
+        w.expect(&b, 16);
+        w.expect(&c, 1);
+        let (_, counts) = w.finish();
+        assert!(counts.from_cache >= 1, "{counts:?}");
+    }
+
+    #[test]
+    fn a_missing_pagemap_means_no_read_ahead() {
+        let mut w = World::new(&[(BASE, 100)], 4096);
+        std::fs::remove_file(w._dir.path().join(format!("pagemap-{TASK}.img"))).unwrap();
+        for i in 0..20 {
+            let q = Iov::get(TASK, BASE + i * PAGE, 1);
+            w.ask(&q);
+            w.expect(&q, 1);
+        }
+        let (seen, c) = w.finish();
+        assert_eq!((c.from_cache, c.prefetched), (0, 0));
+        assert_eq!(seen.len(), 21);
+    }
+
+    #[test]
+    fn a_wrong_answer_to_a_read_ahead_is_an_error() {
+        let (daemon, ours) = UnixStream::pair().unwrap();
+        let dir = crate::inspect::test_support::TempDir::new("prefetch-bad").unwrap();
+        std::fs::write(
+            dir.path().join(format!("pagemap-{TASK}.img")),
+            test_image(&[(BASE, 100, PE_LAZY)]),
+        )
+        .unwrap();
+        let f = Prefetch::with_sizes(
+            Arc::new(OwnedFd::from(ours)),
+            dir.path().to_path_buf(),
+            Box::new(|_: &[u8]| Ok(())),
+            PAGE,
+            16 * PAGE,
+            64 * PAGE,
+        );
+        {
+            let mut st = f.lock().unwrap();
+            for i in 0..2 {
+                f.question(&mut st, Iov::get(TASK, BASE + i * PAGE, 1))
+                    .unwrap();
+            }
+            assert!(
+                matches!(st.wire.back(), Some(Wire::Own { .. })),
+                "{:?}",
+                st.wire
+            );
+        }
+        // Answers to the two faults...
+        for i in 0..2 {
+            let mut a = Iov::pages(TASK, BASE + i * PAGE, 1).encode().to_vec();
+            a.extend_from_slice(&content(TASK, BASE + i * PAGE));
+            f.put(&a).unwrap();
+        }
+        // ...then an answer to the read-ahead for another address.
+        let e = f
+            .put(&Iov::pages(TASK, BASE + 50 * PAGE, 1).encode())
+            .unwrap_err();
+        assert!(e.contains("read-ahead"), "{e}");
+        // More data than anyone asked for.
+        drop(daemon);
+    }
+}
