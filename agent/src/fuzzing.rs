@@ -13,6 +13,8 @@
 //! | `criu_log` | the error lines picked from a CRIU log |
 //! | `json_patch` | the source's state.json text patched for registration |
 //! | `tmpfs_archive` | a tmpfs archive from the source as haul's `tar --extract` reads it |
+//! | `criu_pagemap` | a `pagemap-<id>.img` from the source, as `--lazy`'s read-ahead reads it |
+//! | `lazy_answers` | the source's page stream during a post-copy, through the read-ahead filter |
 
 use crate::criu::{log_excerpt, stats, Event, Swrk};
 use crate::dest::precopy::PageServers;
@@ -711,6 +713,138 @@ pub fn tmpfs_archive(data: &[u8]) {
     }
 }
 
+/// `criu_pagemap`: a pagemap image from the source. The lazy ranges haul takes from it are
+/// page-aligned, non-empty, sorted and apart.
+pub fn criu_pagemap(data: &[u8]) {
+    if let Ok(r) = crate::criu::pagemap::lazy_ranges(data, 4096) {
+        assert!(
+            r.iter()
+                .all(|&(s, e)| s < e && s % 4096 == 0 && e % 4096 == 0),
+            "{r:x?}"
+        );
+        assert!(r.windows(2).all(|w| w[0].1 <= w[1].0), "{r:x?}");
+    }
+}
+
+/// Image id and first address of the lazy run `lazy_answers` sets up (64 pages).
+const LAZY_TASK: u64 = 7;
+const LAZY_BASE: u64 = 0x7f00_0000_0000;
+
+/// `lazy_answers`: the source's bytes on the page stream of a post-copy, through haul's
+/// read-ahead filter on the destination (`dest::prefetch`). Byte 0: bit 0 picks the header
+/// layout (1: CRIU 4.2's 32 bytes, 0: 24 bytes), bits 1-4 how many consecutive single-page
+/// faults the daemon asked first, from the start of a 64-page lazy run (3 or more put a
+/// read-ahead on the wire). Byte 1: the size of the pieces the rest arrives in (1-256). The
+/// rest: what the source sends. Whatever it is, the filter keeps its cache within bounds and
+/// every question of the daemon accounted for, and a wrong answer is an error, not a panic.
+pub fn lazy_answers(data: &[u8]) {
+    let _ = lazy_answers_run(data);
+}
+
+/// `lazy_answers`, telling whether the filter took all the source's bytes (None: not run).
+fn lazy_answers_run(data: &[u8]) -> Option<Result<(), String>> {
+    use crate::criu::page_server::{Iov, Layout};
+    use crate::dest::prefetch::Prefetch;
+    let (&mode, &piece) = (data.first()?, data.get(1)?);
+    let dir = scratch()?;
+    let images = dir.join("lazy");
+    std::fs::create_dir_all(&images).ok()?;
+    let pagemap = images.join(format!("pagemap-{LAZY_TASK}.img"));
+    if !pagemap.exists() {
+        std::fs::write(&pagemap, lazy_pagemap_seed()).ok()?;
+    }
+    let (ours, theirs) = crate::transfer::pages::socket_pair().ok()?;
+    rustix::io::ioctl_fionbio(&theirs, true).ok()?;
+    let layout = if mode & 1 == 1 {
+        Layout::Wide
+    } else {
+        Layout::Narrow
+    };
+    let f = Prefetch::with_sizes(
+        std::sync::Arc::new(ours),
+        images,
+        Box::new(|_: &[u8]| Ok(())),
+        layout,
+        4096,
+        16 * 4096,
+        64 * 4096,
+    );
+    let drain = || {
+        let mut buf = [0u8; 65536];
+        while matches!(rustix::io::read(&theirs, &mut buf), Ok(n) if n > 0) {}
+    };
+    for i in 0..u64::from(mode >> 1 & 0xf) {
+        f.ask(Iov::get(LAZY_TASK, LAZY_BASE + i * 4096, 1)).ok()?;
+    }
+    let piece = usize::from(piece).max(1);
+    for chunk in data.get(2..).unwrap_or_default().chunks(piece) {
+        use crate::transfer::mux::PageSink;
+        let r = f.put(chunk);
+        drain();
+        let held = f.invariants();
+        assert!(held.is_ok(), "{held:?}");
+        if let Err(e) = r {
+            return Some(Err(e));
+        }
+    }
+    let c = f.counts();
+    Some(if mode >> 1 & 0xf >= 3 && c.prefetched == 0 {
+        Err("no read-ahead".into())
+    } else {
+        Ok(())
+    })
+}
+
+/// A pagemap image with one lazy run of 64 pages at `LAZY_BASE` (and a run that is not lazy).
+fn lazy_pagemap_seed() -> Vec<u8> {
+    use haul_proto::criu::{PagemapEntry, PagemapHead};
+    let mut b = Vec::new();
+    b.extend_from_slice(&0x5456_4319u32.to_le_bytes());
+    b.extend_from_slice(&0x5608_4025u32.to_le_bytes());
+    let mut rec = |m: Vec<u8>| {
+        b.extend_from_slice(&u32::try_from(m.len()).unwrap_or(0).to_le_bytes());
+        b.extend_from_slice(&m);
+    };
+    rec(PagemapHead { pages_id: 1 }.encode_to_vec());
+    for (vaddr, pages, flags) in [(0x5555_0000_0000u64, 2u32, 4u32), (LAZY_BASE, 64, 2)] {
+        rec(PagemapEntry {
+            vaddr,
+            compat_nr_pages: pages,
+            in_parent: None,
+            flags: Some(flags),
+            nr_pages: Some(u64::from(pages)),
+        }
+        .encode_to_vec());
+    }
+    b
+}
+
+/// The source's answers to `faults` faults from `LAZY_BASE` and to the read-ahead they
+/// start (4 pages after the third), in `layout`.
+fn lazy_answers_seed(wide: bool, faults: u64) -> Vec<u8> {
+    use crate::criu::page_server::{Iov, Layout};
+    let layout = if wide { Layout::Wide } else { Layout::Narrow };
+    let mut out = vec![u8::from(wide) | (faults as u8) << 1, 200];
+    let mut answer = |vaddr: u64, n: u64| {
+        out.extend_from_slice(
+            Iov::pages(LAZY_TASK, vaddr, n)
+                .encode(layout)
+                .get(..layout.header_len())
+                .unwrap_or_default(),
+        );
+        for i in 0..n * 4096 {
+            out.push((i % 251) as u8);
+        }
+    };
+    for i in 0..faults {
+        answer(LAZY_BASE + i * 4096, 1);
+    }
+    if faults >= 3 {
+        answer(LAZY_BASE + 3 * 4096, 4);
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Seeds
 // ---------------------------------------------------------------------------------------------
@@ -1196,6 +1330,31 @@ pub fn seeds(fixtures: &Path) -> Result<Vec<Seed>, String> {
     // tmpfs_archive: a small tree as haul's tar writes it.
     out.push(seed("tmpfs_archive", "dev-like", tmpfs_archive_seed()));
 
+    // criu_pagemap: a real lazy dump's, and the one lazy_answers uses.
+    out.push(seed(
+        "criu_pagemap",
+        "criu-4.1.1-sleep",
+        fixture("criu-4.1.1-lazy/pagemap-sleep.img")?,
+    ));
+    out.push(seed("criu_pagemap", "one-lazy-run", lazy_pagemap_seed()));
+
+    // lazy_answers: three faults and the read-ahead they start, both layouts; one fault.
+    out.push(seed(
+        "lazy_answers",
+        "wide-read-ahead",
+        lazy_answers_seed(true, 3),
+    ));
+    out.push(seed(
+        "lazy_answers",
+        "narrow-read-ahead",
+        lazy_answers_seed(false, 3),
+    ));
+    out.push(seed(
+        "lazy_answers",
+        "one-fault",
+        lazy_answers_seed(true, 1),
+    ));
+
     Ok(out)
 }
 
@@ -1285,6 +1444,8 @@ mod tests {
                 "criu_log" => criu_log(&s.bytes),
                 "json_patch" => json_patch(&s.bytes),
                 "tmpfs_archive" => tmpfs_archive(&s.bytes),
+                "criu_pagemap" => criu_pagemap(&s.bytes),
+                "lazy_answers" => lazy_answers(&s.bytes),
                 other => panic!("seed for unknown target {other}"),
             }
         }
@@ -1295,6 +1456,14 @@ mod tests {
                 .unwrap()
                 .bytes
         };
+        // The post-copy seeds are taken whole, read-ahead answers included.
+        for n in ["wide-read-ahead", "narrow-read-ahead", "one-fault"] {
+            assert_eq!(
+                lazy_answers_run(get("lazy_answers", n)),
+                Some(Ok(())),
+                "{n}"
+            );
+        }
         // The archive seed is read to its end, every entry.
         let archive = crate::criu::tar::extract::list(&get("tmpfs_archive", "dev-like")[..]);
         assert_eq!(archive.map(|e| e.len()), Ok(6));

@@ -159,6 +159,23 @@ mod tests {
         assert_eq!(containing(&r, 0x2fff), None);
     }
 
+    /// A real lazy dump of `sleep` by CRIU 4.1.1 (fixtures/criu-4.1.1-lazy/SOURCE.md): 15 lazy
+    /// pages of 5 VMAs in 7 runs, the other entries left out.
+    #[test]
+    fn a_real_lazy_pagemap() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/criu-4.1.1-lazy/pagemap-sleep.img"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        let r = lazy_ranges(&bytes, 4096).unwrap();
+        let pages: Vec<u64> = r.iter().map(|(s, e)| (e - s) / 4096).collect();
+        assert_eq!(pages.iter().sum::<u64>(), 15, "{r:x?}");
+        // Five VMAs hold lazy pages; two of them in two runs each (pages absent between).
+        assert_eq!(pages.len(), 7, "{r:x?}");
+        assert!(r.windows(2).all(|w| w[0].1 <= w[1].0));
+    }
+
     #[test]
     fn the_compat_count_is_used_without_nr_pages() {
         let mut e = entry(0x10000, 3, PE_LAZY);

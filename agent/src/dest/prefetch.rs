@@ -19,7 +19,7 @@
 //!
 //! `HAUL_PREFETCH=off` (environment of `haul serve`) relays the daemon's socket as is.
 
-use crate::criu::page_server::{self, Iov};
+use crate::criu::page_server::{self, Iov, Layout};
 use crate::criu::pagemap::{self, Range};
 use crate::transfer::mux::{write_all, PageSink};
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const PREFETCH_WINDOW: u64 = 256 << 10;
 /// Most bytes of prefetched pages held at once (received, or asked for and on the way).
 pub const PREFETCH_CACHE: u64 = 1 << 20;
+/// A fault is taken for a walk through memory once it continues this many pages asked for one
+/// after the other (a task reading across a page boundary asks for two).
+const RUN_TO_READ_AHEAD: u64 = 3;
 /// How many of the daemon's recent questions are remembered to tell a sequential fault.
 const RECENT: usize = 16;
 /// Bytes read from the daemon's socket at a time.
@@ -214,10 +217,11 @@ struct State {
     cache: Cache,
     /// Lazy ranges per image id (None: its pagemap is unreadable; no read-ahead for it).
     ranges: HashMap<u64, Option<Vec<Range>>>,
-    /// (image id, end address) of the daemon's recent questions.
-    recent: VecDeque<(u64, u64)>,
-    /// Per image id: the last read-ahead window.
-    ahead: HashMap<u64, Range>,
+    /// (image id, end address, pages in its run) of the daemon's recent questions.
+    recent: VecDeque<(u64, u64, u64)>,
+    /// Per image id: the stream of read-ahead windows (start of the first, end of the last)
+    /// and the size of the last one.
+    ahead: HashMap<u64, (u64, u64, u64)>,
     counts: Counts,
 }
 
@@ -264,20 +268,37 @@ pub struct Prefetch {
     daemon: Arc<OwnedFd>,
     upstream: Upstream,
     images: PathBuf,
+    layout: Layout,
     page: u64,
     window: u64,
     state: Mutex<State>,
 }
 
+/// A header as it goes on the page socket: its layout's first bytes.
+struct HeaderBytes([u8; page_server::HEADER], usize);
+
+impl HeaderBytes {
+    fn as_slice(&self) -> &[u8] {
+        self.0.get(..self.1).unwrap_or_default()
+    }
+}
+
 impl Prefetch {
     /// `daemon`: haul's end of the daemon's page socket; `images`: the migration directory
-    /// (pagemap images); `upstream` sends bytes to the source's page server.
-    pub fn new(daemon: Arc<OwnedFd>, images: PathBuf, upstream: Upstream) -> Prefetch {
+    /// (pagemap images); `upstream` sends bytes to the source's page server; `layout`: the
+    /// header layout of the local CRIU (the source's must be the same).
+    pub fn new(
+        daemon: Arc<OwnedFd>,
+        images: PathBuf,
+        upstream: Upstream,
+        layout: Layout,
+    ) -> Prefetch {
         let page = rustix::param::page_size() as u64;
         Prefetch::with_sizes(
             daemon,
             images,
             upstream,
+            layout,
             page,
             PREFETCH_WINDOW,
             PREFETCH_CACHE,
@@ -288,6 +309,7 @@ impl Prefetch {
         daemon: Arc<OwnedFd>,
         images: PathBuf,
         upstream: Upstream,
+        layout: Layout,
         page: u64,
         window: u64,
         cache: u64,
@@ -297,6 +319,7 @@ impl Prefetch {
             daemon,
             upstream,
             images,
+            layout,
             page,
             window: window.max(page),
             state: Mutex::new(State {
@@ -310,6 +333,10 @@ impl Prefetch {
                 counts: Counts::default(),
             }),
         }
+    }
+
+    fn bytes(&self, q: &Iov) -> HeaderBytes {
+        HeaderBytes(q.encode(self.layout), self.layout.header_len())
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>, String> {
@@ -327,6 +354,55 @@ impl Prefetch {
                 c
             })
             .unwrap_or_default()
+    }
+
+    /// One question of the daemon, as if read from its socket (tests and fuzzing).
+    pub fn ask(&self, q: Iov) -> Result<(), String> {
+        let mut st = self.lock()?;
+        self.question(&mut st, q)
+    }
+
+    /// What must hold whatever the source sent: the cache within its bounds, every question
+    /// of the daemon still counted once.
+    pub fn invariants(&self) -> Result<(), String> {
+        let st = self.lock()?;
+        let c = &st.cache;
+        if c.index.len() + c.reserved > c.cap {
+            return Err(format!(
+                "cache: {} pages held and {} promised; the capacity is {}",
+                c.index.len(),
+                c.reserved,
+                c.cap
+            ));
+        }
+        let filling = usize::from(matches!(st.reply, Reply::ToCache { slot: Some(_), .. }));
+        if !c.buf.is_empty() && c.free.len() + c.index.len() + filling != c.cap {
+            return Err(format!(
+                "cache: {} slots free, {} held, {filling} filling; the capacity is {}",
+                c.free.len(),
+                c.index.len(),
+                c.cap
+            ));
+        }
+        if c.reserved > c.free.len() {
+            return Err(format!(
+                "cache: {} slots promised, {} free",
+                c.reserved,
+                c.free.len()
+            ));
+        }
+        let daemon_on_wire = st
+            .wire
+            .iter()
+            .filter(|w| matches!(w, Wire::Daemon | Wire::Close))
+            .count();
+        let asks_on_wire = st.asks.iter().filter(|a| matches!(a, Ask::Wire)).count();
+        if daemon_on_wire != asks_on_wire {
+            return Err(format!(
+                "{daemon_on_wire} of the daemon's questions on the wire, {asks_on_wire} waiting for the wire"
+            ));
+        }
+        Ok(())
     }
 
     /// Relays the daemon's questions until it closes its socket; returns the bytes it sent.
@@ -353,17 +429,14 @@ impl Prefetch {
             };
             total += n as u64;
             have += n;
-            let whole = have - have % page_server::HEADER;
+            let hlen = self.layout.header_len();
+            let whole = have - have % hlen;
             {
                 let mut st = self.lock()?;
-                for q in buf
-                    .get(..whole)
-                    .unwrap_or_default()
-                    .chunks_exact(page_server::HEADER)
-                {
-                    let mut h = [0u8; page_server::HEADER];
-                    h.copy_from_slice(q);
-                    self.question(&mut st, Iov::decode(&h))?;
+                for q in buf.get(..whole).unwrap_or_default().chunks_exact(hlen) {
+                    if let Some(q) = Iov::decode(q, self.layout) {
+                        self.question(&mut st, q)?;
+                    }
                 }
             }
             buf.copy_within(whole..have, 0);
@@ -379,7 +452,7 @@ impl Prefetch {
 
     /// Sends a question of the daemon to the source.
     fn send(&self, st: &mut State, q: &Iov) -> Result<(), String> {
-        (self.upstream)(&q.encode())?;
+        (self.upstream)(self.bytes(q).as_slice())?;
         st.wire.push_back(match q.command() {
             page_server::IOV_CLOSE | page_server::IOV_FORCE_CLOSE => Wire::Close,
             // A GET, or a command haul does not know: its answer is a header and pages.
@@ -394,12 +467,19 @@ impl Prefetch {
         if get {
             st.counts.asked += 1;
         }
-        let sequential = get
-            && (st.recent.contains(&(q.dst_id, q.vaddr))
-                || st
-                    .ahead
-                    .get(&q.dst_id)
-                    .is_some_and(|a| a.0 <= q.vaddr && q.vaddr < a.1));
+        // Pages in the run of consecutive questions this one continues (itself included).
+        let run = st
+            .recent
+            .iter()
+            .rev()
+            .find(|r| r.0 == q.dst_id && r.1 == q.vaddr)
+            .map_or(0, |r| r.2)
+            .saturating_add(q.nr_pages);
+        let in_window = st
+            .ahead
+            .get(&q.dst_id)
+            .is_some_and(|a| a.0 <= q.vaddr && q.vaddr < a.1);
+        let sequential = get && (in_window || run >= RUN_TO_READ_AHEAD);
         if get {
             if let Some(end) = q
                 .nr_pages
@@ -409,7 +489,7 @@ impl Prefetch {
                 if st.recent.len() == RECENT {
                     st.recent.pop_front();
                 }
-                st.recent.push_back((q.dst_id, end));
+                st.recent.push_back((q.dst_id, end, run));
             }
         }
         let behind_cache = st
@@ -433,16 +513,19 @@ impl Prefetch {
     /// Asks the source for the window after `from`, within the lazy range holding it, unless
     /// the last window still reaches far enough.
     fn read_ahead(&self, st: &mut State, dst: u64, from: u64) -> Result<(), String> {
-        // The stream of windows so far (a0..a1): the next one starts where it ends.
+        // The stream of windows so far (a0..a1): the next one starts where it ends and is
+        // twice as long, up to `window`; a new stream starts with a quarter of it.
         let mut start = from;
         let mut stream = from;
-        if let Some(&(a0, a1)) = st.ahead.get(&dst) {
+        let mut size = (self.window / 4).max(self.page);
+        if let Some(&(a0, a1, last)) = st.ahead.get(&dst) {
             if a0 <= from && from <= a1 {
-                if a1 - from > self.window / 2 {
+                if a1 - from > last / 2 {
                     return Ok(());
                 }
                 start = a1;
                 stream = a0;
+                size = last.saturating_mul(2).min(self.window);
             }
         }
         let images = &self.images;
@@ -460,7 +543,7 @@ impl Prefetch {
         let Some((_, range_end)) = pagemap::containing(ranges, start) else {
             return Ok(());
         };
-        let end = range_end.min(start.saturating_add(self.window));
+        let end = range_end.min(start.saturating_add(size));
         let n = (end - start) / self.page;
         if n == 0 {
             return Ok(());
@@ -486,14 +569,14 @@ impl Prefetch {
         if !room {
             return Ok(());
         }
-        (self.upstream)(&Iov::get(dst, start, n).encode())?;
+        (self.upstream)(self.bytes(&Iov::get(dst, start, n)).as_slice())?;
         st.wire.push_back(Wire::Own {
             dst,
             vaddr: start,
             pages: n,
         });
         st.counts.prefetched += n;
-        st.ahead.insert(dst, (stream, end));
+        st.ahead.insert(dst, (stream, end, size));
         Ok(())
     }
 
@@ -529,8 +612,8 @@ impl Prefetch {
                 }
                 return self.send_held(st);
             }
-            let head = Iov::pages(q.dst_id, q.vaddr, q.nr_pages).encode();
-            write_all(&self.daemon, &head).map_err(daemon_gone)?;
+            let head = self.bytes(&Iov::pages(q.dst_id, q.vaddr, q.nr_pages));
+            write_all(&self.daemon, head.as_slice()).map_err(daemon_gone)?;
             for a in pages(&q, self.page) {
                 if let Some(slot) = st.cache.index.remove(&(q.dst_id, a)) {
                     let r = write_all(&self.daemon, st.cache.page_mut(slot));
@@ -599,9 +682,10 @@ impl Prefetch {
                 if have == 0 && matches!(st.wire.front(), Some(Wire::Close)) {
                     return Ok((Reply::Status { have: 0 }, 0));
                 }
-                let take = (page_server::HEADER - have).min(bytes.len());
+                let hlen = self.layout.header_len();
+                let take = (hlen - have).min(bytes.len());
                 buf[have..have + take].copy_from_slice(&bytes[..take]);
-                if have + take < page_server::HEADER {
+                if have + take < hlen {
                     return Ok((
                         Reply::Header {
                             buf,
@@ -610,14 +694,15 @@ impl Prefetch {
                         take,
                     ));
                 }
-                let a = Iov::decode(&buf);
+                let a = Iov::decode(&buf[..hlen], self.layout)
+                    .ok_or("prefetch: a header shorter than its layout")?;
                 let len = a
                     .nr_pages
                     .checked_mul(self.page)
                     .ok_or_else(|| format!("the source answered with {} pages", a.nr_pages))?;
                 let next = match st.wire.front() {
                     Some(Wire::Daemon) => {
-                        write_all(&self.daemon, &buf).map_err(daemon_gone)?;
+                        write_all(&self.daemon, &buf[..hlen]).map_err(daemon_gone)?;
                         Reply::ToDaemon { left: len }
                     }
                     Some(&Wire::Own { dst, vaddr, pages }) => {
@@ -743,6 +828,7 @@ pub fn start_relay(
     daemon: Arc<OwnedFd>,
     images: PathBuf,
     conn: &crate::transfer::Conn,
+    criu: crate::criu::Version,
 ) -> Result<(RelayThread, Option<Arc<Prefetch>>), crate::transfer::WireError> {
     use crate::transfer::{frame::Kind, mux, WireError};
     if !enabled() {
@@ -759,7 +845,7 @@ pub fn start_relay(
             .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
         mux::send_frame(&tx, Kind::PageData, b).map_err(|e| e.to_string())
     });
-    let p = Arc::new(Prefetch::new(daemon, images, upstream));
+    let p = Arc::new(Prefetch::new(daemon, images, upstream, Layout::of(criu)));
     conn.set_page_filter(p.clone());
     let (relay, tx) = (p.clone(), conn.sender());
     let h = std::thread::Builder::new()
@@ -801,6 +887,7 @@ mod tests {
     /// outside `ranges`) and the relay thread. `split`: the source's answers reach the filter
     /// in pieces of this many bytes.
     struct World {
+        layout: Layout,
         daemon: UnixStream,
         filter: Arc<Prefetch>,
         source: Option<std::thread::JoinHandle<Result<Vec<Iov>, String>>>,
@@ -811,6 +898,11 @@ mod tests {
 
     impl World {
         fn new(ranges: &[(u64, u32)], split: usize) -> World {
+            World::with_layout(ranges, split, Layout::Wide)
+        }
+
+        fn with_layout(ranges: &[(u64, u32)], split: usize, layout: Layout) -> World {
+            let hlen = layout.header_len();
             let dir = crate::inspect::test_support::TempDir::new("prefetch").unwrap();
             let entries: Vec<(u64, u32, u32)> =
                 ranges.iter().map(|&(a, n)| (a, n, PE_LAZY)).collect();
@@ -835,6 +927,7 @@ mod tests {
                 Arc::new(OwnedFd::from(ours)),
                 dir.path().to_path_buf(),
                 upstream,
+                layout,
                 PAGE,
                 16 * PAGE,
                 64 * PAGE,
@@ -845,11 +938,9 @@ mod tests {
                 let mut pending = Vec::new();
                 while let Ok(b) = source_rx.recv() {
                     pending.extend_from_slice(&b);
-                    while pending.len() >= page_server::HEADER {
-                        let mut h = [0u8; page_server::HEADER];
-                        h.copy_from_slice(&pending[..page_server::HEADER]);
-                        pending.drain(..page_server::HEADER);
-                        let q = Iov::decode(&h);
+                    while pending.len() >= hlen {
+                        let q = Iov::decode(&pending[..hlen], layout).unwrap();
+                        pending.drain(..hlen);
                         seen.push(q);
                         let mut answer = Vec::new();
                         if q.command() == page_server::IOV_FORCE_CLOSE {
@@ -861,7 +952,9 @@ mod tests {
                             };
                             // Clamped to the run, as CRIU's page_pipe_read does.
                             let n = q.nr_pages.min((r.1 - q.vaddr) / PAGE);
-                            answer.extend_from_slice(&Iov::pages(q.dst_id, q.vaddr, n).encode());
+                            answer.extend_from_slice(
+                                &Iov::pages(q.dst_id, q.vaddr, n).encode(layout)[..hlen],
+                            );
                             for i in 0..n {
                                 answer.extend_from_slice(&content(q.dst_id, q.vaddr + i * PAGE));
                             }
@@ -876,6 +969,7 @@ mod tests {
             let f = filter.clone();
             let relay = std::thread::spawn(move || f.run_outbound());
             World {
+                layout,
                 daemon,
                 filter,
                 source: Some(source),
@@ -886,14 +980,16 @@ mod tests {
         }
 
         fn ask(&mut self, q: &Iov) {
-            self.daemon.write_all(&q.encode()).unwrap();
+            self.daemon
+                .write_all(&q.encode(self.layout)[..self.layout.header_len()])
+                .unwrap();
         }
 
         /// Reads one answer and checks it carries `q`'s pages (all of them, or the first `n`).
         fn expect(&mut self, q: &Iov, n: u64) {
-            let mut h = [0u8; page_server::HEADER];
+            let mut h = vec![0u8; self.layout.header_len()];
             self.daemon.read_exact(&mut h).unwrap();
-            let a = Iov::decode(&h);
+            let a = Iov::decode(&h, self.layout).unwrap();
             assert_eq!(a, Iov::pages(q.dst_id, q.vaddr, n), "answer to {q:?}");
             for i in 0..n {
                 let mut p = vec![0u8; PAGE as usize];
@@ -933,8 +1029,13 @@ mod tests {
 
     #[test]
     fn a_sequential_walk_is_answered_from_read_ahead() {
-        for split in [PAGE as usize + 32, 1000, 7] {
-            let mut w = World::new(&[(BASE, 200), (BASE + 300 * PAGE, 10)], split);
+        for (split, layout) in [
+            (PAGE as usize + 32, Layout::Wide),
+            (1000, Layout::Narrow),
+            (7, Layout::Wide),
+            (PAGE as usize + 24, Layout::Narrow),
+        ] {
+            let mut w = World::with_layout(&[(BASE, 200), (BASE + 300 * PAGE, 10)], split, layout);
             for i in 0..200 {
                 let q = Iov::get(TASK, BASE + i * PAGE, 1);
                 w.ask(&q);
@@ -942,9 +1043,10 @@ mod tests {
             }
             let (seen, c) = w.finish();
             assert_eq!(c.asked, 200);
-            // The first two faults go to the source, then the read-ahead keeps ahead of the
-            // walk (16-page windows, the next asked at half).
+            // The first three faults go to the source, then the read-ahead keeps ahead of the
+            // walk (windows of 4, 8, 16 pages, the next asked at half).
             assert!(c.from_cache >= 190, "{c:?}");
+            assert!(c.from_cache + 3 + 4 >= 200, "{c:?}");
             let own: Vec<&Iov> = seen.iter().filter(|q| q.nr_pages > 1).collect();
             assert!(!own.is_empty());
             for q in &own {
@@ -962,17 +1064,20 @@ mod tests {
     #[test]
     fn random_faults_fetch_nothing_ahead() {
         let mut w = World::new(&[(BASE, 1000)], 4096);
-        for i in [5u64, 900, 17, 500, 3, 250, 999, 42] {
-            let q = Iov::get(TASK, BASE + i * PAGE, 1);
-            w.ask(&q);
-            w.expect(&q, 1);
+        // Random reads, each across a page boundary: two pages, then elsewhere.
+        for i in [5u64, 900, 17, 500, 300, 250, 998, 42] {
+            for p in [i, i + 1] {
+                let q = Iov::get(TASK, BASE + p * PAGE, 1);
+                w.ask(&q);
+                w.expect(&q, 1);
+            }
         }
         let (seen, c) = w.finish();
         assert_eq!((c.from_cache, c.prefetched), (0, 0), "{c:?}");
         assert_eq!(
             seen.len(),
-            9,
-            "8 faults and the close, nothing more: {seen:?}"
+            17,
+            "16 faults and the close, nothing more: {seen:?}"
         );
     }
 
@@ -1015,7 +1120,7 @@ mod tests {
         let c = Iov::get(TASK, BASE + 5 * PAGE, 1);
         let mut three = Vec::new();
         for q in [a, b, c] {
-            three.extend_from_slice(&q.encode());
+            three.extend_from_slice(&q.encode(Layout::Wide));
         }
         w.daemon.write_all(&three).unwrap();
         w.expect(&a, 1);
@@ -1052,13 +1157,14 @@ mod tests {
             Arc::new(OwnedFd::from(ours)),
             dir.path().to_path_buf(),
             Box::new(|_: &[u8]| Ok(())),
+            Layout::Wide,
             PAGE,
             16 * PAGE,
             64 * PAGE,
         );
         {
             let mut st = f.lock().unwrap();
-            for i in 0..2 {
+            for i in 0..3 {
                 f.question(&mut st, Iov::get(TASK, BASE + i * PAGE, 1))
                     .unwrap();
             }
@@ -1068,15 +1174,17 @@ mod tests {
                 st.wire
             );
         }
-        // Answers to the two faults...
-        for i in 0..2 {
-            let mut a = Iov::pages(TASK, BASE + i * PAGE, 1).encode().to_vec();
+        // Answers to the three faults...
+        for i in 0..3 {
+            let mut a = Iov::pages(TASK, BASE + i * PAGE, 1)
+                .encode(Layout::Wide)
+                .to_vec();
             a.extend_from_slice(&content(TASK, BASE + i * PAGE));
             f.put(&a).unwrap();
         }
         // ...then an answer to the read-ahead for another address.
         let e = f
-            .put(&Iov::pages(TASK, BASE + 50 * PAGE, 1).encode())
+            .put(&Iov::pages(TASK, BASE + 50 * PAGE, 1).encode(Layout::Wide))
             .unwrap_err();
         assert!(e.contains("read-ahead"), "{e}");
         // More data than anyone asked for.

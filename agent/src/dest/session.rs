@@ -268,6 +268,7 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         &mut job,
         lazy,
         prepare.pre_copy,
+        version,
     );
     match outcome {
         Ok(Outcome::Done(done)) => {
@@ -374,6 +375,7 @@ fn receive_and_restore(
     job: &mut Option<RuncRestore>,
     lazy: bool,
     pre_copy: bool,
+    criu_version: criu::Version,
 ) -> Result<Outcome> {
     // Page servers. Pre-copy: one per dump when the source asks (dest/precopy.rs). --lazy:
     // none, the memory comes after the resume (dest/lazy.rs). Else one now: CRIU forks it with
@@ -485,8 +487,9 @@ fn receive_and_restore(
     let mut prefetch = None;
     if lazy {
         let d = super::lazy::start(&cfg.criu, work)?;
-        let (relay, filter) = super::prefetch::start_relay(d.ps.clone(), work.path.clone(), conn)
-            .map_err(|e| wire(e, "page relay"))?;
+        let (relay, filter) =
+            super::prefetch::start_relay(d.ps.clone(), work.path.clone(), conn, criu_version)
+                .map_err(|e| wire(e, "page relay"))?;
         lazy_relay = Some(relay);
         prefetch = filter;
         lazy_daemon = Some(d);
