@@ -797,8 +797,47 @@ impl TempDir {
     }
 }
 
+/// The last `TAIL` bytes of every CRIU log (`*.log`) at most four levels under `dir`, printed
+/// when a test failed: CI's output then holds what CRIU said on both sides.
+fn print_criu_logs(dir: &Path) {
+    const TAIL: u64 = 6 * 1024;
+    fn walk(d: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            let p = e.path();
+            if t.is_dir() && depth > 0 {
+                walk(&p, depth - 1, out);
+            } else if t.is_file() && p.extension().is_some_and(|x| x == "log") {
+                out.push(p);
+            }
+        }
+    }
+    let mut logs = Vec::new();
+    walk(dir, 4, &mut logs);
+    logs.sort();
+    for p in logs {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&p) else {
+            continue;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
+        let mut text = String::new();
+        let _ = f.take(TAIL).read_to_string(&mut text);
+        eprintln!(
+            "haul-e2e: ---- last {} bytes of {} ----\n{text}",
+            text.len(),
+            p.display()
+        );
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_criu_logs(&self.path);
+        }
         if self.keep || std::env::var(KEEP_ENV).is_ok_and(|v| v == "1") {
             eprintln!("haul-e2e: keeping {}", self.path.display());
             return;

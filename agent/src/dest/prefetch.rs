@@ -1,21 +1,22 @@
 //! `--lazy` on the destination: read-ahead between CRIU's lazy-pages daemon and the source.
 //!
 //! The daemon asks for exactly the page a task faulted on (criu/uffd.c), and every question is a
-//! round trip to the source's page server (~0.4 ms here). A task walking its memory faults on
-//! page after page. haul sits on the daemon's page socket anyway (it relays it through the
-//! connection), so it reads the daemon's requests (`criu::page_server` headers): when a fault
-//! continues a run of pages the daemon asked for just before, haul asks the source for the
-//! next `PREFETCH_WINDOW` bytes of the same lazy range too, keeps the answer in a bounded cache
-//! (`PREFETCH_CACHE`), and answers the daemon's next faults there from memory. The source side
-//! is unchanged: it relays bytes to and from its CRIU, which answers haul's requests as the
-//! daemon's.
+//! round trip to the source's page server (~0.2-0.4 ms here). A task walking its memory faults
+//! on page after page. haul sits on the daemon's page socket anyway (it relays it through the
+//! connection), so it reads the daemon's questions (`criu::page_server` headers): when a fault
+//! continues a run of `RUN_TO_READ_AHEAD` pages asked one after the other, haul also asks the
+//! source for the pages after it (a window of a quarter of `PREFETCH_WINDOW`, doubling while
+//! the walk goes on), keeps the answers in a bounded cache (`PREFETCH_CACHE`) and answers the
+//! daemon's next faults from it. The source side is unchanged: it relays bytes to and from its
+//! CRIU, which answers haul's questions as it answers the daemon's.
 //!
 //! Rules that keep the daemon's protocol intact:
-//! - The daemon reads answers in the order it asked; haul keeps that order (`Ask` queue): an
-//!   answer from the cache waits behind earlier questions still on the wire.
-//! - The source's page server fails on an address it does not hold, so haul asks only for
-//!   addresses inside the task's lazy ranges (from `pagemap-<id>.img`, `criu::pagemap`).
-//! - Nothing is changed: a question the cache cannot fully answer goes to the source as asked.
+//! - The daemon reads answers in the order it asked. A question is answered from the cache only
+//!   if nothing of the daemon's is outstanding when it comes; questions after it are held until
+//!   it is answered, so no answer from the source can overtake it (`Ask`).
+//! - The source's page server fails on an address it does not hold, so haul asks only within
+//!   one lazy entry of the task's `pagemap-<id>.img` (`criu::pagemap`).
+//! - A question the cache cannot answer whole goes to the source unchanged.
 //!
 //! `HAUL_PREFETCH=off` (environment of `haul serve`) relays the daemon's socket as is.
 

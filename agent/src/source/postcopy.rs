@@ -170,6 +170,12 @@ pub fn finish(
             }
             Ok(Incoming::FileData(_)) => return Err(rollback("file data during restore".into())),
             Err(WireError::Timeout { .. }) if since.elapsed() < IDLE_TIMEOUT => {}
+            Err(WireError::Timeout { .. }) => {
+                return Err(rollback(format!(
+                    "the destination has not finished restoring after {} s",
+                    IDLE_TIMEOUT.as_secs()
+                )))
+            }
             Err(e) => {
                 return Err(rollback(format!(
                     "waiting for the destination to restore: {e}"
