@@ -746,13 +746,7 @@ fn lazy_answers_run(data: &[u8]) -> Option<Result<(), String>> {
     use crate::criu::page_server::{Iov, Layout};
     use crate::dest::prefetch::Prefetch;
     let (&mode, &piece) = (data.first()?, data.get(1)?);
-    let dir = scratch()?;
-    let images = dir.join("lazy");
-    std::fs::create_dir_all(&images).ok()?;
-    let pagemap = images.join(format!("pagemap-{LAZY_TASK}.img"));
-    if !pagemap.exists() {
-        std::fs::write(&pagemap, lazy_pagemap_seed()).ok()?;
-    }
+    let images = lazy_images()?.to_path_buf();
     let (ours, theirs) = crate::transfer::pages::socket_pair().ok()?;
     rustix::io::ioctl_fionbio(&theirs, true).ok()?;
     let layout = if mode & 1 == 1 {
@@ -795,6 +789,23 @@ fn lazy_answers_run(data: &[u8]) -> Option<Result<(), String>> {
     })
 }
 
+/// `<tmp>/haul-fuzz-lazy-<pid>/` holding `pagemap-<LAZY_TASK>.img` (`lazy_pagemap_seed`),
+/// made once per process.
+fn lazy_images() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("haul-fuzz-lazy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(
+            dir.join(format!("pagemap-{LAZY_TASK}.img")),
+            lazy_pagemap_seed(),
+        )
+        .ok()?;
+        Some(dir)
+    })
+    .as_deref()
+}
+
 /// A pagemap image with one lazy run of 64 pages at `LAZY_BASE` (and a run that is not lazy).
 fn lazy_pagemap_seed() -> Vec<u8> {
     use haul_proto::criu::{PagemapEntry, PagemapHead};
@@ -819,28 +830,55 @@ fn lazy_pagemap_seed() -> Vec<u8> {
     b
 }
 
-/// The source's answers to `faults` faults from `LAZY_BASE` and to the read-ahead they
-/// start (4 pages after the third), in `layout`.
+/// The source's answers to `faults` faults from `LAZY_BASE` and to the read-aheads they start,
+/// in `layout`: what a filter set up as `lazy_answers` does sent to the source, answered in
+/// order as CRIU's page server answers.
 fn lazy_answers_seed(wide: bool, faults: u64) -> Vec<u8> {
     use crate::criu::page_server::{Iov, Layout};
+    use crate::dest::prefetch::Prefetch;
+    use std::sync::{Arc, Mutex};
     let layout = if wide { Layout::Wide } else { Layout::Narrow };
+    let hlen = layout.header_len();
     let mut out = vec![u8::from(wide) | (faults as u8) << 1, 200];
-    let mut answer = |vaddr: u64, n: u64| {
+    let (Some(images), Ok((ours, _theirs))) =
+        (lazy_images(), crate::transfer::pages::socket_pair())
+    else {
+        return out;
+    };
+    let images = images.to_path_buf();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let log = sent.clone();
+    let f = Prefetch::with_sizes(
+        Arc::new(ours),
+        images,
+        Box::new(move |b: &[u8]| {
+            if let Ok(mut l) = log.lock() {
+                l.extend_from_slice(b);
+            }
+            Ok(())
+        }),
+        layout,
+        4096,
+        16 * 4096,
+        64 * 4096,
+    );
+    for i in 0..faults {
+        let _ = f.ask(Iov::get(LAZY_TASK, LAZY_BASE + i * 4096, 1));
+    }
+    let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();
+    for q in sent
+        .chunks_exact(hlen)
+        .filter_map(|h| Iov::decode(h, layout))
+    {
         out.extend_from_slice(
-            Iov::pages(LAZY_TASK, vaddr, n)
+            Iov::pages(q.dst_id, q.vaddr, q.nr_pages)
                 .encode(layout)
-                .get(..layout.header_len())
+                .get(..hlen)
                 .unwrap_or_default(),
         );
-        for i in 0..n * 4096 {
+        for i in 0..q.nr_pages * 4096 {
             out.push((i % 251) as u8);
         }
-    };
-    for i in 0..faults {
-        answer(LAZY_BASE + i * 4096, 1);
-    }
-    if faults >= 3 {
-        answer(LAZY_BASE + 3 * 4096, 4);
     }
     out
 }

@@ -505,8 +505,18 @@ impl Prefetch {
             self.send(st, &q)?;
             st.asks.push_back(Ask::Wire);
         }
+        let next = q.vaddr.saturating_add(self.page);
         if sequential && q.nr_pages == 1 {
-            self.read_ahead(st, q.dst_id, q.vaddr.saturating_add(self.page))?;
+            self.read_ahead(st, q.dst_id, next)?;
+        } else if get
+            && q.nr_pages == 1
+            && matches!(st.asks.back(), Some(Ask::Wire))
+            && !st.cache.has(q.dst_id, next)
+            && !on_the_way(&st.wire, q.dst_id, next, self.page)
+        {
+            // A lone fault sent to the source: its neighbour comes along (data that straddles
+            // a page boundary faults twice, one round trip each otherwise).
+            self.fetch(st, q.dst_id, next, self.page)?;
         }
         self.answer_ready(st)
     }
@@ -529,6 +539,21 @@ impl Prefetch {
                 size = last.saturating_mul(2).min(self.window);
             }
         }
+        if let Some(end) = self.fetch(st, dst, start, size)? {
+            st.ahead.insert(dst, (stream, end, size));
+        }
+        Ok(())
+    }
+
+    /// Asks the source for up to `size` bytes from `start`, cut at the end of the lazy entry
+    /// holding `start`, if the cache has room. Returns the end of what was asked for.
+    fn fetch(
+        &self,
+        st: &mut State,
+        dst: u64,
+        start: u64,
+        size: u64,
+    ) -> Result<Option<u64>, String> {
         let images = &self.images;
         let page = self.page;
         st.ranges.entry(dst).or_insert_with(|| {
@@ -537,17 +562,17 @@ impl Prefetch {
                 .ok()
         });
         let Some(Some(ranges)) = st.ranges.get(&dst) else {
-            return Ok(());
+            return Ok(None);
         };
         // Within one pagemap entry: the source's page server holds each as one run and would
         // answer a longer question short.
         let Some((_, range_end)) = pagemap::containing(ranges, start) else {
-            return Ok(());
+            return Ok(None);
         };
         let end = range_end.min(start.saturating_add(size));
         let n = (end - start) / self.page;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         // The pages the question at the head waits for stay.
         let head = match st.asks.front() {
@@ -568,7 +593,7 @@ impl Prefetch {
             .reserve(usize::try_from(n).unwrap_or(usize::MAX), keep, &mut counts);
         st.counts = counts;
         if !room {
-            return Ok(());
+            return Ok(None);
         }
         (self.upstream)(self.bytes(&Iov::get(dst, start, n)).as_slice())?;
         st.wire.push_back(Wire::Own {
@@ -577,8 +602,7 @@ impl Prefetch {
             pages: n,
         });
         st.counts.prefetched += n;
-        st.ahead.insert(dst, (stream, end, size));
-        Ok(())
+        Ok(Some(end))
     }
 
     /// Answers the daemon's questions at the head of the queue that the cache can answer now;
@@ -1063,9 +1087,10 @@ mod tests {
     }
 
     #[test]
-    fn random_faults_fetch_nothing_ahead() {
+    fn reads_across_page_boundaries_fetch_one_neighbour() {
         let mut w = World::new(&[(BASE, 1000)], 4096);
-        // Random reads, each across a page boundary: two pages, then elsewhere.
+        // Random reads, each across a page boundary: two pages, then elsewhere. The second
+        // page of each comes with the first; nothing more is fetched.
         for i in [5u64, 900, 17, 500, 300, 250, 998, 42] {
             for p in [i, i + 1] {
                 let q = Iov::get(TASK, BASE + p * PAGE, 1);
@@ -1074,12 +1099,25 @@ mod tests {
             }
         }
         let (seen, c) = w.finish();
-        assert_eq!((c.from_cache, c.prefetched), (0, 0), "{c:?}");
+        assert_eq!((c.from_cache, c.prefetched, c.unused), (8, 8, 0), "{c:?}");
         assert_eq!(
             seen.len(),
             17,
-            "16 faults and the close, nothing more: {seen:?}"
+            "8 faults, 8 neighbours and the close: {seen:?}"
         );
+    }
+
+    #[test]
+    fn a_lone_fault_at_the_end_of_a_run_fetches_nothing_more() {
+        let mut w = World::new(&[(BASE, 4), (BASE + 10 * PAGE, 4)], 4096);
+        for p in [3u64, 13] {
+            let q = Iov::get(TASK, BASE + p * PAGE, 1);
+            w.ask(&q);
+            w.expect(&q, 1);
+        }
+        let (seen, c) = w.finish();
+        assert_eq!(c.prefetched, 0, "{c:?}");
+        assert_eq!(seen.len(), 3, "{seen:?}");
     }
 
     #[test]
