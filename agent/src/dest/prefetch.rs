@@ -673,23 +673,50 @@ impl Prefetch {
     }
 
     /// The source's answers, as they arrive.
-    fn answers(&self, st: &mut State, mut bytes: &[u8]) -> Result<(), String> {
+    /// The source's answers, as they arrive. Pages for the daemon are written with the lock
+    /// released (the daemon may be slow to read; its next questions must still go out): no
+    /// other write to the daemon can come meanwhile, since its question at the head of the
+    /// queue is the one being answered.
+    fn answers(&self, mut bytes: &[u8]) -> Result<(), String> {
         while !bytes.is_empty() {
-            let (next, used) = self.advance(st, st.reply, bytes)?;
+            let mut st = self.lock()?;
+            if let Reply::ToDaemon { left } = st.reply {
+                if left > 0 {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                    st.reply = Reply::ToDaemon {
+                        left: left - take as u64,
+                    };
+                    drop(st);
+                    let (now, rest) = bytes.split_at(take);
+                    write_all(&self.daemon, now).map_err(daemon_gone)?;
+                    bytes = rest;
+                    let mut st = self.lock()?;
+                    self.finish_if_done(&mut st)?;
+                    continue;
+                }
+            }
+            let reply = st.reply;
+            let (next, used) = self.advance(&mut st, reply, bytes)?;
             st.reply = next;
             bytes = bytes.get(used..).unwrap_or_default();
-            let done = match st.reply {
-                Reply::ToDaemon { left } | Reply::ToCache { left, .. } => left == 0,
-                Reply::Status { have } => have == page_server::CLOSE_STATUS,
-                Reply::Header { .. } => false,
-            };
-            if done {
-                if let Some(Wire::Daemon | Wire::Close) = st.wire.pop_front() {
-                    st.asks.pop_front();
-                }
-                st.reply = NEXT_HEADER;
-                self.answer_ready(st)?;
+            self.finish_if_done(&mut st)?;
+        }
+        Ok(())
+    }
+
+    /// If the answer in progress is complete: its question is done, the next answer starts.
+    fn finish_if_done(&self, st: &mut State) -> Result<(), String> {
+        let done = match st.reply {
+            Reply::ToDaemon { left } | Reply::ToCache { left, .. } => left == 0,
+            Reply::Status { have } => have == page_server::CLOSE_STATUS,
+            Reply::Header { .. } => false,
+        };
+        if done {
+            if let Some(Wire::Daemon | Wire::Close) = st.wire.pop_front() {
+                st.asks.pop_front();
             }
+            st.reply = NEXT_HEADER;
+            self.answer_ready(st)?;
         }
         Ok(())
     }
@@ -818,8 +845,7 @@ impl Prefetch {
 
 impl PageSink for Prefetch {
     fn put(&self, bytes: &[u8]) -> Result<(), String> {
-        let mut st = self.lock()?;
-        let r = self.answers(&mut st, bytes);
+        let r = self.answers(bytes);
         if r.is_err() {
             let _ = rustix::net::shutdown(&*self.daemon, rustix::net::Shutdown::Both);
         }
@@ -1080,8 +1106,9 @@ mod tests {
                     "{q:?} leaves the run"
                 );
             }
-            // Only the pages of the run were fetched, each once: pages 2..200.
-            assert!(c.prefetched <= 198, "{c:?}");
+            // Only the pages of the run were fetched, each once: pages 1..200 (page 1 as the
+            // neighbour of the first fault).
+            assert!(c.prefetched <= 199, "{c:?}");
             assert_eq!(c.unused, c.prefetched - c.from_cache, "{c:?}");
         }
     }
