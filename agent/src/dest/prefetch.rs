@@ -11,9 +11,11 @@
 //! CRIU, which answers haul's questions as it answers the daemon's.
 //!
 //! Rules that keep the daemon's protocol intact:
-//! - The daemon reads answers in the order it asked. A question is answered from the cache only
-//!   if nothing of the daemon's is outstanding when it comes; questions after it are held until
-//!   it is answered, so no answer from the source can overtake it (`Ask`).
+//! - The daemon reads answers in the order it asked. A question the cache will answer waits
+//!   until the daemon's earlier questions to the source are answered; questions after it are
+//!   held until it is answered, so no answer from the source can overtake it (`Ask`).
+//! - A lone fault sent to the source brings its neighbour page along: data straddling a page
+//!   boundary faults twice, and the second fault then costs no round trip.
 //! - The source's page server fails on an address it does not hold, so haul asks only within
 //!   one lazy entry of the task's `pagemap-<id>.img` (`criu::pagemap`).
 //! - A question the cache cannot answer whole goes to the source unchanged.
@@ -67,10 +69,9 @@ enum Wire {
     Close,
 }
 
-/// A question of the daemon not answered yet, in the order asked. Order kept: a `Cache`
-/// question exists only at the head (it was asked when nothing else was outstanding) and the
-/// questions behind it are `Held` until it is answered, so no answer from the source can
-/// overtake it.
+/// A question of the daemon not answered yet, in the order asked. Order kept: questions
+/// behind a `Cache` question are `Held` until it is answered, so a `Wire` question never
+/// follows a `Cache` one and no answer from the source can overtake it.
 #[derive(Debug, Clone, Copy)]
 enum Ask {
     /// Sent to the source; its answer is the next one for the daemon on the wire.
@@ -499,7 +500,7 @@ impl Prefetch {
             .any(|a| matches!(a, Ask::Cache(_) | Ask::Held(_)));
         if behind_cache {
             st.asks.push_back(Ask::Held(q));
-        } else if get && st.asks.is_empty() && st.coming(&q, self.page) {
+        } else if get && st.coming(&q, self.page) {
             st.asks.push_back(Ask::Cache(q));
         } else {
             self.send(st, &q)?;
@@ -916,6 +917,7 @@ pub fn start_relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::criu::page_server::HEADER;
     use crate::criu::pagemap::{test_image, PE_LAZY};
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
@@ -1196,6 +1198,28 @@ mod tests {
         assert!(counts.from_cache >= 1, "{counts:?}");
     }
 
+    /// The daemon's usual order after a fault: a background chunk, then the task faults on
+    /// the neighbour page. The neighbour comes from the cache, after the chunk's answer.
+    #[test]
+    fn a_neighbour_waits_behind_the_daemon_s_earlier_question() {
+        let mut w = World::new(&[(BASE, 400)], 1500);
+        let p = Iov::get(TASK, BASE + 10 * PAGE, 1);
+        w.ask(&p);
+        w.expect(&p, 1);
+        let b = Iov::get(TASK, BASE + 200 * PAGE, 16);
+        let n = Iov::get(TASK, BASE + 11 * PAGE, 1);
+        let mut two = Vec::new();
+        for q in [b, n] {
+            two.extend_from_slice(&q.encode(Layout::Wide));
+        }
+        w.daemon.write_all(&two).unwrap();
+        w.expect(&b, 16);
+        w.expect(&n, 1);
+        let (seen, c) = w.finish();
+        assert_eq!((c.from_cache, c.prefetched, c.unused), (1, 1, 0), "{c:?}");
+        assert_eq!(seen.len(), 4, "fault, neighbour, chunk, close: {seen:?}");
+    }
+
     #[test]
     fn a_missing_pagemap_means_no_read_ahead() {
         let mut w = World::new(&[(BASE, 100)], 4096);
@@ -1219,33 +1243,42 @@ mod tests {
             test_image(&[(BASE, 100, PE_LAZY)]),
         )
         .unwrap();
+        let sent = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let log = sent.clone();
         let f = Prefetch::with_sizes(
             Arc::new(OwnedFd::from(ours)),
             dir.path().to_path_buf(),
-            Box::new(|_: &[u8]| Ok(())),
+            Box::new(move |b: &[u8]| {
+                log.lock().unwrap().extend_from_slice(b);
+                Ok(())
+            }),
             Layout::Wide,
             PAGE,
             16 * PAGE,
             64 * PAGE,
         );
-        {
-            let mut st = f.lock().unwrap();
-            for i in 0..3 {
-                f.question(&mut st, Iov::get(TASK, BASE + i * PAGE, 1))
-                    .unwrap();
-            }
-            assert!(
-                matches!(st.wire.back(), Some(Wire::Own { .. })),
-                "{:?}",
-                st.wire
-            );
-        }
-        // Answers to the three faults...
         for i in 0..3 {
-            let mut a = Iov::pages(TASK, BASE + i * PAGE, 1)
+            f.ask(Iov::get(TASK, BASE + i * PAGE, 1)).unwrap();
+        }
+        let asked: Vec<Iov> = sent
+            .lock()
+            .unwrap()
+            .chunks_exact(HEADER)
+            .map(|h| Iov::decode(h, Layout::Wide).unwrap())
+            .collect();
+        let (last, before) = asked.split_last().unwrap();
+        assert!(
+            last.nr_pages > 1,
+            "the walk put a read-ahead last: {asked:?}"
+        );
+        // Right answers to what came before...
+        for q in before {
+            let mut a = Iov::pages(TASK, q.vaddr, q.nr_pages)
                 .encode(Layout::Wide)
                 .to_vec();
-            a.extend_from_slice(&content(TASK, BASE + i * PAGE));
+            for i in 0..q.nr_pages {
+                a.extend_from_slice(&content(TASK, q.vaddr + i * PAGE));
+            }
             f.put(&a).unwrap();
         }
         // ...then an answer to the read-ahead for another address.
