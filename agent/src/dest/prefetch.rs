@@ -230,22 +230,25 @@ struct State {
 impl State {
     /// Whether every page of `q` is received.
     fn cached(&self, q: &Iov, page: u64) -> bool {
-        q.nr_pages > 0 && pages(q, page).all(|a| self.cache.has(q.dst_id, a))
+        self.fits(q) && pages(q, page).all(|a| self.cache.has(q.dst_id, a))
     }
 
     /// Whether every page of `q` is received or asked for by a read-ahead on the wire.
     fn coming(&self, q: &Iov, page: u64) -> bool {
-        q.nr_pages > 0
+        self.fits(q)
             && pages(q, page)
                 .all(|a| self.cache.has(q.dst_id, a) || on_the_way(&self.wire, q.dst_id, a, page))
     }
+
+    /// Whether `q` could be answered from the cache at all (1 to `cap` pages).
+    fn fits(&self, q: &Iov) -> bool {
+        q.nr_pages > 0 && usize::try_from(q.nr_pages).is_ok_and(|n| n <= self.cache.cap)
+    }
 }
 
-/// The pages of a question (at most `PREFETCH_CACHE` worth are ever looked at: a question
-/// longer than the cache is never answered from it).
+/// The pages of a question.
 fn pages(q: &Iov, page: u64) -> impl Iterator<Item = u64> + '_ {
-    let n = q.nr_pages.min(PREFETCH_CACHE / page.max(1) + 1);
-    (0..n).map(move |i| q.vaddr.wrapping_add(i.wrapping_mul(page)))
+    (0..q.nr_pages).map(move |i| q.vaddr.wrapping_add(i.wrapping_mul(page)))
 }
 
 /// Whether a read-ahead on the wire covers page `addr` of task `dst`.

@@ -143,6 +143,17 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             o.to
         )));
     }
+    if o.lazy {
+        let there = welcome.criu.as_ref().map(|v| criu::Version {
+            major: v.major,
+            minor: v.minor,
+            sublevel: v.sublevel,
+        });
+        if let Err(why) = super::postcopy::same_page_protocol(version, there) {
+            conn.close();
+            return Err(Error::setup(format!("--lazy: {why}; nothing was frozen")));
+        }
+    }
     let mut job = job;
     job.prepare.lazy = o.lazy;
 

@@ -19,7 +19,7 @@
 
 use super::connect::wire_to_error;
 use super::progress::phase;
-use crate::criu::{Event, Swrk};
+use crate::criu::{Event, Swrk, Version};
 use crate::error::{Error, Kind, Result};
 use crate::limits::IDLE_TIMEOUT;
 use crate::transfer::{mux, Conn, Incoming, WireError};
@@ -63,6 +63,22 @@ pub fn pipe_check() -> std::result::Result<String, String> {
          and this root lacks CAP_SYS_RESOURCE: run `sysctl -w fs.pipe-max-size=4194304` \
          (or add fs.pipe-max-size = 4194304 to /etc/sysctl.conf)"
     ))
+}
+
+/// The destination's lazy-pages daemon talks to this host's CRIU page server directly: both
+/// must use the same page-server header, which CRIU changed in 4.2 (`criu::page_server`).
+pub fn same_page_protocol(
+    here: Version,
+    there: Option<Version>,
+) -> std::result::Result<(), String> {
+    use crate::criu::page_server::Layout;
+    match there {
+        Some(t) if Layout::of(t) != Layout::of(here) => Err(format!(
+            "CRIU {here} here and CRIU {t} on the destination speak different page-server \
+             protocols (CRIU changed it in 4.2): use the same side of 4.2 on both hosts"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// CAP_SYS_RESOURCE (bit 24) in this process's effective set.
@@ -409,6 +425,23 @@ mod tests {
         );
         assert_eq!(lazy.pid, Some(42));
         assert_eq!(conf_text(11), "ps-socket 11\n");
+    }
+
+    #[test]
+    fn lazy_needs_both_criu_on_the_same_side_of_4_2() {
+        let v = |minor, sublevel| Version {
+            major: 4,
+            minor,
+            sublevel,
+        };
+        assert!(same_page_protocol(v(1, 1), Some(v(1, 0))).is_ok());
+        assert!(same_page_protocol(v(2, 0), Some(v(3, 1))).is_ok());
+        assert!(same_page_protocol(v(1, 1), None).is_ok());
+        let e = same_page_protocol(v(1, 1), Some(v(2, 0))).unwrap_err();
+        assert!(
+            e.contains("4.1.1 here") && e.contains("4.2 on the destination"),
+            "{e}"
+        );
     }
 
     #[test]
