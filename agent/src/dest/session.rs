@@ -580,9 +580,10 @@ fn receive_and_restore(
         if let Some(p) = prefetch {
             let c = p.counts();
             log::info!(
-                "read-ahead: {} of the lazy-pages daemon's {} requests answered from {} prefetched pages ({} unused)",
+                "read-ahead: {} of the lazy-pages daemon's {} requests answered here ({} pages); {} pages fetched ahead, {} unused",
                 c.from_cache,
                 c.asked,
+                c.pages_from_cache,
                 c.prefetched,
                 c.unused
             );
