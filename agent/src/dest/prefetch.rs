@@ -193,22 +193,6 @@ impl Cache {
         true
     }
 
-    /// Room for `n` more pages on the way, from free slots only.
-    fn reserve_free(&mut self, n: usize) -> bool {
-        if n > self.cap {
-            return false;
-        }
-        if self.buf.is_empty() {
-            self.buf = vec![0u8; self.cap * self.page];
-            self.free = (0..self.cap).rev().collect();
-        }
-        if self.free.len() < self.reserved + n {
-            return false;
-        }
-        self.reserved += n;
-        true
-    }
-
     /// A slot for a page of a read-ahead arriving (reserved before).
     fn slot_for(&mut self) -> Option<usize> {
         if self.reserved == 0 {
@@ -255,7 +239,8 @@ struct State {
     ahead: HashMap<u64, (u64, u64, u64)>,
     /// Per image id: where the background stream goes on (after the daemon's latest
     /// background question).
-    stream: HashMap<u64, u64>,
+    /// (where the daemon's latest background question started, where the stream goes on).
+    stream: HashMap<u64, (u64, u64)>,
     /// The daemon asked to close: nothing more goes to the source for the cache.
     closing: bool,
     counts: Counts,
@@ -542,9 +527,10 @@ impl Prefetch {
                 // A background question (the daemon's own sweep): the stream goes on after
                 // it, unless it is already further along inside it.
                 if q.nr_pages > 1 {
-                    let c = st.stream.entry(q.dst_id).or_insert(end);
-                    if *c < q.vaddr {
-                        *c = end;
+                    let c = st.stream.entry(q.dst_id).or_insert((q.vaddr, end));
+                    c.0 = q.vaddr;
+                    if c.1 < q.vaddr {
+                        c.1 = end;
                     }
                 }
             }
@@ -596,9 +582,13 @@ impl Prefetch {
                 if in_flight >= STREAM_IN_FLIGHT {
                     return Ok(());
                 }
-                let Some(&cursor) = st.stream.get(&dst) else {
+                let Some(&(from, cursor)) = st.stream.get(&dst) else {
                     break;
                 };
+                // At most half the cache ahead of the daemon: the rest stays for read-ahead.
+                if cursor.saturating_sub(from) / self.page >= (st.cache.cap / 2) as u64 {
+                    return Ok(());
+                }
                 self.load_ranges(st, dst);
                 let next = match st.ranges.get(&dst) {
                     Some(Some(r)) => r
@@ -613,7 +603,7 @@ impl Prefetch {
                 };
                 match self.fetch(st, dst, start, STREAM_CHUNK, true)? {
                     Some(end) => {
-                        st.stream.insert(dst, end);
+                        st.stream.insert(dst, (from, end));
                     }
                     None => return Ok(()),
                 }
@@ -681,28 +671,25 @@ impl Prefetch {
         if n == 0 {
             return Ok(None);
         }
-        // The pages the question at the head waits for stay.
+        // The pages the question at the head waits for stay, and the stream's pages ahead of
+        // the daemon's sweep; older pages nobody asked for make room.
         let head = match st.asks.front() {
             Some(Ask::Cache(q)) => Some(*q),
             _ => None,
         };
         let page = self.page;
+        let streams: Vec<(u64, u64, u64)> =
+            st.stream.iter().map(|(&d, &(f, c))| (d, f, c)).collect();
         let keep = move |d: u64, a: u64| {
             head.is_some_and(|q| {
                 q.dst_id == d
                     && q.vaddr <= a
                     && a < q.vaddr.saturating_add(q.nr_pages.saturating_mul(page))
-            })
+            }) || streams.iter().any(|&(sd, f, c)| sd == d && f <= a && a < c)
         };
         let n_pages = usize::try_from(n).unwrap_or(usize::MAX);
         let mut counts = st.counts;
-        // The stream only takes free room: what it fetched earlier is what the daemon asks for
-        // next, evicting it would undo the stream.
-        let room = if stream {
-            st.cache.reserve_free(n_pages)
-        } else {
-            st.cache.reserve(n_pages, keep, &mut counts)
-        };
+        let room = st.cache.reserve(n_pages, keep, &mut counts);
         st.counts = counts;
         if !room {
             return Ok(None);
