@@ -7,8 +7,11 @@
 //! continues a run of `RUN_TO_READ_AHEAD` pages asked one after the other, haul also asks the
 //! source for the pages after it (a window of a quarter of `PREFETCH_WINDOW`, doubling while
 //! the walk goes on), keeps the answers in a bounded cache (`PREFETCH_CACHE`) and answers the
-//! daemon's next faults from it. The source side is unchanged: it relays bytes to and from its
-//! CRIU, which answers haul's questions as it answers the daemon's.
+//! daemon's next faults from it. Once the daemon starts its background sweep (questions of 16
+//! pages and more, lowest address first), haul streams ahead of it (`STREAM_CHUNK`s, at most
+//! half the cache ahead) and answers the sweep from the cache, shortened to what is there. The
+//! source side is unchanged: it relays bytes to and from its CRIU, which answers haul's
+//! questions as it answers the daemon's.
 //!
 //! Rules that keep the daemon's protocol intact:
 //! - The daemon reads answers in the order it asked. A question the cache will answer waits
