@@ -734,7 +734,8 @@ const LAZY_BASE: u64 = 0x7f00_0000_0000;
 /// read-ahead filter on the destination (`dest::prefetch`). Byte 0: bit 0 picks the header
 /// layout (1: CRIU 4.2's 32 bytes, 0: 24 bytes), bits 1-4 how many consecutive single-page
 /// faults the daemon asked first, from the start of a 64-page lazy run (3 or more put a
-/// read-ahead on the wire). Byte 1: the size of the pieces the rest arrives in (1-256). The
+/// read-ahead on the wire), bit 5 a background question of 16 pages after them (it starts
+/// the background stream). Byte 1: the size of the pieces the rest arrives in (1-256). The
 /// rest: what the source sends. Whatever it is, the filter keeps its cache within bounds and
 /// every question of the daemon accounted for, and a wrong answer is an error, not a panic.
 pub fn lazy_answers(data: &[u8]) {
@@ -743,7 +744,7 @@ pub fn lazy_answers(data: &[u8]) {
 
 /// `lazy_answers`, telling whether the filter took all the source's bytes (None: not run).
 fn lazy_answers_run(data: &[u8]) -> Option<Result<(), String>> {
-    use crate::criu::page_server::{Iov, Layout};
+    use crate::criu::page_server::Layout;
     use crate::dest::prefetch::Prefetch;
     let (&mode, &piece) = (data.first()?, data.get(1)?);
     let images = lazy_images()?.to_path_buf();
@@ -767,9 +768,7 @@ fn lazy_answers_run(data: &[u8]) -> Option<Result<(), String>> {
         let mut buf = [0u8; 65536];
         while matches!(rustix::io::read(&theirs, &mut buf), Ok(n) if n > 0) {}
     };
-    for i in 0..u64::from(mode >> 1 & 0xf) {
-        f.ask(Iov::get(LAZY_TASK, LAZY_BASE + i * 4096, 1)).ok()?;
-    }
+    lazy_questions(mode, |q| f.ask(q)).ok()?;
     let piece = usize::from(piece).max(1);
     for chunk in data.get(2..).unwrap_or_default().chunks(piece) {
         use crate::transfer::mux::PageSink;
@@ -806,6 +805,21 @@ fn lazy_images() -> Option<&'static Path> {
     .as_deref()
 }
 
+/// The daemon's questions of `lazy_answers` (mode byte: see there).
+fn lazy_questions(
+    mode: u8,
+    mut ask: impl FnMut(crate::criu::page_server::Iov) -> Result<(), String>,
+) -> Result<(), String> {
+    use crate::criu::page_server::Iov;
+    for i in 0..u64::from(mode >> 1 & 0xf) {
+        ask(Iov::get(LAZY_TASK, LAZY_BASE + i * 4096, 1))?;
+    }
+    if mode & 0x20 != 0 {
+        ask(Iov::get(LAZY_TASK, LAZY_BASE + 32 * 4096, 16))?;
+    }
+    Ok(())
+}
+
 /// A pagemap image with one lazy run of 64 pages at `LAZY_BASE` (and a run that is not lazy).
 fn lazy_pagemap_seed() -> Vec<u8> {
     use haul_proto::criu::{PagemapEntry, PagemapHead};
@@ -833,13 +847,14 @@ fn lazy_pagemap_seed() -> Vec<u8> {
 /// The source's answers to `faults` faults from `LAZY_BASE` and to the read-aheads they start,
 /// in `layout`: what a filter set up as `lazy_answers` does sent to the source, answered in
 /// order as CRIU's page server answers.
-fn lazy_answers_seed(wide: bool, faults: u64) -> Vec<u8> {
+fn lazy_answers_seed(wide: bool, faults: u64, background: bool) -> Vec<u8> {
     use crate::criu::page_server::{Iov, Layout};
     use crate::dest::prefetch::Prefetch;
     use std::sync::{Arc, Mutex};
     let layout = if wide { Layout::Wide } else { Layout::Narrow };
     let hlen = layout.header_len();
-    let mut out = vec![u8::from(wide) | (faults as u8) << 1, 200];
+    let mode = u8::from(wide) | (faults as u8) << 1 | u8::from(background) << 5;
+    let mut out = vec![mode, 200];
     let (Some(images), Ok((ours, _theirs))) =
         (lazy_images(), crate::transfer::pages::socket_pair())
     else {
@@ -862,9 +877,7 @@ fn lazy_answers_seed(wide: bool, faults: u64) -> Vec<u8> {
         16 * 4096,
         64 * 4096,
     );
-    for i in 0..faults {
-        let _ = f.ask(Iov::get(LAZY_TASK, LAZY_BASE + i * 4096, 1));
-    }
+    let _ = lazy_questions(mode, |q| f.ask(q));
     let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();
     for q in sent
         .chunks_exact(hlen)
@@ -1380,17 +1393,22 @@ pub fn seeds(fixtures: &Path) -> Result<Vec<Seed>, String> {
     out.push(seed(
         "lazy_answers",
         "wide-read-ahead",
-        lazy_answers_seed(true, 3),
+        lazy_answers_seed(true, 3, false),
     ));
     out.push(seed(
         "lazy_answers",
         "narrow-read-ahead",
-        lazy_answers_seed(false, 3),
+        lazy_answers_seed(false, 3, false),
     ));
     out.push(seed(
         "lazy_answers",
         "one-fault",
-        lazy_answers_seed(true, 1),
+        lazy_answers_seed(true, 1, false),
+    ));
+    out.push(seed(
+        "lazy_answers",
+        "background-stream",
+        lazy_answers_seed(true, 0, true),
     ));
 
     Ok(out)
@@ -1495,7 +1513,12 @@ mod tests {
                 .bytes
         };
         // The post-copy seeds are taken whole, read-ahead answers included.
-        for n in ["wide-read-ahead", "narrow-read-ahead", "one-fault"] {
+        for n in [
+            "wide-read-ahead",
+            "narrow-read-ahead",
+            "one-fault",
+            "background-stream",
+        ] {
             assert_eq!(
                 lazy_answers_run(get("lazy_answers", n)),
                 Some(Ok(())),
