@@ -51,7 +51,13 @@ pub fn spawn_outbound(
                         )))
                     }
                 };
+                // Counted before the send: the peer's answer to these bytes (a page server's
+                // close status) may reach CRIU, and CRIU's answer the orchestrator, before this
+                // thread runs again; a count taken then must include them (pre-copy's bytes
+                // per iteration).
+                counter.pages_out.fetch_add(n as u64, Ordering::SeqCst);
                 if let Err(e) = send_frame_buf(&tx, Kind::PageData, &mut frame, n) {
+                    counter.pages_out.fetch_sub(n as u64, Ordering::SeqCst);
                     // The peer is gone: make the local CRIU's writes fail instead of block, so
                     // a dump fails (and its tasks resume) and a page server exits.
                     let _ = rustix::net::shutdown(&*sock, rustix::net::Shutdown::Both);
@@ -59,7 +65,6 @@ pub fn spawn_outbound(
                 }
                 total += n as u64;
                 frames += 1;
-                counter.pages_out.fetch_add(n as u64, Ordering::Relaxed);
             }
             send_frame(&tx, Kind::PageEof, &[])?;
             log::debug!("page relay: {total} bytes in {frames} frames");
