@@ -155,7 +155,8 @@ fn initiate(key: &Key, ephemeral: Option<&[u8; 32]>) -> Option<(Vec<u8>, snow::H
     Some((bytes, hs))
 }
 
-/// `frames`: the first byte picks how the rest reaches a `RecvHalf`:
+/// `frames`: the first byte picks the cipher (bit 7: AEGIS-128L where the CPU runs it, else
+/// ChaCha20-Poly1305) and, with its low 7 bits, how the rest reaches a `RecvHalf`:
 /// - `0 mod 3`: as the wire bytes of a plaintext (`--insecure`) connection;
 /// - `1 mod 3`: as the wire bytes of an encrypted connection (forgeries: nothing may decrypt);
 /// - `2 mod 3`: as `[u16 length][plaintext]` records, each encrypted into one frame by the peer's
@@ -164,21 +165,31 @@ pub fn frames(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    match mode % 3 {
+    // Bit 7 picks the cipher: AEGIS-128L where the CPU has AES instructions.
+    let cipher = if mode & 0x80 != 0 && haul_seal::aegis_available() {
+        haul_seal::Cipher::Aegis128L
+    } else {
+        haul_seal::Cipher::ChaCha20Poly1305
+    };
+    let key = |k: &[u8; 32]| FrameKey::for_session(cipher, k);
+    match (mode & 0x7f) % 3 {
         0 => {
             read_frames(RecvHalf::new(rest, None, 0));
         }
         1 => {
-            if let Some(k) = session() {
-                let n = read_frames(RecvHalf::new(rest, Some(FrameKey::new(&k)), 0));
+            if let Some(k) = session().as_ref().and_then(key) {
+                let n = read_frames(RecvHalf::new(rest, Some(k), 0));
                 // Without the session's keys nothing authenticates.
                 assert_eq!(n, 0, "a forged frame decrypted");
             }
         }
         _ => {
-            if let Some(k) = session() {
-                let wire = seal(&FrameKey::new(&k), rest);
-                read_frames(RecvHalf::new(&wire[..], Some(FrameKey::new(&k)), 0));
+            if let (Some(tx), Some(rx)) = (
+                session().as_ref().and_then(key),
+                session().as_ref().and_then(key),
+            ) {
+                let wire = seal(&tx, rest);
+                read_frames(RecvHalf::new(&wire[..], Some(rx), 0));
             }
         }
     }

@@ -496,9 +496,14 @@ fn local(s: &TcpStream) -> String {
     s.local_addr().unwrap().to_string()
 }
 
-fn preamble(version: u16, secure: u8) -> [u8; 8] {
+/// A preamble of this protocol version, offering no cipher beyond ChaCha20-Poly1305.
+fn preamble(secure: u8) -> [u8; 8] {
+    preamble_of(haul::transfer::PROTOCOL_VERSION, secure, 0)
+}
+
+fn preamble_of(version: u16, secure: u8, offers: u8) -> [u8; 8] {
     let v = version.to_be_bytes();
-    [b'H', b'A', b'U', b'L', v[0], v[1], secure, 0]
+    [b'H', b'A', b'U', b'L', v[0], v[1], secure, offers]
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -522,12 +527,12 @@ fn garbage_truncated_or_foreign_handshakes_are_refused() {
     type Raw = (&'static str, Vec<u8>, &'static str);
     let mut random = random_bytes(256);
     random[0] = 0xff; // never "HAUL"
-    let mut long_noise = preamble(1, 1).to_vec();
+    let mut long_noise = preamble(1).to_vec();
     long_noise.extend_from_slice(&1000u32.to_be_bytes());
-    let mut short_noise = preamble(1, 1).to_vec();
+    let mut short_noise = preamble(1).to_vec();
     short_noise.extend_from_slice(&48u32.to_be_bytes());
     short_noise.extend_from_slice(&[7u8; 20]);
-    let mut garbage_noise = preamble(1, 1).to_vec();
+    let mut garbage_noise = preamble(1).to_vec();
     garbage_noise.extend_from_slice(&48u32.to_be_bytes());
     garbage_noise.extend_from_slice(&random_bytes(48));
     let cases: Vec<Raw> = vec![
@@ -544,17 +549,22 @@ fn garbage_truncated_or_foreign_handshakes_are_refused() {
         ),
         (
             "other protocol version",
-            preamble(2, 1).to_vec(),
-            "peer speaks haul protocol 2",
+            preamble_of(99, 1, 0).to_vec(),
+            "peer speaks haul protocol 99",
         ),
         (
             "plaintext mode against a key",
-            preamble(1, 0).to_vec(),
+            preamble(0).to_vec(),
             "peer runs with no key (--insecure)",
         ),
         (
             "bad mode byte",
-            preamble(1, 7).to_vec(),
+            preamble(7).to_vec(),
+            "not a haul agent (bad preamble)",
+        ),
+        (
+            "unknown cipher offer",
+            preamble_of(haul::transfer::PROTOCOL_VERSION, 1, 0x82).to_vec(),
             "not a haul agent (bad preamble)",
         ),
         (
@@ -1491,7 +1501,7 @@ fn stalled_handshakes_are_closed_after_the_timeout() {
     let t = Instant::now();
     let mut silent = srv.tcp();
     let mut after_preamble = srv.tcp();
-    after_preamble.write_all(&preamble(1, 1)).unwrap();
+    after_preamble.write_all(&preamble(1)).unwrap();
     let mut no_hello = srv.peer();
     let limit = HANDSHAKE_TIMEOUT + TIMEOUT_SLACK;
     let (a, b) = (local(&silent), local(&after_preamble));
@@ -1546,7 +1556,7 @@ fn slow_drip_handshake_is_closed_after_the_timeout() {
     let limit = HANDSHAKE_TIMEOUT + TIMEOUT_SLACK;
     let mut s = srv.tcp();
     let peer = local(&s);
-    let mut bytes = preamble(1, 1).to_vec();
+    let mut bytes = preamble(1).to_vec();
     bytes.extend_from_slice(&48u32.to_be_bytes());
     bytes.extend_from_slice(&[0u8; 48]);
     let mut closed_after = None;
@@ -1657,7 +1667,7 @@ fn slow_handshakes_do_not_lock_out_a_good_source() {
             let mut s = srv.tcp();
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut bytes = preamble(1, 1).to_vec();
+                let mut bytes = preamble(1).to_vec();
                 bytes.extend_from_slice(&48u32.to_be_bytes());
                 bytes.extend_from_slice(&[0u8; 48]);
                 for b in bytes {

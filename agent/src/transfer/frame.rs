@@ -1,5 +1,5 @@
-//! Frames: `[u32 big-endian length][body]`, the body encrypted with the session's
-//! ChaCha20-Poly1305 keys (or plain with `--insecure`). A decrypted body is `[kind][payload]`;
+//! Frames: `[u32 big-endian length][body]`, the body encrypted with the session's keys
+//! (AEGIS-128L or ChaCha20-Poly1305, as the handshake agreed; plain with `--insecure`). A decrypted body is `[kind][payload]`;
 //! an encrypted one is `[kind][payload]` sealed, then the 16-byte tag.
 //! The length is checked against `FRAME_MAX` before anything is allocated or read.
 
@@ -44,7 +44,8 @@ const HEADER: usize = 4;
 const _: () = assert!(FRAME_TAG == haul_seal::TAG_LEN);
 
 /// One direction's key of a session (see `haul_seal`: frames are sealed and opened in place,
-/// byte for byte Noise's transport messages, without snow's copy of every frame).
+/// without snow's copy of every frame; with ChaCha20-Poly1305 byte for byte Noise's transport
+/// messages).
 pub type FrameKey = SealKey;
 
 fn seal_error(e: SealError) -> WireError {
@@ -187,6 +188,11 @@ impl SendHalf {
         Ok(())
     }
 
+    /// The cipher sealing the frames (`None`: plaintext).
+    pub fn cipher(&self) -> Option<haul_seal::Cipher> {
+        self.out.key.as_ref().map(FrameKey::cipher)
+    }
+
     /// Closes the sending direction (the peer reads EOF after the last frame).
     pub fn shutdown(&self) {
         let _ = self.out.stream.shutdown(std::net::Shutdown::Write);
@@ -195,6 +201,13 @@ impl SendHalf {
     /// Closes both directions: the peer reads EOF, and a read blocked on this socket returns.
     pub fn shutdown_both(&self) {
         let _ = self.out.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl<S> RecvHalf<S> {
+    /// The cipher opening the frames (`None`: plaintext).
+    pub fn cipher(&self) -> Option<haul_seal::Cipher> {
+        self.key.as_ref().map(FrameKey::cipher)
     }
 }
 

@@ -2,15 +2,20 @@
 //! BLAKE2s) mixing the pre-shared key.
 //!
 //! Preamble: `b"HAUL"`, protocol version (u16 big-endian), security mode (1 = Noise with key,
-//! 0 = plaintext), a zero byte. The destination always answers with its own preamble, so a
-//! source facing another version or mode is told which; both preambles are the Noise prologue,
-//! so they are authenticated too. NNpsk0 gives mutual authentication (only holders of the key
-//! complete it) and forward secrecy (fresh ephemeral keys per connection). Nothing the peer sends
-//! beyond the fixed preamble is parsed before the first Noise message authenticates.
+//! 0 = plaintext), then the ciphers this side offers for the frames beyond ChaCha20-Poly1305
+//! (bit 0: AEGIS-128L, offered where the CPU has AES instructions; other bits must be zero).
+//! The destination always answers with its own preamble, so a source facing another version or
+//! mode is told which; both preambles are the Noise prologue, so they are authenticated too (a
+//! man in the middle cannot strip an offer). The frames use AEGIS-128L when both sides offer
+//! it, else ChaCha20-Poly1305 (`haul_seal`); `HAUL_CIPHER=chacha20-poly1305` in either side's
+//! environment withholds the offer. NNpsk0 gives mutual authentication (only holders of the
+//! key complete it) and forward secrecy (fresh ephemeral keys per connection). Nothing the peer
+//! sends beyond the fixed preamble is parsed before the first Noise message authenticates.
 
 use super::frame::{FrameKey, RecvHalf, SendHalf};
 use super::{Key, WireError, PROTOCOL_VERSION};
 use crate::limits::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEPALIVE_IDLE, TCP_USER_TIMEOUT};
+use haul_seal::Cipher;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -20,7 +25,32 @@ const MAGIC: &[u8; 4] = b"HAUL";
 /// A Noise handshake message of NNpsk0 is at most 32 + 16 + payload bytes; haul sends no payload.
 pub(crate) const HANDSHAKE_MSG_MAX: usize = 128;
 
+/// Preamble bit: this side can seal frames with AEGIS-128L.
+const OFFER_AEGIS: u8 = 1;
+
+/// The environment variable that picks the frame cipher: `chacha20-poly1305` withholds the
+/// AEGIS-128L offer (for comparisons, or a CPU whose AES instructions are suspect); `auto` or
+/// unset offers what the CPU runs fast.
+pub const CIPHER_ENV: &str = "HAUL_CIPHER";
+
+/// The ciphers this side offers, as preamble bits.
+pub(crate) fn offers() -> u8 {
+    let forced_chacha = std::env::var(CIPHER_ENV)
+        .map(|v| v.eq_ignore_ascii_case("chacha20-poly1305"))
+        .unwrap_or(false);
+    if haul_seal::aegis_available() && !forced_chacha {
+        OFFER_AEGIS
+    } else {
+        0
+    }
+}
+
 pub(crate) fn preamble(secure: bool) -> [u8; 8] {
+    preamble_offering(secure, offers())
+}
+
+/// The preamble with the cipher offers `offers` (only sent with a key).
+fn preamble_offering(secure: bool, offers: u8) -> [u8; 8] {
     let v = PROTOCOL_VERSION.to_be_bytes();
     [
         MAGIC[0],
@@ -30,17 +60,27 @@ pub(crate) fn preamble(secure: bool) -> [u8; 8] {
         v[0],
         v[1],
         u8::from(secure),
-        0,
+        if secure { offers } else { 0 },
     ]
 }
 
-fn describe(p: &[u8; 8]) -> Result<(u16, bool), WireError> {
-    if &p[..4] != MAGIC || p[7] != 0 || p[6] > 1 {
+/// What a preamble says: (protocol version, keyed, offered ciphers).
+fn describe(p: &[u8; 8]) -> Result<(u16, bool, u8), WireError> {
+    if &p[..4] != MAGIC || p[7] & !OFFER_AEGIS != 0 || p[6] > 1 {
         return Err(WireError::Preamble(
             "the peer is not a haul agent (bad preamble)".into(),
         ));
     }
-    Ok((u16::from_be_bytes([p[4], p[5]]), p[6] == 1))
+    Ok((u16::from_be_bytes([p[4], p[5]]), p[6] == 1, p[7]))
+}
+
+/// The frames' cipher for two preambles: AEGIS-128L when both offer it.
+pub(crate) fn agreed_cipher(ours: &[u8; 8], theirs: &[u8; 8]) -> Cipher {
+    if ours[7] & theirs[7] & OFFER_AEGIS != 0 {
+        Cipher::Aegis128L
+    } else {
+        Cipher::ChaCha20Poly1305
+    }
 }
 
 fn mode(secure: bool) -> &'static str {
@@ -129,15 +169,24 @@ pub(crate) fn builder<'a>(
 
 /// The session's two keys, (sending, receiving), once the handshake is complete. Noise's split
 /// gives the initiator's sending key first; the responder sends with the second.
-fn session_keys(mut hs: snow::HandshakeState) -> Result<Option<(FrameKey, FrameKey)>, WireError> {
+fn session_keys(
+    mut hs: snow::HandshakeState,
+    cipher: Cipher,
+) -> Result<Option<(FrameKey, FrameKey)>, WireError> {
     if !hs.is_handshake_finished() {
         return Err(WireError::Auth("noise: handshake not finished".into()));
     }
     let (first, second) = hs.dangerously_get_raw_split();
+    let key = |k: &[u8; 32]| {
+        FrameKey::for_session(cipher, k).ok_or_else(|| {
+            WireError::Auth(format!("{} is not available on this CPU", cipher.name()))
+        })
+    };
+    log::debug!("frames are sealed with {}", cipher.name());
     Ok(Some(if hs.is_initiator() {
-        (FrameKey::new(&first), FrameKey::new(&second))
+        (key(&first)?, key(&second)?)
     } else {
-        (FrameKey::new(&second), FrameKey::new(&first))
+        (key(&second)?, key(&first)?)
     }))
 }
 
@@ -184,9 +233,14 @@ fn halves(
 }
 
 /// Source side (Noise initiator). `key = None` is plaintext and needs `--insecure`.
-pub fn connect(
+pub fn connect(stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, RecvHalf), WireError> {
+    connect_offering(stream, key, offers())
+}
+
+fn connect_offering(
     mut stream: TcpStream,
     key: Option<&Key>,
+    offers: u8,
 ) -> Result<(SendHalf, RecvHalf), WireError> {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     stream
@@ -195,13 +249,13 @@ pub fn connect(
             op: "set timeout",
             err,
         })?;
-    let ours = preamble(key.is_some());
+    let ours = preamble_offering(key.is_some(), offers);
     stream
         .write_all(&ours)
         .map_err(|err| WireError::Io { op: "write", err })?;
     let mut theirs = [0u8; 8];
     read_by(&mut stream, &mut theirs, deadline).map_err(io_err("the protocol preamble"))?;
-    let (version, secure) = describe(&theirs)?;
+    let (version, secure, _) = describe(&theirs)?;
     if version != PROTOCOL_VERSION {
         return Err(WireError::Preamble(format!(
             "the destination speaks haul protocol {version}, this haul speaks {PROTOCOL_VERSION}: install the same haul version on both hosts"
@@ -242,7 +296,13 @@ pub fn connect(
     hs.read_message(msg, &mut payload).map_err(|_| {
         WireError::Auth("the destination failed authentication: the keys differ".into())
     })?;
-    halves(stream, session_keys(hs)?, Some(IDLE_TIMEOUT), IDLE_TIMEOUT)
+    let cipher = agreed_cipher(&ours, &theirs);
+    halves(
+        stream,
+        session_keys(hs, cipher)?,
+        Some(IDLE_TIMEOUT),
+        IDLE_TIMEOUT,
+    )
 }
 
 /// Destination side (Noise responder). The whole handshake must finish within
@@ -277,7 +337,7 @@ pub fn respond(
     // Answer before judging, so the source can say what differs.
     s.write_all(&ours)
         .map_err(|err| WireError::Io { op: "write", err })?;
-    let (version, secure) = describe(&theirs)?;
+    let (version, secure, _) = describe(&theirs)?;
     if version != PROTOCOL_VERSION {
         return Err(WireError::Preamble(format!(
             "peer speaks haul protocol {version}, this haul speaks {PROTOCOL_VERSION}"
@@ -310,7 +370,7 @@ pub fn respond(
         .write_message(&[], &mut out)
         .map_err(|e| WireError::Auth(format!("noise: {e}")))?;
     write_msg(s, out.get(..n).unwrap_or_default())?;
-    session_keys(hs)
+    session_keys(hs, agreed_cipher(&ours, &theirs))
 }
 
 #[cfg(test)]
@@ -330,6 +390,58 @@ mod tests {
         });
         let c = connect(TcpStream::connect(addr).unwrap(), client_key.as_ref());
         (c, server.join().unwrap())
+    }
+
+    /// AEGIS-128L only when both preambles offer it; unknown offer bits are no haul preamble.
+    #[test]
+    fn the_cipher_is_aegis_only_when_both_offer_it() {
+        let p = |offers| preamble_offering(true, offers);
+        assert_eq!(agreed_cipher(&p(1), &p(1)), Cipher::Aegis128L);
+        for (a, b) in [(0, 1), (1, 0), (0, 0)] {
+            assert_eq!(agreed_cipher(&p(a), &p(b)), Cipher::ChaCha20Poly1305);
+        }
+        assert_eq!(preamble_offering(false, 1)[7], 0, "no offers without a key");
+        assert_eq!(describe(&p(1)).unwrap(), (PROTOCOL_VERSION, true, 1));
+        for bad in [2u8, 0x80, 0xff] {
+            assert!(matches!(describe(&p(bad)), Err(WireError::Preamble(_))));
+        }
+    }
+
+    /// A real pair picks AEGIS-128L on a CPU with AES instructions, ChaCha20-Poly1305 when the
+    /// source withholds the offer (`HAUL_CIPHER=chacha20-poly1305`), and frames cross either way.
+    #[test]
+    fn both_sides_agree_on_the_cipher_and_frames_cross() {
+        let k = Key::generate().unwrap();
+        let want = if haul_seal::aegis_available() {
+            Cipher::Aegis128L
+        } else {
+            Cipher::ChaCha20Poly1305
+        };
+        for (offers, cipher) in [(offers(), want), (0, Cipher::ChaCha20Poly1305)] {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let sk = k.clone();
+            let server = std::thread::spawn(move || {
+                let (s, _) = l.accept().unwrap();
+                accept(s, Some(&sk), IDLE_TIMEOUT)
+            });
+            let (mut ctx, mut crx) =
+                connect_offering(TcpStream::connect(addr).unwrap(), Some(&k), offers).unwrap();
+            let (mut stx, mut srx) = server.join().unwrap().unwrap();
+            for half in [ctx.cipher(), crx.cipher(), stx.cipher(), srx.cipher()] {
+                assert_eq!(half, Some(cipher));
+            }
+            let big: Vec<u8> = (0..super::super::frame::PAYLOAD_MAX)
+                .map(|i| i as u8)
+                .collect();
+            for _ in 0..3 {
+                ctx.send(Kind::PageData, &big).unwrap();
+                let (kind, p) = srx.recv("test").unwrap();
+                assert_eq!((kind, p), (Kind::PageData, &big[..]));
+                stx.send(Kind::Control, b"ack").unwrap();
+                assert_eq!(crx.recv("test").unwrap().1, b"ack");
+            }
+        }
     }
 
     #[test]

@@ -17,4 +17,4 @@ pub use key::Key;
 pub use mux::{Conn, Incoming};
 
 /// Version of haul's wire protocol; both sides must speak the same.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
