@@ -203,6 +203,12 @@ pub enum MigrateWhat {
             memory is split between the hosts: if the connection or either CRIU fails before the\n\
             last page is across, both copies are stopped and the container is lost (exit 8).\n\
             Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
+            Without --lazy every page crosses before the destination resumes the tasks; there,\n\
+            CRIU restores everything but the tasks' private memory, the tasks resume, and CRIU's\n\
+            lazy-pages daemon fills that memory from the destination's own copy (userfaultfd;\n\
+            the summary's \"filled\" line). The source is no longer needed for it.\n\
+            --eager-restore fills it before the resume instead (longer stop), as does\n\
+            HAUL_FILL=before-resume on `haul serve`.\n\n\
             Pre-copy (--pre-dump auto, the default): while the workload runs, CRIU copies its\n\
             memory in rounds, each only what changed since the one before, so the freeze sends\n\
             little. Rounds stop after --pre-dump-max-iterations, after one that wrote at most\n\
@@ -282,6 +288,11 @@ pub struct MigrateRunc {
     /// after the destination started, the container is lost (exit 8): see below
     #[argh(switch)]
     pub lazy: bool,
+    /// restore all memory on the destination before the container resumes there (by default
+    /// the destination resumes it first and fills the memory it already holds just after,
+    /// when its kernel has userfaultfd: a shorter stop, same safety; see below)
+    #[argh(switch)]
+    pub eager_restore: bool,
 }
 
 /// Show what haul sees and would ask CRIU, without freezing anything.
@@ -374,6 +385,12 @@ pub struct PostcopyGuard {
             memory is split between the hosts: if the connection or either CRIU fails before the\n\
             last page is across, both copies are stopped and the container is lost (exit 8).\n\
             Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
+            Without --lazy every page crosses before the destination resumes the tasks; there,\n\
+            CRIU restores everything but the tasks' private memory, the tasks resume, and CRIU's\n\
+            lazy-pages daemon fills that memory from the destination's own copy (userfaultfd;\n\
+            the summary's \"filled\" line). The source is no longer needed for it.\n\
+            --eager-restore fills it before the resume instead (longer stop), as does\n\
+            HAUL_FILL=before-resume on `haul serve`.\n\n\
             Pre-copy (--pre-dump auto, the default): while the workload runs, CRIU copies its\n\
             memory in rounds, each only what changed since the one before, so the freeze sends\n\
             little. Rounds stop after --pre-dump-max-iterations, after one that wrote at most\n\
@@ -431,6 +448,11 @@ pub struct MigratePid {
     /// after the destination started, the container is lost (exit 8): see below
     #[argh(switch)]
     pub lazy: bool,
+    /// restore all memory on the destination before the container resumes there (by default
+    /// the destination resumes it first and fills the memory it already holds just after,
+    /// when its kernel has userfaultfd: a shorter stop, same safety; see below)
+    #[argh(switch)]
+    pub eager_restore: bool,
 }
 
 /// Write a new random pre-shared key (mode 0600); copy it to both hosts.

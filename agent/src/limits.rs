@@ -67,6 +67,11 @@ pub const IDLE_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 /// (`--lazy`): it reads the process tree and page maps, a second or so for large trees.
 pub const LAZY_DAEMON_START: Duration = Duration::from_secs(30);
 
+/// Longest time CRIU's lazy-pages daemon may take to fill a restored container's memory from
+/// the destination's own images after the resume (no `--eager-restore`; it runs at memory-copy
+/// speed, about a second per GiB here).
+pub const LOCAL_FILL_LIMIT: Duration = Duration::from_secs(600);
+
 /// How long the destination holds restored tasks at post-restore waiting for Commit before it
 /// gives up (kills them, keeps the images).
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);

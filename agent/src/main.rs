@@ -163,6 +163,7 @@ fn run(cli: Cli) -> Result<()> {
                         keep_work: p.keep_work,
                         quiet: cli.quiet,
                         lazy: p.lazy,
+                        eager_restore: p.eager_restore,
                         pre_dump,
                     },
                 )

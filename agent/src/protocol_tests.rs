@@ -160,6 +160,9 @@ fn migrate_with(
         keep_work: false,
         quiet: true,
         lazy: false,
+        // The fake CRIU has no lazy-pages daemon: the destination restores everything before
+        // the resume (the fill after it runs with real CRIU in tests/migrate_*).
+        eager_restore: true,
         pre_dump,
     };
     let pid = i32::try_from(std::process::id()).unwrap();
@@ -397,7 +400,12 @@ fn scripted_source_until_ready(addr: &str, key: &Key) -> (Conn, OwnedFd) {
         conn.recv_control(wait, "welcome"),
         Ok(Msg::Welcome(_))
     ));
-    conn.send(Msg::Prepare(Prepare::default())).unwrap();
+    // The fake CRIU has no lazy-pages daemon: everything is restored before the resume.
+    conn.send(Msg::Prepare(Prepare {
+        eager_restore: true,
+        ..Default::default()
+    }))
+    .unwrap();
     assert!(matches!(
         conn.recv_control(wait, "prepared"),
         Ok(Msg::Prepared(_))

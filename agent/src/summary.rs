@@ -58,6 +58,10 @@ pub struct Summary<'a> {
     pub lazy: bool,
     /// Post-copy: from the destination's resume until its last page arrived.
     pub postcopy_ms: u64,
+    /// Without `--lazy` and `--eager-restore`: from the destination's resume until CRIU's
+    /// lazy-pages daemon there had filled the memory from its own images; 0 when the memory was
+    /// restored before the resume.
+    pub fill_ms: u64,
     /// Pre-copy iterations before the final dump (whose numbers are the ones above).
     pub pre_dump: PreDump<'a>,
 }
@@ -104,6 +108,12 @@ impl Summary<'_> {
             self.image_bytes as f64 / 1024.0,
             mib(self.wire_bytes),
         );
+        if self.fill_ms > 0 {
+            eprintln!(
+                "  filled:       {} ms after the resume (the destination's copy of the memory)",
+                self.fill_ms
+            );
+        }
         self.print_pre_dump();
     }
 

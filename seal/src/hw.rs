@@ -154,11 +154,18 @@ mod arm {
         }
         #[inline(always)]
         fn round(self, x: uint8x16_t, rk: uint8x16_t) -> uint8x16_t {
-            // AESE xors its key first (zero here) and does SubBytes and ShiftRows; AESMC is
-            // MixColumns: together one AES round before its AddRoundKey.
             // SAFETY: `Ce` values exist only where the caller checked for the AES extension.
-            unsafe { veorq_u8(vaesmcq_u8(vaeseq_u8(x, vdupq_n_u8(0))), rk) }
+            unsafe { aes_round(x, rk) }
         }
+    }
+
+    /// AESE xors its key first (zero here) and does SubBytes and ShiftRows; AESMC is
+    /// MixColumns: together one AES round before its AddRoundKey. `#[inline]`, not always:
+    /// it is inlined once `round` sits inside the `target_feature` functions below.
+    #[inline]
+    #[target_feature(enable = "aes,neon")]
+    unsafe fn aes_round(x: uint8x16_t, rk: uint8x16_t) -> uint8x16_t {
+        veorq_u8(vaesmcq_u8(vaeseq_u8(x, vdupq_n_u8(0))), rk)
     }
 
     #[target_feature(enable = "aes,neon")]

@@ -9,6 +9,12 @@
 //!
 //! If the daemon fails or the connection is lost before that, the restored tasks would run on
 //! with missing memory: haul kills them (see `source::postcopy` for the whole failure story).
+//!
+//! Without `--lazy` the same daemon fills memory locally (`start_local`): every page is already
+//! in the migration directory, but CRIU's restore skips the pages it marks lazy (private
+//! anonymous memory, which a plain dump marks lazy *and* present), the tasks resume, and the
+//! daemon copies those pages from the images into place (userfaultfd), faults first. The
+//! restore itself then costs about what an empty container's does.
 
 use crate::error::{Error, Kind, Result};
 use crate::limits::LAZY_DAEMON_START;
@@ -30,24 +36,37 @@ pub const LOG_NAME: &str = "lazy-pages.log";
 /// A running `criu lazy-pages`.
 pub struct LazyDaemon {
     child: Child,
-    /// haul's end of the daemon's page-server socket.
-    pub ps: Arc<OwnedFd>,
+    /// haul's end of the daemon's page-server socket (none when it fills from local images).
+    pub ps: Option<Arc<OwnedFd>>,
     log: std::path::PathBuf,
 }
 
-/// Starts the daemon on `work` (the images must all be there) and waits until it listens for
-/// the restore.
+/// Starts the daemon on `work` (the images must all be there), fetching pages from the source
+/// through `ps` (haul's end of its page-server socket), and waits until it listens for the
+/// restore.
 pub fn start(criu: &Path, work: &WorkDir) -> Result<LazyDaemon> {
+    start_with(criu, work, true)
+}
+
+/// Starts the daemon on `work` to fill the lazy pages from the images there (no `--lazy`: the
+/// source sent every page), and waits until it listens for the restore.
+pub fn start_local(criu: &Path, work: &WorkDir) -> Result<LazyDaemon> {
+    start_with(criu, work, false)
+}
+
+fn start_with(criu: &Path, work: &WorkDir, remote: bool) -> Result<LazyDaemon> {
     let (ours, theirs) =
         pages::socket_pair().map_err(|e| Error::other(format!("socketpair: {e}")))?;
     let (status_r, status_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| Error::other(format!("pipe: {e}")))?;
     let mut cmd = Command::new(criu);
-    cmd.arg("lazy-pages")
-        .arg("--page-server")
-        .arg("--ps-socket")
-        .arg(theirs.as_raw_fd().to_string())
-        .arg("--status-fd")
+    cmd.arg("lazy-pages");
+    if remote {
+        cmd.arg("--page-server")
+            .arg("--ps-socket")
+            .arg(theirs.as_raw_fd().to_string());
+    }
+    cmd.arg("--status-fd")
         .arg(status_w.as_raw_fd().to_string())
         .arg("--images-dir")
         .arg(&work.path)
@@ -68,15 +87,18 @@ pub fn start(criu: &Path, work: &WorkDir) -> Result<LazyDaemon> {
     drop(status_w);
     // CRIU's daemon polls without sleeping while it waits for an answer from the source
     // (criu/uffd.c, handle_requests with a zero timeout once the restore finished): at normal
-    // priority it takes a core from the restored workload and from haul's relay.
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-        if let Err(e) = rustix::process::setpriority_process(Some(pid), LAZY_DAEMON_NICE) {
-            log::debug!("lowering the priority of criu lazy-pages: {e}");
+    // priority it takes a core from the restored workload and from haul's relay. Filling from
+    // local images it never waits; it keeps its priority and finishes sooner.
+    if remote {
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            if let Err(e) = rustix::process::setpriority_process(Some(pid), LAZY_DAEMON_NICE) {
+                log::debug!("lowering the priority of criu lazy-pages: {e}");
+            }
         }
     }
     let mut d = LazyDaemon {
         child,
-        ps: Arc::new(ours),
+        ps: remote.then(|| Arc::new(ours)),
         log: work.path.join(LOG_NAME),
     };
     match wait_ready(&status_r, LAZY_DAEMON_START) {
@@ -166,10 +188,35 @@ impl LazyDaemon {
     }
 }
 
+impl LazyDaemon {
+    /// Filling from local images: waits until the daemon has put every page in place (Ok: how
+    /// long it took) or fails, or `limit` passes (Err).
+    pub fn wait_local(&mut self, limit: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) if st.success() => return Ok(start.elapsed()),
+                Ok(Some(st)) => return Err(self.failed(&format!("failed ({st})"))),
+                Ok(None) => {}
+                Err(e) => return Err(Error::other(format!("waiting for criu lazy-pages: {e}"))),
+            }
+            if start.elapsed() > limit {
+                return Err(self.failed(&format!(
+                    "has not filled the memory after {} s",
+                    limit.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 impl Drop for LazyDaemon {
     /// A daemon still running is killed: its tasks are being killed too, or never ran.
     fn drop(&mut self) {
-        let _ = rustix::net::shutdown(&*self.ps, rustix::net::Shutdown::Both);
+        if let Some(ps) = &self.ps {
+            let _ = rustix::net::shutdown(&**ps, rustix::net::Shutdown::Both);
+        }
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
         }

@@ -7,19 +7,20 @@ use super::runc::RuncRestore;
 use super::serve::{Limits, Slot};
 use crate::criu::{self, stats, Event, Swrk, Version};
 use crate::error::{Error, Kind, Result};
-use crate::limits::{CONCURRENT_MIGRATIONS, HANDSHAKE_TIMEOUT};
+use crate::limits::{CONCURRENT_MIGRATIONS, HANDSHAKE_TIMEOUT, LOCAL_FILL_LIMIT};
 use crate::transfer::images::ImageSink;
 use crate::transfer::{handshake, pages, Conn, Incoming, Key, WireError, PROTOCOL_VERSION};
 use crate::workdir::WorkDir;
 use haul_proto::criu::CriuReqType;
 use haul_proto::haul::{
-    control::Msg, Abort, CriuVersion, Done, Hello, Prepared, Purpose, Ready, Resumed, Welcome,
+    control::Msg, Abort, CriuVersion, Done, Hello, Prepare, Prepared, Purpose, Ready, Resumed,
+    Welcome,
 };
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct SessionConfig {
     pub key: Option<Key>,
@@ -221,6 +222,7 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
             "lazy pages (post-copy) are not available here: the kernel lacks userfaultfd or CRIU cannot use it",
         ));
     }
+    let fill_after = fill_after_resume(&prepare, features.lazy_pages.unwrap_or(false));
     let mut job = match (Purpose::try_from(hello.purpose), prepare.runc) {
         (Ok(Purpose::MigrateRunc), Some(rc)) => Some(RuncRestore::preflight(rc, cfg)?),
         (Ok(Purpose::MigrateRunc), None) => {
@@ -266,8 +268,11 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
         ps_ours,
         ps_criu,
         &mut job,
-        lazy,
-        prepare.pre_copy,
+        Memory {
+            lazy,
+            fill_after,
+            pre_copy: prepare.pre_copy,
+        },
         version,
     );
     match outcome {
@@ -373,10 +378,14 @@ fn receive_and_restore(
     ps_ours: std::os::fd::OwnedFd,
     ps_criu: std::os::fd::OwnedFd,
     job: &mut Option<RuncRestore>,
-    lazy: bool,
-    pre_copy: bool,
+    memory: Memory,
     criu_version: criu::Version,
 ) -> Result<Outcome> {
+    let Memory {
+        lazy,
+        fill_after,
+        pre_copy,
+    } = memory;
     // Page servers. Pre-copy: one per dump when the source asks (dest/precopy.rs). --lazy:
     // none, the memory comes after the resume (dest/lazy.rs). Else one now: CRIU forks it with
     // our socketpair end; it writes pages-*.img into `work`.
@@ -487,12 +496,20 @@ fn receive_and_restore(
     let mut prefetch = None;
     if lazy {
         let d = super::lazy::start(&cfg.criu, work)?;
+        let ps =
+            d.ps.clone()
+                .ok_or_else(|| Error::other("lazy-pages daemon without a page-server socket"))?;
         let (relay, filter) =
-            super::prefetch::start_relay(d.ps.clone(), work.path.clone(), conn, criu_version)
+            super::prefetch::start_relay(ps, work.path.clone(), conn, criu_version)
                 .map_err(|e| wire(e, "page relay"))?;
         lazy_relay = Some(relay);
         prefetch = filter;
         lazy_daemon = Some(d);
+    }
+    // Every page is here: the daemon fills the lazy ones from these images after the resume.
+    let mut fill_daemon = None;
+    if fill_after {
+        fill_daemon = Some(super::lazy::start_local(&cfg.criu, work)?);
     }
     log::info!(
         "received {:.1} MiB of pages and {} image files ({} bytes); restoring",
@@ -518,9 +535,9 @@ fn receive_and_restore(
             .map_err(|e| wire(e, "ready"))?;
         crate::util::fault_point("dst-ready");
         Ok(match conn.recv_control(cfg.commit_timeout, "commit") {
-            // --lazy: from the resume, the tasks need the daemon; if serve dies, they must not
-            // run on with missing memory.
-            Ok(Msg::Commit(_)) if lazy => {
+            // --lazy, or memory filled after the resume: from the resume, the tasks need the
+            // daemon; if serve dies, they must not run on with missing memory.
+            Ok(Msg::Commit(_)) if lazy || fill_after => {
                 guard = Some(super::lazy::Guard::start(pid)?);
                 Decision::Commit
             }
@@ -536,7 +553,7 @@ fn receive_and_restore(
             Err(e) => Decision::InDoubt(format!("no commit from the source: {e}")),
         })
     };
-    let restored_pid = match restore_held(work, job, &mut restorer, lazy, decide)? {
+    let restored_pid = match restore_held(work, job, &mut restorer, lazy || fill_after, decide)? {
         Held::Done(pid) => pid,
         Held::InDoubt(why) if lazy => {
             // Without the source's memory these images cannot be completed: nothing to keep.
@@ -544,6 +561,7 @@ fn receive_and_restore(
         }
         Held::InDoubt(why) => return Ok(Outcome::InDoubt(why)),
     };
+    let resumed = Instant::now();
     let rs = stats::restore(&work.path).unwrap_or_default();
     let mut done = Done {
         restored_pid,
@@ -596,9 +614,63 @@ fn receive_and_restore(
             took.as_millis()
         );
     }
+    if let Some(mut d) = fill_daemon {
+        log::info!(
+            "restored tasks (pid {restored_pid}) run; filling their memory from the images here"
+        );
+        // The source's downtime ends here, not when the fill is over. The source is no longer
+        // needed: losing it now costs only its summary.
+        if let Err(e) = conn.send(Msg::Resumed(Resumed { restored_pid })) {
+            log::warn!("telling the source the tasks run: {e}");
+        }
+        match d.wait_local(LOCAL_FILL_LIMIT) {
+            Ok(_) => {
+                // From the resume (the restore's own end), not from this wait's start.
+                let took = resumed.elapsed();
+                done.fill_us = took.as_micros() as u64;
+                log::info!("memory filled after the resume in {} ms", took.as_millis());
+            }
+            Err(e) => {
+                // The pages are all here, but tasks whose memory is not filled cannot run on.
+                super::lazy::kill_restored(restored_pid);
+                drop(d);
+                return Err(e.context("filling the restored memory after the resume"));
+            }
+        }
+        drop(d);
+        if let Some(g) = guard.take() {
+            g.done();
+        }
+    }
     // Done goes out after the clean-up below (migrate), so a source that exits 0 finds the
     // destination already tidy.
     Ok(Outcome::Done(done))
+}
+
+/// How the memory reaches the restored tasks.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    /// `--lazy`: from the source after the resume (post-copy).
+    lazy: bool,
+    /// From this side's images after the resume (`fill_after_resume`).
+    fill_after: bool,
+    /// Pre-dump iterations with parent images.
+    pre_copy: bool,
+}
+
+/// The name of the environment variable of `haul serve` that can turn the fill after the
+/// resume off for every migration (`before-resume`), as `haul migrate --eager-restore` does
+/// for one.
+pub const FILL_ENV: &str = "HAUL_FILL";
+
+/// Whether the memory of a migration without `--lazy` is filled after the resume: by default
+/// yes where CRIU can restore with lazy pages (userfaultfd); not with `--eager-restore` or
+/// `HAUL_FILL=before-resume`, and not with pre-copy (CRIU's lazy restore and parent images).
+fn fill_after_resume(prepare: &Prepare, lazy_pages_here: bool) -> bool {
+    let off_here = std::env::var(FILL_ENV)
+        .map(|v| v.eq_ignore_ascii_case("before-resume"))
+        .unwrap_or(false);
+    !prepare.lazy && !prepare.pre_copy && !prepare.eager_restore && lazy_pages_here && !off_here
 }
 
 /// "the destination's work directory ... is full" when it has almost no space left (a page

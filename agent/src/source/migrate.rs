@@ -33,6 +33,8 @@ pub struct Options<'a> {
     pub quiet: bool,
     /// Post-copy (`--lazy`): the destination runs the workload before its memory has moved.
     pub lazy: bool,
+    /// `--eager-restore`: the destination restores all memory before the resume.
+    pub eager_restore: bool,
     /// `--pre-dump*`: pre-copy iterations before the final dump (source/precopy.rs).
     pub pre_dump: super::precopy::Settings,
 }
@@ -156,6 +158,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     }
     let mut job = job;
     job.prepare.lazy = o.lazy;
+    job.prepare.eager_restore = o.eager_restore;
 
     // Pre-copy or one dump: decided before anything freezes (source/precopy.rs). CRIU cannot
     // pre-dump for a lazy dump: --lazy dumps once.
@@ -453,21 +456,34 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         o.quiet,
         "commit: the destination lets the restored tasks run",
     );
+    // The destination answers Done once the tasks run; if it fills their memory after the
+    // resume (no --eager-restore), it says Resumed first and Done when the fill is over.
+    let mut resumed_ms = None;
     let done = conn
         .send(Msg::Commit(Commit {}))
         .map_err(|e| wire_to_error(e, "sending commit"))
-        .and_then(|()| match conn.recv_control(IDLE_TIMEOUT, "commit") {
-            Ok(Msg::Done(d)) => Ok(d),
-            Ok(Msg::Abort(a)) => Err(Error::other(format!(
-                "{}: {}",
-                crate::util::printable(&a.stage),
-                crate::util::printable(&a.reason)
-            ))),
-            Ok(other) => Err(Error::other(format!("unexpected {other:?} after commit"))),
-            Err(e) => Err(wire_to_error(
-                e,
-                "waiting for the destination's confirmation",
-            )),
+        .and_then(|()| loop {
+            let wait = match resumed_ms {
+                None => IDLE_TIMEOUT,
+                Some(_) => crate::limits::LOCAL_FILL_LIMIT + IDLE_TIMEOUT,
+            };
+            break match conn.recv_control(wait, "commit") {
+                Ok(Msg::Resumed(_)) if resumed_ms.is_none() => {
+                    resumed_ms = Some(frozen_start.elapsed().as_millis() as u64);
+                    continue;
+                }
+                Ok(Msg::Done(d)) => Ok(d),
+                Ok(Msg::Abort(a)) => Err(Error::other(format!(
+                    "{}: {}",
+                    crate::util::printable(&a.stage),
+                    crate::util::printable(&a.reason)
+                ))),
+                Ok(other) => Err(Error::other(format!("unexpected {other:?} after commit"))),
+                Err(e) => Err(wire_to_error(
+                    e,
+                    "waiting for the destination's confirmation",
+                )),
+            };
         });
     let done = match done {
         Ok(d) => d,
@@ -481,7 +497,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         )))
         }
     };
-    let frozen_ms = frozen_start.elapsed().as_millis() as u64;
+    let frozen_ms = resumed_ms.unwrap_or_else(|| frozen_start.elapsed().as_millis() as u64);
     let wire_bytes = wind_down(conn, swrk, job.after_commit);
 
     let dstats = stats::dump(&work.path).unwrap_or_default();
@@ -512,6 +528,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         },
         restored_pid: done.restored_pid,
         pre_dump: pre.summary(o.pre_dump.mode),
+        fill_ms: done.fill_us / 1000,
         ..Default::default()
     };
     finish_summary(&summary, o, work)

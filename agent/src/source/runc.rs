@@ -237,6 +237,7 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
         quiet,
         pre_dump,
         lazy: a.lazy,
+        eager_restore: a.eager_restore,
     };
     run(
         Job {

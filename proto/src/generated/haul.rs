@@ -65,6 +65,12 @@ pub struct Prepare {
     /// no page server at Prepare; it starts one for each PageServerStart instead.
     #[prost(bool, tag = "20")]
     pub pre_copy: bool,
+    /// `--eager-restore`: the destination restores all memory before the tasks resume. Unset (the
+    /// default), a destination whose kernel has userfaultfd restores without the memory that CRIU
+    /// marks lazy, lets the tasks run, and CRIU's lazy-pages daemon fills that memory from the
+    /// destination's own copy of the images (nothing more comes from the source).
+    #[prost(bool, tag = "21")]
+    pub eager_restore: bool,
 }
 /// What the destination needs to restore and register a runc container. The destination parses
 /// `state_json` itself with its own bounds; the other fields are facts only the source can see.
@@ -179,6 +185,11 @@ pub struct Done {
     /// Post-copy: page-protocol bytes received from the source's CRIU during that phase.
     #[prost(uint64, tag = "7")]
     pub postcopy_bytes: u64,
+    /// Memory filled after the resume from the destination's own images (see
+    /// Prepare.eager_restore): how long it took, from the resume to the last page; 0 if the
+    /// memory was restored before the resume.
+    #[prost(uint64, tag = "8")]
+    pub fill_us: u64,
 }
 /// Post-copy: the destination let the restored tasks run (they fault their memory in from the
 /// source from now on). From here a lost connection loses the container.
