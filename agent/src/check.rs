@@ -77,6 +77,15 @@ pub fn run(criu_path: &Path, work_root: &Path, to: Option<&str>, key: Option<&Ke
                         },
                     );
                     r.info(
+                        "as destination: memory fill after the resume",
+                        if lp {
+                            "yes: migrations without --lazy resume before CRIU fills the memory from \
+                             this host's copy (--eager-restore or HAUL_FILL=before-resume: before)"
+                        } else {
+                            "no (no userfaultfd): all memory is restored before the resume"
+                        },
+                    );
+                    r.info(
                         "tmpfs contents (CRIU's tar)",
                         &match crate::criu::tar::system_tar_path() {
                             Some(t) if !crate::criu::tar::builtin_enabled() => {
@@ -111,6 +120,15 @@ pub fn run(criu_path: &Path, work_root: &Path, to: Option<&str>, key: Option<&Ke
             }
         }
     }
+    r.info(
+        "connection cipher",
+        if haul_seal::aegis_available() {
+            "AEGIS-128L with a peer that also has AES instructions (this CPU has them), else \
+             ChaCha20-Poly1305 (HAUL_CIPHER=chacha20-poly1305 forces it)"
+        } else {
+            "ChaCha20-Poly1305 (this CPU has no AES instructions for AEGIS-128L)"
+        },
+    );
     if let Some(to) = to {
         remote(
             &mut r,

@@ -206,7 +206,9 @@ pub enum MigrateWhat {
             Without --lazy every page crosses before the destination resumes the tasks; there,\n\
             CRIU restores everything but the tasks' private memory, the tasks resume, and CRIU's\n\
             lazy-pages daemon fills that memory from the destination's own copy (userfaultfd;\n\
-            the summary's \"filled\" line). The source is no longer needed for it.\n\
+            the summary's \"filled\" line). The source is no longer needed for it, but\n\
+            `haul serve` is: if it is killed during the fill (about a second per GiB), the\n\
+            restored tasks are stopped rather than left waiting for memory that never comes.\n\
             --eager-restore fills it before the resume instead (longer stop), as does\n\
             HAUL_FILL=before-resume on `haul serve`.\n\n\
             Pre-copy (--pre-dump auto, the default): while the workload runs, CRIU copies its\n\
@@ -290,7 +292,7 @@ pub struct MigrateRunc {
     pub lazy: bool,
     /// restore all memory on the destination before the container resumes there (by default
     /// the destination resumes it first and fills the memory it already holds just after,
-    /// when its kernel has userfaultfd: a shorter stop, same safety; see below)
+    /// when its kernel has userfaultfd: a shorter stop; see below)
     #[argh(switch)]
     pub eager_restore: bool,
 }
@@ -388,7 +390,9 @@ pub struct PostcopyGuard {
             Without --lazy every page crosses before the destination resumes the tasks; there,\n\
             CRIU restores everything but the tasks' private memory, the tasks resume, and CRIU's\n\
             lazy-pages daemon fills that memory from the destination's own copy (userfaultfd;\n\
-            the summary's \"filled\" line). The source is no longer needed for it.\n\
+            the summary's \"filled\" line). The source is no longer needed for it, but\n\
+            `haul serve` is: if it is killed during the fill (about a second per GiB), the\n\
+            restored tasks are stopped rather than left waiting for memory that never comes.\n\
             --eager-restore fills it before the resume instead (longer stop), as does\n\
             HAUL_FILL=before-resume on `haul serve`.\n\n\
             Pre-copy (--pre-dump auto, the default): while the workload runs, CRIU copies its\n\
@@ -450,7 +454,7 @@ pub struct MigratePid {
     pub lazy: bool,
     /// restore all memory on the destination before the container resumes there (by default
     /// the destination resumes it first and fills the memory it already holds just after,
-    /// when its kernel has userfaultfd: a shorter stop, same safety; see below)
+    /// when its kernel has userfaultfd: a shorter stop; see below)
     #[argh(switch)]
     pub eager_restore: bool,
 }
