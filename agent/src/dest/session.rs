@@ -677,38 +677,6 @@ fn fill_after(prepare: &Prepare, lazy_pages_here: bool, off_here: bool) -> bool 
     !prepare.lazy && !prepare.pre_copy && !prepare.eager_restore && lazy_pages_here && !off_here
 }
 
-#[cfg(test)]
-mod fill_tests {
-    use super::*;
-
-    /// The fill after the resume is the default where CRIU can restore lazily, and only there;
-    /// --lazy (memory from the source), pre-copy, --eager-restore and HAUL_FILL=before-resume
-    /// each turn it off.
-    #[test]
-    fn the_fill_after_the_resume_is_the_default_only_where_it_can_run() {
-        let plain = Prepare::default();
-        assert!(fill_after(&plain, true, false));
-        assert!(!fill_after(&plain, false, false), "no userfaultfd here");
-        assert!(!fill_after(&plain, true, true), "HAUL_FILL=before-resume");
-        for p in [
-            Prepare {
-                lazy: true,
-                ..Default::default()
-            },
-            Prepare {
-                pre_copy: true,
-                ..Default::default()
-            },
-            Prepare {
-                eager_restore: true,
-                ..Default::default()
-            },
-        ] {
-            assert!(!fill_after(&p, true, false), "{p:?}");
-        }
-    }
-}
-
 /// "the destination's work directory ... is full" when it has almost no space left (a page
 /// server that stopped taking pages usually means this).
 fn disk_full(dir: &std::path::Path) -> Option<String> {
@@ -870,5 +838,37 @@ fn scopeguard(fd: Arc<std::os::fd::OwnedFd>) -> PageStop {
 impl Drop for PageStop {
     fn drop(&mut self) {
         let _ = rustix::net::shutdown(&*self.0, rustix::net::Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::*;
+
+    /// The fill after the resume is the default where CRIU can restore lazily, and only there;
+    /// --lazy (memory from the source), pre-copy, --eager-restore and HAUL_FILL=before-resume
+    /// each turn it off.
+    #[test]
+    fn the_fill_after_the_resume_is_the_default_only_where_it_can_run() {
+        let plain = Prepare::default();
+        assert!(fill_after(&plain, true, false));
+        assert!(!fill_after(&plain, false, false), "no userfaultfd here");
+        assert!(!fill_after(&plain, true, true), "HAUL_FILL=before-resume");
+        for p in [
+            Prepare {
+                lazy: true,
+                ..Default::default()
+            },
+            Prepare {
+                pre_copy: true,
+                ..Default::default()
+            },
+            Prepare {
+                eager_restore: true,
+                ..Default::default()
+            },
+        ] {
+            assert!(!fill_after(&p, true, false), "{p:?}");
+        }
     }
 }
