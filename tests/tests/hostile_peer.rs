@@ -700,18 +700,20 @@ fn bad_frames_and_undecodable_messages_are_refused() {
     let header = |len: u32| len.to_be_bytes().to_vec();
     let mut garbage = 100u32.to_be_bytes().to_vec();
     garbage.extend_from_slice(&random_bytes(100));
-    type RawCase = (&'static str, Vec<u8>, &'static str);
+    const FRAME_MAX: usize = haul::limits::FRAME_MAX;
+    let too_long = format!(
+        "peer announced a frame of {} bytes; the limit is {FRAME_MAX}",
+        FRAME_MAX + 1
+    );
+    let too_large = format!("peer announced a frame of 4294967295 bytes; the limit is {FRAME_MAX}");
+    type RawCase<'a> = (&'static str, Vec<u8>, &'a str);
     let raw_cases: Vec<RawCase> = vec![
         (
-            "frame length 65536",
-            header(65536),
-            "peer announced a frame of 65536 bytes; the limit is 65535",
+            "frame length one over the limit",
+            header(FRAME_MAX as u32 + 1),
+            &too_long,
         ),
-        (
-            "frame length u32::MAX",
-            header(u32::MAX),
-            "peer announced a frame of 4294967295 bytes; the limit is 65535",
-        ),
+        ("frame length u32::MAX", header(u32::MAX), &too_large),
         (
             "empty frame",
             header(0),

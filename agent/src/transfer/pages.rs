@@ -6,21 +6,30 @@
 use super::frame::{FrameBuf, Kind, SendHalf};
 use super::mux::{send_frame, send_frame_buf};
 use super::WireError;
-use crate::limits::RELAY_BUFFER;
+use crate::limits::{PAGE_SOCKET_BUFFER, RELAY_BUFFER};
 use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// A stream socketpair: (haul's end, CRIU's end).
+/// A stream socketpair: (haul's end, CRIU's end), each end able to queue `PAGE_SOCKET_BUFFER`
+/// bytes (forced as root, else as far as `net.core.wmem_max` allows), so one read of the relay
+/// can take a whole frame of CRIU's pages.
 pub fn socket_pair() -> Result<(OwnedFd, OwnedFd), rustix::io::Errno> {
-    socketpair(
+    let (a, b) = socketpair(
         AddressFamily::UNIX,
         SocketType::STREAM,
         SocketFlags::CLOEXEC,
         None,
-    )
+    )?;
+    for end in [&a, &b] {
+        if rustix::net::sockopt::set_socket_send_buffer_size_force(end, PAGE_SOCKET_BUFFER).is_err()
+        {
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(end, PAGE_SOCKET_BUFFER);
+        }
+    }
+    Ok((a, b))
 }
 
 /// Relays bytes from the local CRIU's page socket to the peer until CRIU closes it, then sends
