@@ -1413,6 +1413,46 @@ fn h_destination_killed_after_ready_before_commit() {
     );
 }
 
+/// The destination resumed the restored tasks and fills their memory from its own images when
+/// its `haul serve` is killed: the post-copy guard stops the tasks (their memory would never
+/// be filled), the source says in doubt, and the complete images stay for `haul recover`.
+#[test]
+fn h2_destination_killed_while_filling_memory_after_the_resume() {
+    let Some(mut s) = setup("fih2") else { return };
+    s.serve_with(ServeOpts {
+        env: vec![("HAUL_FAULT".into(), "dst-filling".into())],
+        ..ServeOpts::default()
+    });
+    let c = s.start_container(None, None);
+    let out = s.migrate(&c, &[], &[]);
+    s.wait_serve_exit(Duration::from_secs(5));
+    assert!(s.serve_log().contains("HAUL_FAULT=dst-filling"));
+    out.expect(
+        7,
+        &["IN DOUBT", "resumed the tasks", "filling their memory"],
+        &s,
+    );
+    // Never two copies, and here none: the source's tasks are gone, the guard stopped the
+    // destination's.
+    wait_for("no copy running", Duration::from_secs(10), || {
+        c.wb.pids().is_empty().then_some(())
+    });
+    let left = s.dst_leftovers(&c);
+    s.restart_serve();
+    let mut e = Expect::new(Runs::Nowhere, &c);
+    e.in_doubt = true;
+    let sum = s.check(&c, &e);
+    let rec = recover(&mut s, &c);
+    evidence(
+        "h2",
+        &format!(
+            "exit 7 in {:?} ({}); left by the killed serve: {left}; after restart: {sum}; then {rec}",
+            out.took,
+            out.last_line()
+        ),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // i: criu missing or too old
 // ---------------------------------------------------------------------------------------------

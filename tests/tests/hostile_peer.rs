@@ -750,9 +750,9 @@ fn bad_frames_and_undecodable_messages_are_refused() {
             "prepare: peer announced a frame of 4294967295 bytes",
         ),
         (
-            "frame length 65536 after Welcome",
-            65536,
-            "prepare: peer announced a frame of 65536 bytes",
+            "frame length one over the limit after Welcome",
+            FRAME_MAX as u32 + 1,
+            &format!("prepare: peer announced a frame of {} bytes", FRAME_MAX + 1),
         ),
     ] {
         let case = srv.case(name);

@@ -162,7 +162,7 @@ pub fn complete(dir: &Path, cfg: &SessionConfig) -> Result<()> {
     let root = dir.parent().unwrap_or(Path::new("/"));
     let work = WorkDir::open(root, &name)?;
     let mut restorer = super::session::spawn_restorer(cfg, job.as_mut())?;
-    match restore_held(&work, &mut job, &mut restorer, false, |_| {
+    match restore_held(&work, &mut job, &mut restorer, false, true, |_| {
         Ok(Decision::Commit)
     })? {
         Held::Done(pid) => {

@@ -553,7 +553,14 @@ fn receive_and_restore(
             Err(e) => Decision::InDoubt(format!("no commit from the source: {e}")),
         })
     };
-    let restored_pid = match restore_held(work, job, &mut restorer, lazy || fill_after, decide)? {
+    let restored_pid = match restore_held(
+        work,
+        job,
+        &mut restorer,
+        lazy || fill_after,
+        !fill_after,
+        decide,
+    )? {
         Held::Done(pid) => pid,
         Held::InDoubt(why) if lazy => {
             // Without the source's memory these images cannot be completed: nothing to keep.
@@ -623,12 +630,18 @@ fn receive_and_restore(
         if let Err(e) = conn.send(Msg::Resumed(Resumed { restored_pid })) {
             log::warn!("telling the source the tasks run: {e}");
         }
+        crate::util::fault_point("dst-filling");
         match d.wait_local(LOCAL_FILL_LIMIT) {
             Ok(_) => {
                 // From the resume (the restore's own end), not from this wait's start.
                 let took = resumed.elapsed();
                 done.fill_us = took.as_micros() as u64;
                 log::info!("memory filled after the resume in {} ms", took.as_millis());
+                journal::write(
+                    &work.path,
+                    Stage::Done,
+                    job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
+                )?;
             }
             Err(e) => {
                 // The pages are all here, but tasks whose memory is not filled cannot run on.
@@ -727,12 +740,16 @@ pub enum Held {
 }
 
 /// Runs RESTORE on `restorer` from `work`, holding the tasks at post-restore (registered with
-/// runc for a container) until `decide` says what to do with them.
+/// runc for a container) until `decide` says what to do with them. `lazy`: restore with lazy
+/// pages (a lazy-pages daemon fills the memory after the resume). `journal_done`: mark the
+/// journal done once the tasks run; the fill after the resume leaves that to its own end, so a
+/// crash during the fill leaves the complete images in doubt, not removed.
 pub fn restore_held(
     work: &WorkDir,
     job: &mut Option<RuncRestore>,
     restorer: &mut Swrk,
     lazy: bool,
+    journal_done: bool,
     mut decide: impl FnMut(i32) -> Result<Decision>,
 ) -> Result<Held> {
     restorer.set_log(work.path.join("restore.log"));
@@ -808,11 +825,13 @@ pub fn restore_held(
             "criu finished the restore without post-restore",
         ));
     }
-    journal::write(
-        &work.path,
-        Stage::Done,
-        job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
-    )?;
+    if journal_done {
+        journal::write(
+            &work.path,
+            Stage::Done,
+            job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
+        )?;
+    }
     Ok(Held::Done(restored_pid))
 }
 

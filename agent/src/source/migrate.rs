@@ -487,6 +487,16 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         });
     let done = match done {
         Ok(d) => d,
+        Err(e) if resumed_ms.is_some() => {
+            return Err(e.with_kind(Kind::InDoubt).context(format!(
+                "IN DOUBT: the destination resumed the tasks of {what} after the tasks here were \
+                 stopped, then failed while filling their memory from its own images; a `haul \
+                 serve` that dies then stops them, and its work directory keeps the complete \
+                 images for `haul recover` (see `haul serve`'s log on {}); source images: {}",
+                o.to,
+                work.path.display()
+            )))
+        }
         Err(e) => {
             return Err(e.with_kind(Kind::InDoubt).context(format!(
             "IN DOUBT: the tasks of {what} were stopped here after the destination restored them, \
