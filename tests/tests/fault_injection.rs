@@ -1442,6 +1442,12 @@ fn h2_destination_killed_while_filling_memory_after_the_resume() {
     let mut e = Expect::new(Runs::Nowhere, &c);
     e.in_doubt = true;
     let sum = s.check(&c, &e);
+    assert!(
+        s.serve_log()
+            .contains("while the resumed tasks' memory was being filled"),
+        "{}",
+        s.serve_log()
+    );
     let rec = recover(&mut s, &c);
     evidence(
         "h2",

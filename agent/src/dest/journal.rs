@@ -23,6 +23,9 @@ pub enum Stage {
     Restoring,
     /// Ready was sent: the source may have stopped its tasks. In doubt if interrupted here.
     Ready,
+    /// Committed and resumed; CRIU's lazy-pages daemon fills the tasks' memory from these
+    /// images. In doubt if interrupted here (the guard stops the tasks), like `Ready`.
+    Filling,
     /// Committed: the container runs here.
     Done,
 }
@@ -33,6 +36,7 @@ impl Stage {
             Stage::Receiving => "receiving",
             Stage::Restoring => "restoring",
             Stage::Ready => "ready",
+            Stage::Filling => "filling",
             Stage::Done => "done",
         }
     }
@@ -42,6 +46,7 @@ impl Stage {
             "receiving" => Stage::Receiving,
             "restoring" => Stage::Restoring,
             "ready" => Stage::Ready,
+            "filling" => Stage::Filling,
             "done" => Stage::Done,
             _ => return None,
         })

@@ -42,8 +42,13 @@ pub fn scan(cfg: &SessionConfig) {
             remove_cgroups(&id);
         }
         match stage {
-            Stage::Ready => {
-                let why = "haul serve stopped after reporting Ready, before the commit arrived";
+            Stage::Ready | Stage::Filling => {
+                let why = if stage == Stage::Ready {
+                    "haul serve stopped after reporting Ready, before the commit arrived"
+                } else {
+                    "haul serve stopped while the resumed tasks' memory was being filled from \
+                     these images; its guard stopped them"
+                };
                 let _ = std::fs::write(
                     dir.join("IN-DOUBT"),
                     format!("{why}\nIf the source's tasks are gone, complete it with: haul recover {}\n", dir.display()),

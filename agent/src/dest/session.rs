@@ -625,6 +625,11 @@ fn receive_and_restore(
         log::info!(
             "restored tasks (pid {restored_pid}) run; filling their memory from the images here"
         );
+        journal::write(
+            &work.path,
+            Stage::Filling,
+            job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
+        )?;
         // The source's downtime ends here, not when the fill is over. The source is no longer
         // needed: losing it now costs only its summary.
         if let Err(e) = conn.send(Msg::Resumed(Resumed { restored_pid })) {
