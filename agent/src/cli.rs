@@ -102,7 +102,15 @@ pub struct Recover {
             Each migration gets a fresh directory under --work-dir; it is removed after a successful\n\
             restore. If the source stops its tasks but the commit never arrives, the restored tasks\n\
             are stopped and the complete images stay in that directory with a file IN-DOUBT\n\
-            explaining why."
+            explaining why.\n\n\
+            Where the kernel has userfaultfd, a migration without --lazy resumes the restored tasks\n\
+            before their memory is copied in; CRIU's lazy-pages daemon then fills it from the\n\
+            images here, and serve must keep running until it is done (about a second per GiB).\n\n\
+            environment: HAUL_FILL=before-resume restores all memory before the resume (as the\n\
+            source's --eager-restore); HAUL_CIPHER=chacha20-poly1305 keeps frames on\n\
+            ChaCha20-Poly1305 instead of AEGIS-128L (used when both CPUs have AES instructions);\n\
+            HAUL_PREFETCH=off turns off the read-ahead for --lazy; HAUL_CRIU_TAR=system leaves\n\
+            tmpfs contents to GNU tar; HAUL_CRIU names the criu binary."
 )]
 pub struct Serve {
     /// address and port to listen on, e.g. 0.0.0.0:7070 (or --fd)
