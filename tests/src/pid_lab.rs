@@ -52,12 +52,18 @@ impl PidLab {
 
     /// `haul serve -v` in "dst" with `key` and `work`, once it listens.
     pub fn serve(&self, key: &Path, work: &Path) -> ChildWithLog {
+        self.serve_with(key, work, &[])
+    }
+
+    /// [`PidLab::serve`] with `extra` arguments.
+    pub fn serve_with(&self, key: &Path, work: &Path, extra: &[&std::ffi::OsStr]) -> ChildWithLog {
         let mut cmd = self.net.cmd_in(Side::Dst, &self.haul);
         cmd.args(["serve", "--listen", &self.dst(), "--key"])
             .arg(key)
             .arg("--work-dir")
             .arg(work)
-            .arg("-v");
+            .arg("-v")
+            .args(extra);
         let s = ChildWithLog::spawn("serve", &mut cmd).expect("haul serve");
         s.wait_for_line("listening on", Duration::from_secs(10))
             .expect("haul serve listening");

@@ -14,12 +14,34 @@ const PORT: u16 = 7072;
 /// Migrates a 128 MiB workload with `extra` options; returns the summary JSON and the serve
 /// log after checking the memory and the clean-up.
 fn migrate_and_check(tag: &str, extra: &[&str]) -> (String, String) {
+    migrate_and_check_with(tag, extra, false)
+}
+
+/// [`migrate_and_check`]; with `no_daemon`, the destination's `criu lazy-pages` fails to
+/// start (a wrapper around the real criu).
+fn migrate_and_check_with(tag: &str, extra: &[&str], no_daemon: bool) -> (String, String) {
     let Some(s) = PidLab::create(tag, PORT) else {
         return (String::new(), String::new());
     };
     let key = s.keygen("key");
     let dst_work = s.dir.join("dst-work");
-    let serve = s.serve(&key, &dst_work);
+    let serve = if no_daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let criu = find_tool("criu").expect("criu");
+        let wrapper = s.dir.join("criu-without-lazy-pages");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = lazy-pages ] && {{ echo 'no daemon here' >&2; exit 1; }}\nexec {} \"$@\"\n",
+                criu.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        s.serve_with(&key, &dst_work, &["--criu".as_ref(), wrapper.as_os_str()])
+    } else {
+        s.serve(&key, &dst_work)
+    };
 
     let hb = s.dir.join("heartbeat");
     let mib: u64 = 128;
@@ -98,4 +120,19 @@ fn eager_restore_fills_the_memory_before_the_resume() {
     }
     assert_eq!(json_number(&json, "fill_ms"), 0, "{json}");
     assert!(!log.contains("filling their memory"), "{log}");
+}
+
+/// A destination whose lazy-pages daemon cannot start restores all memory before the resume
+/// instead of failing the migration.
+#[test]
+fn without_a_daemon_the_memory_is_restored_before_the_resume() {
+    let (json, log) = migrate_and_check_with("fillnodaemon", &[], true);
+    if json.is_empty() {
+        return;
+    }
+    assert_eq!(json_number(&json, "fill_ms"), 0, "{json}");
+    assert!(
+        log.contains("restoring all memory before the resume instead"),
+        "{log}"
+    );
 }

@@ -383,7 +383,7 @@ fn receive_and_restore(
 ) -> Result<Outcome> {
     let Memory {
         lazy,
-        fill_after,
+        mut fill_after,
         pre_copy,
     } = memory;
     // Page servers. Pre-copy: one per dump when the source asks (dest/precopy.rs). --lazy:
@@ -507,9 +507,16 @@ fn receive_and_restore(
         lazy_daemon = Some(d);
     }
     // Every page is here: the daemon fills the lazy ones from these images after the resume.
+    // If it cannot start, the restore copies them in before the resume, as without userfaultfd.
     let mut fill_daemon = None;
     if fill_after {
-        fill_daemon = Some(super::lazy::start_local(&cfg.criu, work)?);
+        match super::lazy::start_local(&cfg.criu, work) {
+            Ok(d) => fill_daemon = Some(d),
+            Err(e) => {
+                log::warn!("{e}; restoring all memory before the resume instead");
+                fill_after = false;
+            }
+        }
     }
     log::info!(
         "received {:.1} MiB of pages and {} image files ({} bytes); restoring",
@@ -649,10 +656,14 @@ fn receive_and_restore(
                 )?;
             }
             Err(e) => {
-                // The pages are all here, but tasks whose memory is not filled cannot run on.
+                // The pages are all here, but tasks whose memory is not filled cannot run on:
+                // stop them and keep the complete images for `haul recover` (the source's
+                // tasks are gone).
                 super::lazy::kill_restored(restored_pid);
                 drop(d);
-                return Err(e.context("filling the restored memory after the resume"));
+                return Ok(Outcome::InDoubt(format!(
+                    "filling the restored memory after the resume failed: {e}"
+                )));
             }
         }
         drop(d);
