@@ -150,11 +150,8 @@ impl LazyDaemon {
         let start = Instant::now();
         let mut last = (Instant::now(), mux::load(&conn.counters.pages_in));
         loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) if st.success() => return Ok(start.elapsed()),
-                Ok(Some(st)) => return Err(self.failed(&format!("failed ({st})"))),
-                Ok(None) => {}
-                Err(e) => return Err(Error::other(format!("waiting for criu lazy-pages: {e}"))),
+            if self.exited()? {
+                return Ok(start.elapsed());
             }
             match conn.recv(Duration::from_millis(5), "post-copy") {
                 Ok(Incoming::Control(Msg::Abort(a))) => {
@@ -189,16 +186,23 @@ impl LazyDaemon {
 }
 
 impl LazyDaemon {
+    /// Whether the daemon has exited successfully (every page in place); Err if it failed.
+    fn exited(&mut self) -> Result<bool> {
+        match self.child.try_wait() {
+            Ok(Some(st)) if st.success() => Ok(true),
+            Ok(Some(st)) => Err(self.failed(&format!("failed ({st})"))),
+            Ok(None) => Ok(false),
+            Err(e) => Err(Error::other(format!("waiting for criu lazy-pages: {e}"))),
+        }
+    }
+
     /// Filling from local images: waits until the daemon has put every page in place (Ok: how
     /// long it took) or fails, or `limit` passes (Err).
     pub fn wait_local(&mut self, limit: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
-            match self.child.try_wait() {
-                Ok(Some(st)) if st.success() => return Ok(start.elapsed()),
-                Ok(Some(st)) => return Err(self.failed(&format!("failed ({st})"))),
-                Ok(None) => {}
-                Err(e) => return Err(Error::other(format!("waiting for criu lazy-pages: {e}"))),
+            if self.exited()? {
+                return Ok(start.elapsed());
             }
             if start.elapsed() > limit {
                 return Err(self.failed(&format!(

@@ -1139,6 +1139,20 @@ mod tests {
             }
         }
 
+        /// Waits (at most 200 ms) until the filter has fetched nothing new for 2 ms: the
+        /// stream's chunks in flight have arrived.
+        fn settle(&self) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+            let mut last = self.filter.counts().prefetched;
+            let mut still = 0;
+            while still < 2 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                let now = self.filter.counts().prefetched;
+                still = if now == last { still + 1 } else { 0 };
+                last = now;
+            }
+        }
+
         fn ask(&mut self, q: &Iov) {
             self.daemon
                 .write_all(&q.encode(self.layout)[..self.layout.header_len()])
@@ -1379,6 +1393,9 @@ mod tests {
                 sent_pages += got;
                 questions += 1;
                 xfer = (xfer + 16).min(1024);
+                // CRIU's daemon copies each answer into the tasks before it asks again; here
+                // the next question would otherwise race the stream's chunks in flight.
+                w.settle();
             }
         }
         assert_eq!(sent_pages, 450);
