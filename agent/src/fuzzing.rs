@@ -15,8 +15,11 @@
 //! | `tmpfs_archive` | a tmpfs archive from the source as haul's `tar --extract` reads it |
 //! | `criu_pagemap` | a `pagemap-<id>.img` from the source, as `--lazy`'s read-ahead reads it |
 //! | `lazy_answers` | the source's page stream during a post-copy, through the read-ahead filter |
+//! | `page_stream` | the source's page stream of a dump, as the destination writes it into page images |
 
+use crate::criu::page_stream::PageStream;
 use crate::criu::{log_excerpt, stats, Event, Swrk};
+use crate::dest::page_images::{PageImages, Reply};
 use crate::dest::precopy::PageServers;
 use crate::dest::runc::check_description;
 use crate::limits::{CRIU_LOG_ERROR_LINES, FRAME_MAX, FRAME_PLAINTEXT_MAX, HANDSHAKE_TIMEOUT};
@@ -25,6 +28,7 @@ use crate::transfer::frame::{FrameKey, Kind, RecvHalf};
 use crate::transfer::handshake::{self, builder, preamble, HandshakeIo, HANDSHAKE_MSG_MAX};
 use crate::transfer::images::ImageSink;
 use crate::transfer::mux::decode_control;
+use crate::transfer::mux::PageSink;
 use crate::transfer::tree::TreeSink;
 use crate::transfer::{Key, PROTOCOL_VERSION};
 use haul_proto::criu::{
@@ -323,6 +327,8 @@ struct Dest {
     pre_copy: bool,
     /// `--lazy` in Prepare: no page server, the memory comes after the resume.
     lazy: bool,
+    /// Without pre-copy or `--lazy`: haul's page writer, from Prepared on.
+    pages: Option<PageImages>,
 }
 
 type Step = Result<(), String>;
@@ -349,8 +355,13 @@ impl Dest {
                 self.control(m)
             }
             4 => self.file_data(payload),
-            // Page data and its end go to the CRIU page server, which exists from Prepared on.
-            2 | 3 if self.stage == Stage::Receiving && !self.lazy => Ok(()),
+            // Page data and its end go to haul's page writer, or with pre-copy to a CRIU page
+            // server; both exist from Prepared on.
+            2 if self.stage == Stage::Receiving && !self.lazy => match self.pages.as_ref() {
+                Some(w) => w.put(payload),
+                None => Ok(()),
+            },
+            3 if self.stage == Stage::Receiving && !self.lazy => Ok(()),
             other => Err(format!("frame kind {other} here")),
         }
     }
@@ -424,6 +435,9 @@ impl Dest {
             (Stage::Receiving, Msg::ImagesDone(d)) => match self.images.as_ref() {
                 Some(s) => {
                     s.done(&d).map_err(text)?;
+                    if let Some(w) = self.pages.take() {
+                        w.finish()?;
+                    }
                     self.stage = Stage::Commit;
                     Ok(())
                 }
@@ -461,7 +475,11 @@ impl Dest {
         if restart {
             self.stage = Stage::Restart;
         } else {
-            self.images = Some(ImageSink::new(open_dir(&self.work.join("images"))?));
+            let dir = self.work.join("images");
+            self.images = Some(ImageSink::new(open_dir(&dir)?));
+            if !self.lazy && !self.pre_copy {
+                self.pages = Some(page_writer(&dir, false, Box::new(|_| Ok(())))?);
+            }
             self.stage = Stage::Receiving;
         }
         Ok(())
@@ -592,6 +610,7 @@ pub fn dest_control(data: &[u8]) {
         tree: None,
         pre_copy: false,
         lazy: false,
+        pages: None,
     };
     for (kind, payload) in script(data) {
         if dest.frame(kind, payload).is_err() {
@@ -737,6 +756,112 @@ pub fn criu_pagemap(data: &[u8]) {
     }
 }
 
+/// A page writer into `dir` (created), reading headers of CRIU 4.2's layout if `wide`.
+fn page_writer(dir: &Path, wide: bool, reply: Reply) -> Result<PageImages, String> {
+    use crate::criu::page_server::Layout;
+    let layout = if wide { Layout::Wide } else { Layout::Narrow };
+    Ok(PageImages::new(
+        open_dir(dir)?,
+        dir.to_path_buf(),
+        PageStream::new(layout, 4096),
+        wide,
+        reply,
+    ))
+}
+
+/// `page_stream`: the page stream of a dump from the source, as the destination writes it
+/// into page maps and pages files (`dest::page_images`). Byte 0: bit 0 picks the header layout
+/// (1: CRIU 4.2's 32 bytes, 0: 24 bytes). Byte 1: the size of the pieces the rest arrives in
+/// (1-256). Whatever it is: the answers are the protocol's (one byte per open, four per parent
+/// question and for the close, then the end), and a stream the writer calls complete left
+/// exactly its pages in the files.
+pub fn page_stream(data: &[u8]) {
+    let _ = page_stream_run(data);
+}
+
+/// `page_stream`, telling what the writer made of a complete stream (None: not run).
+fn page_stream_run(data: &[u8]) -> Option<Result<crate::dest::page_images::Written, String>> {
+    use crate::dest::page_images::Answer;
+    use std::sync::{Arc, Mutex};
+    let (&mode, &piece, root) = (data.first()?, data.get(1)?, scratch()?);
+    let dir = root.join("l1/l2/l3/l4/pages");
+    let _ = std::fs::remove_dir_all(&dir);
+    let answers = Arc::new(Mutex::new((0usize, false)));
+    let seen = answers.clone();
+    let reply: Reply = Box::new(move |a| {
+        let mut g = seen.lock().map_err(|_| "poisoned".to_string())?;
+        assert!(!g.1, "an answer after the end");
+        match a {
+            Answer::Bytes(b) => {
+                assert!(matches!(b.len(), 1 | 4), "{b:?}");
+                g.0 += b.len();
+            }
+            Answer::End => g.1 = true,
+        }
+        Ok(())
+    });
+    let w = page_writer(&dir, mode & 1 == 1, reply).ok()?;
+    let mut fed = 0u64;
+    for chunk in data
+        .get(2..)
+        .unwrap_or_default()
+        .chunks(usize::from(piece).max(1))
+    {
+        if w.put(chunk).is_err() {
+            break;
+        }
+        fed += chunk.len() as u64;
+    }
+    let result = w.finish();
+    if let Ok(written) = result {
+        let (answered, ended) = *answers.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(ended, "complete without the end");
+        assert!(answered >= 4, "complete without the close's answer");
+        assert!(written.page_bytes <= fed);
+        let on_disk: u64 = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        assert_eq!(on_disk, written.page_bytes);
+    }
+    drop(w);
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(result)
+}
+
+/// A dump's page stream for seeds: task 1 with a present run of two pages and a lazy one,
+/// a shared segment with one page, the close.
+fn page_session(wide: bool) -> Vec<u8> {
+    use crate::criu::page_server::{Iov, Layout, IOV_ADD_F, IOV_CLOSE, IOV_OPEN2};
+    let layout = if wide { Layout::Wide } else { Layout::Narrow };
+    let h = |cmd: u32, nr_pages: u64, vaddr: u64, dst_id: u64| {
+        Iov {
+            cmd,
+            nr_pages,
+            vaddr,
+            dst_id,
+        }
+        .encode(layout)[..layout.header_len()]
+            .to_vec()
+    };
+    let (task, shm) = (1 << 8 | 1, 5 << 8 | 2);
+    let mut s = h(IOV_OPEN2, 0, 0, task);
+    s.extend(h(4 << 16 | IOV_ADD_F, 2, 0x40_0000, task));
+    s.extend((0..2 * 4096u32).map(|i| (i % 253) as u8));
+    s.extend(h(6 << 16 | IOV_ADD_F, 1, 0x7f00_0000_0000, task));
+    s.extend([0x5a; 4096]);
+    s.extend(h(IOV_OPEN2, 0, 0, shm));
+    s.extend(h(4 << 16 | IOV_ADD_F, 1, 0, shm));
+    s.extend([0xa5; 4096]);
+    s.extend(h(IOV_CLOSE, 0, 0, 0));
+    s
+}
+
 /// Image id and first address of the lazy run `lazy_answers` sets up (64 pages).
 const LAZY_TASK: u64 = 7;
 const LAZY_BASE: u64 = 0x7f00_0000_0000;
@@ -782,7 +907,6 @@ fn lazy_answers_run(data: &[u8]) -> Option<Result<(), String>> {
     lazy_questions(mode, |q| f.ask(q)).ok()?;
     let piece = usize::from(piece).max(1);
     for chunk in data.get(2..).unwrap_or_default().chunks(piece) {
-        use crate::transfer::mux::PageSink;
         let r = f.put(chunk);
         drain();
         let held = f.invariants();
@@ -975,7 +1099,10 @@ fn tree_entry(out: &mut Vec<u8>, path: &str, kind: TreeKind, target: &str) {
 }
 
 fn images(out: &mut Vec<u8>) {
-    push_frame(out, 2, b"\x01\x00\x00\x00page-server bytes");
+    let session = page_session(false);
+    let (a, b) = session.split_at(30);
+    push_frame(out, 2, a);
+    push_frame(out, 2, b);
     push_frame(out, 3, &[]);
     file(out, "core-1.img", b"\x54\x59\x04\x12core");
     file(out, "pstree.img", b"\x54\x59\x04\x12pstree");
@@ -1422,6 +1549,30 @@ pub fn seeds(fixtures: &Path) -> Result<Vec<Seed>, String> {
         lazy_answers_seed(true, 0, true),
     ));
 
+    // page_stream: a real dump's (CRIU 4.1.1 to its page server), whole and in pieces of
+    // 7 bytes; a sample of both layouts.
+    let real = fixture("criu-4.1.1-page-server/stream.bin")?;
+    out.push(seed(
+        "page_stream",
+        "criu-4.1.1-busybox",
+        [&[0u8, 0][..], &real].concat(),
+    ));
+    out.push(seed(
+        "page_stream",
+        "criu-4.1.1-pieces",
+        [&[0u8, 7][..], &real].concat(),
+    ));
+    out.push(seed(
+        "page_stream",
+        "narrow",
+        [&[0u8, 0][..], &page_session(false)].concat(),
+    ));
+    out.push(seed(
+        "page_stream",
+        "wide",
+        [&[1u8, 200][..], &page_session(true)].concat(),
+    ));
+
     Ok(out)
 }
 
@@ -1513,6 +1664,7 @@ mod tests {
                 "tmpfs_archive" => tmpfs_archive(&s.bytes),
                 "criu_pagemap" => criu_pagemap(&s.bytes),
                 "lazy_answers" => lazy_answers(&s.bytes),
+                "page_stream" => page_stream(&s.bytes),
                 other => panic!("seed for unknown target {other}"),
             }
         }
@@ -1582,6 +1734,7 @@ mod tests {
                 tree: None,
                 pre_copy: false,
                 lazy: false,
+                pages: None,
             };
             for (kind, payload) in script(get("dest_control", name)) {
                 if let Err(e) = d.frame(kind, payload) {
@@ -1598,6 +1751,16 @@ mod tests {
             }
             drop(d);
             std::fs::remove_dir_all(&work).unwrap();
+        }
+        // The page-stream seeds are complete dumps: 16 pages of busybox, 4 of the samples.
+        for (name, pages) in [
+            ("criu-4.1.1-busybox", 16),
+            ("criu-4.1.1-pieces", 16),
+            ("narrow", 4),
+            ("wide", 4),
+        ] {
+            let w = page_stream_run(get("page_stream", name)).unwrap().unwrap();
+            assert_eq!(w.page_bytes, pages * 4096, "{name}");
         }
         // No other test of this process uses the scratch directory.
         std::fs::remove_dir_all(root).unwrap();

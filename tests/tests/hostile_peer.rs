@@ -6,7 +6,7 @@
 //! per-migration directories (which must be gone afterwards), and that a good session still
 //! completes; each test ends with a `haul check --to` run that must exit 0.
 //!
-//! Needs root and CRIU (the destination starts a CRIU page server after Prepare); the runc cases
+//! Needs root and CRIU (the destination asks CRIU for its version and features); the runc cases
 //! also need runc. `cargo build -p haul` first. Tests named for what serve must do and failing
 //! today expose haul bugs (see each test's message).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
@@ -1024,6 +1024,55 @@ fn messages_out_of_order_are_refused() {
             )],
             "received 0 files / 0 bytes, sender says 9 / 99",
         ),
+        // The page stream: CRIU's page-server protocol, which serve writes into page images
+        // itself (CRIU 4.1's 24-byte headers: the peer's Hello names no CRIU version, so the
+        // destination's own, 4.1.1, decides).
+        (
+            "ImagesDone without a page stream",
+            vec![(
+                Kind::Control,
+                control(Msg::ImagesDone(ImagesDone { files: 0, bytes: 0 })),
+            )],
+            "page stream ended after 0 bytes without the dump's close",
+        ),
+        (
+            "page stream with a command a dump does not send",
+            vec![(Kind::PageData, ps_header(99, 0, 0, 1 << 8 | 1))],
+            "command 99, which a dump does not send",
+        ),
+        (
+            "pages of a page map never opened",
+            vec![(
+                Kind::PageData,
+                ps_header(4 << 16 | 6, 1, 0x1000, 1 << 8 | 1),
+            )],
+            "which is not the open one",
+        ),
+        (
+            "the same page map twice",
+            vec![
+                (Kind::PageData, ps_header(4, 0, 0, 7 << 8 | 1)),
+                (Kind::PageData, ps_header(4, 0, 0, 7 << 8 | 1)),
+            ],
+            "pagemap-7.img: the dump sent it twice",
+        ),
+        (
+            "page stream cut inside a run of pages",
+            vec![
+                (Kind::PageData, ps_header(4, 0, 0, 7 << 8 | 1)),
+                (
+                    Kind::PageData,
+                    ps_header(4 << 16 | 6, 2, 0x1000, 7 << 8 | 1),
+                ),
+                (Kind::PageData, vec![0x5a; 5000]),
+                (Kind::PageEof, Vec::new()),
+                (
+                    Kind::Control,
+                    control(Msg::ImagesDone(ImagesDone { files: 0, bytes: 0 })),
+                ),
+            ],
+            "3192 bytes short",
+        ),
     ];
     for (name, frames, needle) in image_stage {
         let case = srv.case(name);
@@ -1041,6 +1090,18 @@ fn messages_out_of_order_are_refused() {
 
 /// A frame a peer sends: its kind and payload.
 type Frame = (Kind, Vec<u8>);
+
+/// A page-server header as CRIU 4.1 sends it: u32 command (flags in the high 16 bits), u32
+/// pages, u64 address, u64 image id (pid << 8 | 1 for a task), in the host's byte order.
+fn ps_header(cmd: u32, pages: u32, vaddr: u64, id: u64) -> Vec<u8> {
+    [
+        &cmd.to_ne_bytes()[..],
+        &pages.to_ne_bytes(),
+        &vaddr.to_ne_bytes(),
+        &id.to_ne_bytes(),
+    ]
+    .concat()
+}
 
 fn control(m: Msg) -> Vec<u8> {
     haul_proto::haul::Control { msg: Some(m) }.encode_to_vec()

@@ -14,9 +14,11 @@
 //! `/proc/self/fd/N` (CRIU: `/proc/<peer>/fd/N`) and turns `parent_img` into a `parent` link in
 //! the images directory after checking it resolves there.
 //!
-//! A page-server session is the fake's own: an 8-byte little-endian length, that many bytes,
-//! then the page server's 4-byte answer. Like CRIU's close command and its answer
-//! (criu/page-xfer.c), it lets one socket carry several sessions, each read exactly.
+//! A page-server session is CRIU 4.1's protocol (criu/page-xfer.c), reduced to one task: OPEN2
+//! of task 1 (answered by one byte, no parent), one ADD_F with PE_PRESENT and the pages, CLOSE
+//! (answered by a 4-byte status). The close and its answer let one socket carry several
+//! sessions, each read exactly. The destination's own page writer (`dest::page_images`) or the
+//! fake's page server (pre-copy) receives it.
 //!
 //! The path may carry options after commas: `builtin:fake-criu,tag=NAME,fail-restore`.
 //! `tag` files each session's log under NAME for [`join`]; `fail-restore` makes RESTORE fail
@@ -76,12 +78,18 @@ pub const RESTORE_REFUSED: &str = "fake restore refused by the test";
 /// Error message of a PRE_DUMP failed by `fail-pre-dump`.
 pub const PRE_DUMP_REFUSED: &str = "fake pre-dump refused by the test";
 
-/// Bytes of a page-server session around its pages: the length header (the page server's
-/// 4-byte answer travels the other way).
-pub const SESSION_OVERHEAD: u64 = 8;
+/// Bytes of a page-server session with pages around its pages: three 24-byte headers (OPEN2,
+/// ADD_F, CLOSE); the answers travel the other way.
+pub const SESSION_OVERHEAD: u64 = 3 * 24;
 
 /// The page server's answer to a complete session (CRIU's is a 32-bit status, 0).
 const SESSION_ANSWER: [u8; 4] = [0; 4];
+
+/// The page-server id of task 1's page map (pid << 8 | type 1).
+const TASK_1: u64 = 1 << 8 | 1;
+
+/// Where the fake's pages start in the fake task's memory.
+const PAGES_AT: u64 = 0x10_0000;
 
 /// Bytes in a page.
 pub const PAGE_SIZE: u64 = 4096;
@@ -431,30 +439,99 @@ fn page_server(
     Ok(())
 }
 
+/// A page-server header as CRIU 4.1 writes it: u32 command (flags in the high 16 bits), u32
+/// pages, u64 address, u64 id, in the host's byte order.
+fn ps_header(cmd: u32, pages: u32, vaddr: u64, id: u64) -> [u8; 24] {
+    let mut h = [0u8; 24];
+    h[..4].copy_from_slice(&cmd.to_ne_bytes());
+    h[4..8].copy_from_slice(&pages.to_ne_bytes());
+    h[8..16].copy_from_slice(&vaddr.to_ne_bytes());
+    h[16..].copy_from_slice(&id.to_ne_bytes());
+    h
+}
+
+/// The fields of a header in `ps_header`'s layout.
+fn ps_fields(h: &[u8; 24]) -> (u32, u32, u64, u64) {
+    let word = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let long = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[i..i + 8]);
+        u64::from_ne_bytes(b)
+    };
+    (word(0), word(4), long(8), long(16))
+}
+
+const CMD_OPEN2: u32 = 4;
+const CMD_ADD_F: u32 = 6;
+const CMD_CLOSE: u32 = 0x1023;
+const FLAG_PRESENT: u32 = 1 << 2;
+
 /// One session from `ps`, read exactly (the next session on the socket is another page
-/// server's), stored in `pages-1.img` before it is answered.
+/// server's), stored in `pages-1.img` before its close is answered.
 fn receive_pages(dir: &OwnedFd, ps: &OwnedFd) -> Result<usize, String> {
-    let mut header = [0u8; 8];
-    read_exact(ps, &mut header)?;
-    let len = usize::try_from(u64::from_le_bytes(header)).unwrap_or(usize::MAX);
-    if len > PAGE_SERVER_MAX {
-        return Err(format!(
-            "a session of {len} bytes (at most {PAGE_SERVER_MAX})"
-        ));
+    let mut h = [0u8; 24];
+    read_exact(ps, &mut h)?;
+    if ps_fields(&h) != (CMD_OPEN2, 0, 0, TASK_1) {
+        return Err(format!("a session that does not open task 1: {h:?}"));
     }
-    let mut pages = vec![0u8; len];
-    read_exact(ps, &mut pages)?;
+    send_all(ps, &[0]).map_err(|e| format!("answering the open: {e}"))?;
+    let mut pages = Vec::new();
+    loop {
+        read_exact(ps, &mut h)?;
+        match ps_fields(&h) {
+            (CMD_CLOSE, ..) => break,
+            (cmd, n, _, TASK_1) if cmd == FLAG_PRESENT << 16 | CMD_ADD_F => {
+                let len = usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(4096);
+                if pages.len().saturating_add(len) > PAGE_SERVER_MAX {
+                    return Err(format!("a session over {PAGE_SERVER_MAX} bytes"));
+                }
+                let at = pages.len();
+                pages.resize(at + len, 0);
+                read_exact(ps, &mut pages[at..])?;
+            }
+            other => return Err(format!("a header the fake does not send: {other:x?}")),
+        }
+    }
     write_file(dir, "pages-1.img", &pages)?;
     send_all(ps, &SESSION_ANSWER).map_err(|e| format!("answering the session: {e}"))?;
     Ok(pages.len())
 }
 
-/// The dumping side of a session: the pages, then the page server's answer.
+/// A whole session as the dumping side sends it (tests that script a source).
+pub fn session_stream(pages: &[u8]) -> Vec<u8> {
+    let n = u32::try_from(pages.len() / PAGE_SIZE as usize).unwrap_or(u32::MAX);
+    let mut s = ps_header(CMD_OPEN2, 0, 0, TASK_1).to_vec();
+    s.extend(ps_header(
+        FLAG_PRESENT << 16 | CMD_ADD_F,
+        n,
+        PAGES_AT,
+        TASK_1,
+    ));
+    s.extend_from_slice(pages);
+    s.extend(ps_header(CMD_CLOSE, 0, 0, 0));
+    s
+}
+
+/// The dumping side of a session: open task 1 and wait for the answer, the pages as one run,
+/// the close and the page server's answer.
 fn send_session(ps: &OwnedFd, pages: &[u8]) -> Result<(), String> {
     set_socket_timeout(ps, Timeout::Recv, Some(STALL)).map_err(|e| e.to_string())?;
-    let len = u64::try_from(pages.len()).unwrap_or(u64::MAX);
-    send_all(ps, &len.to_le_bytes()).map_err(|e| format!("writing to ps.fd: {e}"))?;
-    send_all(ps, pages).map_err(|e| format!("writing pages to ps.fd: {e}"))?;
+    send_all(ps, &ps_header(CMD_OPEN2, 0, 0, TASK_1))
+        .map_err(|e| format!("writing to ps.fd: {e}"))?;
+    let mut parent = [0xffu8; 1];
+    read_exact(ps, &mut parent).map_err(|e| format!("the page server's open answer: {e}"))?;
+    if parent != [0] {
+        return Err(format!("the page server has a parent image: {parent:?}"));
+    }
+    if !pages.is_empty() {
+        let n = u32::try_from(pages.len() / PAGE_SIZE as usize).unwrap_or(u32::MAX);
+        let add = ps_header(FLAG_PRESENT << 16 | CMD_ADD_F, n, PAGES_AT, TASK_1);
+        send_all(ps, &add).map_err(|e| format!("writing to ps.fd: {e}"))?;
+        send_all(ps, pages).map_err(|e| format!("writing pages to ps.fd: {e}"))?;
+    }
+    send_all(ps, &ps_header(CMD_CLOSE, 0, 0, 0)).map_err(|e| format!("writing to ps.fd: {e}"))?;
     let mut answer = [0xffu8; 4];
     read_exact(ps, &mut answer).map_err(|e| format!("the page server's answer: {e}"))?;
     if answer != SESSION_ANSWER {

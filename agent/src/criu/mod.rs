@@ -9,6 +9,7 @@ mod error;
 pub mod fake;
 pub mod log_excerpt;
 pub mod page_server;
+pub mod page_stream;
 pub mod pagemap;
 pub mod stats;
 mod swrk;

@@ -42,6 +42,11 @@ impl Layout {
         }
     }
 }
+/// Opens the page map of one image (a task's or a shared segment's); answered by one byte: 1
+/// if the page server has a parent image of it.
+pub const IOV_OPEN2: u32 = 4;
+/// Is there a parent image of this one? Answered by a 4-byte int.
+pub const IOV_PARENT: u32 = 5;
 /// Pages of the range starting at `vaddr`, please (lazy-pages daemon).
 pub const IOV_GET: u32 = 7;
 /// Here are pages (also the answer to a GET).
@@ -52,8 +57,14 @@ pub const IOV_CLOSE: u32 = 0x1023;
 pub const IOV_FORCE_CLOSE: u32 = 0x1024;
 /// Size of the answer to a close.
 pub const CLOSE_STATUS: usize = 4;
+/// Flag of an ADD_F: the pages are in the parent image (CRIU's PE_PARENT).
+pub const PE_PARENT: u32 = 1 << 0;
+/// Flag of an ADD_F: the pages may be restored lazily (CRIU's PE_LAZY).
+pub const PE_LAZY: u32 = 1 << 1;
 /// Flag of an ADD_F: the pages follow (CRIU's PE_PRESENT).
 pub const PE_PRESENT: u32 = 1 << 2;
+/// Every flag an ADD_F may carry (criu/include/pagemap.h).
+pub const PE_FLAGS: u32 = PE_PARENT | PE_LAZY | PE_PRESENT;
 const CMD_BITS: u32 = 16;
 
 /// One `page_server_iov`.

@@ -12,8 +12,11 @@ use std::path::Path;
 
 const MAGIC_IMG_COMMON: u32 = 0x5456_4319;
 const MAGIC_PAGEMAP: u32 = 0x5608_4025;
+/// Longest record `write_entry` makes: a length word and an entry of five fields at their
+/// largest (11 + 6 + 2 + 6 + 11 bytes).
+pub const RECORD_MAX: usize = 4 + 36;
 /// Pages are in the source's page server, to be fetched on demand (CRIU's PE_LAZY).
-pub const PE_LAZY: u32 = 1 << 1;
+pub use super::page_server::PE_LAZY;
 /// A pagemap file larger than this is refused (~70 000 entries: far more runs of pages than a
 /// container's tasks have).
 pub const PAGEMAP_MAX: usize = 1 << 20;
@@ -79,6 +82,33 @@ pub fn lazy_ranges(bytes: &[u8], page: u64) -> Result<Vec<Range>, String> {
         return Err(format!("overlapping entries at {:#x}", w[1].0));
     }
     Ok(ranges)
+}
+
+/// The start of a pagemap image as CRIU writes it: the magics and the head naming
+/// `pages-<pages_id>.img`.
+pub fn image_start(pages_id: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&MAGIC_IMG_COMMON.to_le_bytes());
+    b.extend_from_slice(&MAGIC_PAGEMAP.to_le_bytes());
+    let head = PagemapHead { pages_id };
+    b.extend_from_slice(&(head.encoded_len() as u32).to_le_bytes());
+    head.encode(&mut b).unwrap_or_default();
+    b
+}
+
+/// Appends the record of one entry (a run of `nr_pages` pages at `vaddr`) to `out`. CRIU up
+/// to 4.1 reads the count from field 2, 4.2 on from field 5 (`wide`, which 4.1 skips), so both
+/// carry it when the restoring CRIU is 4.2 or newer.
+pub fn write_entry(out: &mut Vec<u8>, vaddr: u64, nr_pages: u64, flags: u32, wide: bool) {
+    let e = PagemapEntry {
+        vaddr,
+        compat_nr_pages: u32::try_from(nr_pages).unwrap_or(u32::MAX),
+        in_parent: None,
+        flags: Some(flags),
+        nr_pages: wide.then_some(nr_pages),
+    };
+    out.extend_from_slice(&(e.encoded_len() as u32).to_le_bytes());
+    e.encode(out).unwrap_or_default();
 }
 
 /// Reads `pagemap-<id>.img` in `dir` (at most `PAGEMAP_MAX` bytes).

@@ -3,6 +3,7 @@
 
 pub mod journal;
 pub mod lazy;
+pub mod page_images;
 pub mod precopy;
 pub mod prefetch;
 pub mod recover;

@@ -3,8 +3,11 @@
 //! holding the tasks at post-restore, report Ready, and let them run only on Commit.
 
 use super::journal::{self, Stage};
+use super::page_images::PageImages;
 use super::runc::RuncRestore;
 use super::serve::{Limits, Slot};
+use crate::criu::page_server::Layout;
+use crate::criu::page_stream::PageStream;
 use crate::criu::{self, stats, Event, Swrk, Version};
 use crate::error::{Error, Kind, Result};
 use crate::limits::{CONCURRENT_MIGRATIONS, HANDSHAKE_TIMEOUT, LOCAL_FILL_LIMIT};
@@ -17,7 +20,7 @@ use haul_proto::haul::{
     Welcome,
 };
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,7 +276,18 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
             fill_after,
             pre_copy: prepare.pre_copy,
         },
-        version,
+        CriuVersions {
+            source: hello
+                .criu
+                .as_ref()
+                .map(|v| Version {
+                    major: v.major,
+                    minor: v.minor,
+                    sublevel: v.sublevel,
+                })
+                .unwrap_or(version),
+            here: version,
+        },
     );
     match outcome {
         Ok(Outcome::Done(done)) => {
@@ -379,31 +393,36 @@ fn receive_and_restore(
     ps_criu: std::os::fd::OwnedFd,
     job: &mut Option<RuncRestore>,
     memory: Memory,
-    criu_version: criu::Version,
+    criu: CriuVersions,
 ) -> Result<Outcome> {
     let Memory {
         lazy,
         mut fill_after,
         pre_copy,
     } = memory;
-    // Page servers. Pre-copy: one per dump when the source asks (dest/precopy.rs). --lazy:
-    // none, the memory comes after the resume (dest/lazy.rs). Else one now: CRIU forks it with
-    // our socketpair end; it writes pages-*.img into `work`.
+    // Page servers. Pre-copy: CRIU's, one per dump when the source asks (dest/precopy.rs).
+    // --lazy: none, the memory comes after the resume (dest/lazy.rs). Else haul's own: the
+    // connection's reader writes pagemap-*.img and pages-*.img into `work` (dest/page_images.rs).
     let mut page_servers = super::precopy::PageServers::default();
     let mut relay = None;
     let mut stop_pages = None;
-    if !lazy {
-        if pre_copy {
-            page_servers = super::precopy::PageServers::new(ps_criu);
-        } else {
-            swrk.set_log(work.path.join("page-server.log"));
-            swrk.call(&Swrk::request(
-                CriuReqType::PageServer,
-                crate::plan::pid::page_server(work.raw(), ps_criu.as_raw_fd()),
-            ))
-            .map_err(|e| Error::other(e.to_string()))?;
-            drop(ps_criu);
-        }
+    let mut page_images = None;
+    if !lazy && !pre_copy {
+        let dir = rustix::io::fcntl_dupfd_cloexec(&work.fd, 3)
+            .map_err(|e| Error::other(format!("dup: {e}")))?;
+        let stream = PageStream::new(Layout::of(criu.source), rustix::param::page_size() as u64);
+        let images = Arc::new(PageImages::new(
+            dir,
+            work.path.clone(),
+            stream,
+            Layout::of(criu.here) == Layout::Wide,
+            super::page_images::reply_over(conn.sender()),
+        ));
+        conn.set_page_filter(images.clone());
+        page_images = Some(images);
+        drop((ps_ours, ps_criu));
+    } else if pre_copy {
+        page_servers = super::precopy::PageServers::new(ps_criu);
         let ps_ours = Arc::new(ps_ours);
         conn.set_page_sink(ps_ours.clone());
         relay = Some(
@@ -465,6 +484,20 @@ fn receive_and_restore(
             Incoming::Control(Msg::ImagesDone(d)) => {
                 sink.done(&d).map_err(|e| wire(e, "images"))?;
                 page_servers.finish()?;
+                // The source sends ImagesDone after its dump, whose page stream (read by this
+                // connection's reader before it queued ImagesDone) ended with the close.
+                if let Some(images) = page_images.take() {
+                    let w = images.finish().map_err(|e| match disk_full(&work.path) {
+                        Some(full) => Error::other(format!("{full} ({e})")),
+                        None => Error::other(e),
+                    })?;
+                    log::debug!(
+                        "page images: {} maps, {} runs, {} bytes of pages",
+                        w.images,
+                        w.runs,
+                        w.page_bytes
+                    );
+                }
                 break;
             }
             Incoming::Control(Msg::Abort(a)) => {
@@ -499,9 +532,8 @@ fn receive_and_restore(
         let ps =
             d.ps.clone()
                 .ok_or_else(|| Error::other("lazy-pages daemon without a page-server socket"))?;
-        let (relay, filter) =
-            super::prefetch::start_relay(ps, work.path.clone(), conn, criu_version)
-                .map_err(|e| wire(e, "page relay"))?;
+        let (relay, filter) = super::prefetch::start_relay(ps, work.path.clone(), conn, criu.here)
+            .map_err(|e| wire(e, "page relay"))?;
         lazy_relay = Some(relay);
         prefetch = filter;
         lazy_daemon = Some(d);
@@ -674,6 +706,14 @@ fn receive_and_restore(
     // Done goes out after the clean-up below (migrate), so a source that exits 0 finds the
     // destination already tidy.
     Ok(Outcome::Done(done))
+}
+
+/// The CRIU versions of both sides: the page stream's headers are in the source's layout, the
+/// page maps haul writes in the destination's format.
+#[derive(Debug, Clone, Copy)]
+struct CriuVersions {
+    source: Version,
+    here: Version,
 }
 
 /// How the memory reaches the restored tasks.
