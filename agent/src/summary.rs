@@ -62,6 +62,9 @@ pub struct Summary<'a> {
     /// lazy-pages daemon there had filled the memory from its own images; 0 when the memory was
     /// restored before the resume.
     pub fill_ms: u64,
+    /// `haul migrate`'s own peak resident memory (VmHWM) when the summary was made, KiB; 0
+    /// where /proc does not say.
+    pub peak_rss_kib: u64,
     /// Pre-copy iterations before the final dump (whose numbers are the ones above).
     pub pre_dump: PreDump<'a>,
 }
@@ -108,6 +111,12 @@ impl Summary<'_> {
             self.image_bytes as f64 / 1024.0,
             mib(self.wire_bytes),
         );
+        if self.peak_rss_kib > 0 {
+            eprintln!(
+                "  peak memory:  {:.1} MiB (haul migrate)",
+                self.peak_rss_kib as f64 / 1024.0
+            );
+        }
         if self.fill_ms > 0 {
             eprintln!(
                 "  filled:       {} ms after the resume (the destination's copy of the memory)",

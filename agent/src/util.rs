@@ -23,6 +23,18 @@ pub fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+/// This process's peak resident memory (`VmHWM` of /proc/self/status), KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = read_bounded(Path::new("/proc/self/status"), 16 * 1024).ok()?;
+    vm_hwm_kib(&String::from_utf8_lossy(&status))
+}
+
+/// The `VmHWM:` line of a /proc/PID/status text, in KiB.
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
 /// A unique name for a migration: time in ms and 32 random bits, e.g. `m-1795938661250-9f3a01c2`.
 pub fn migration_id() -> String {
     let ms = std::time::SystemTime::now()
@@ -121,6 +133,16 @@ pub fn start_guard(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peak_resident_memory_comes_from_vm_hwm() {
+        let status = "Name:\thaul\nVmPeak:\t   10360 kB\nVmHWM:\t    3968 kB\nVmRSS:\t    3200 kB\n";
+        assert_eq!(vm_hwm_kib(status), Some(3968));
+        assert_eq!(vm_hwm_kib("VmRSS:\t 12 kB\n"), None);
+        assert_eq!(vm_hwm_kib("VmHWM:\t 12 MB\n"), None);
+        // This test process has touched some memory.
+        assert!(peak_rss_kib().is_some_and(|k| k > 100), "{:?}", peak_rss_kib());
+    }
 
     #[test]
     fn peer_text_cannot_forge_log_lines() {

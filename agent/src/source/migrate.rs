@@ -423,6 +423,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             destination: o.to,
             insecure: o.key.is_none(),
             total_ms: started.elapsed().as_millis() as u64,
+            peak_rss_kib: crate::util::peak_rss_kib().unwrap_or(0),
             frozen_ms: post.frozen_ms,
             // CRIU's lazy page server restarts its statistics: only the freezing time and
             // the pages written into the images survive.
@@ -519,6 +520,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         destination: o.to,
         insecure: o.key.is_none(),
         total_ms: started.elapsed().as_millis() as u64,
+        peak_rss_kib: crate::util::peak_rss_kib().unwrap_or(0),
         frozen_ms,
         criu_freezing_us: dstats.freezing_time,
         criu_frozen_us: dstats.frozen_time,
