@@ -136,12 +136,17 @@ mod tests {
 
     #[test]
     fn the_peak_resident_memory_comes_from_vm_hwm() {
-        let status = "Name:\thaul\nVmPeak:\t   10360 kB\nVmHWM:\t    3968 kB\nVmRSS:\t    3200 kB\n";
+        let status =
+            "Name:\thaul\nVmPeak:\t   10360 kB\nVmHWM:\t    3968 kB\nVmRSS:\t    3200 kB\n";
         assert_eq!(vm_hwm_kib(status), Some(3968));
         assert_eq!(vm_hwm_kib("VmRSS:\t 12 kB\n"), None);
         assert_eq!(vm_hwm_kib("VmHWM:\t 12 MB\n"), None);
         // This test process has touched some memory.
-        assert!(peak_rss_kib().is_some_and(|k| k > 100), "{:?}", peak_rss_kib());
+        assert!(
+            peak_rss_kib().is_some_and(|k| k > 100),
+            "{:?}",
+            peak_rss_kib()
+        );
     }
 
     #[test]

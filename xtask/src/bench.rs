@@ -340,9 +340,16 @@ struct Sample {
     criu_restore_ms: Option<f64>,
     /// CRIU's memdump_time: collecting the pages and writing them out (memwrite runs inside).
     criu_memdump_ms: Option<f64>,
+    /// CRIU's memwrite_time: writing the collected pages out (to the page server's socket, or
+    /// into the images); CRIU alternates collecting and writing chunks of pages, never both
+    /// at once (criu/mem.c, chunk mode).
+    criu_memwrite_ms: Option<f64>,
     criu_pages_written: Option<u64>,
-    /// Page throughput as CRIU's dump saw it: pages_written × 4 KiB / memdump_time.
+    /// Page throughput: pages_written × 4 KiB / memwrite_time, the pages' transfer, as fast as
+    /// the page server (haul's connection, or the expert's `criu page-server`) takes them.
     page_mib_s: Option<f64>,
+    /// The same over memdump_time (CRIU's collecting of the pages included).
+    memdump_mib_s: Option<f64>,
     /// haul only: its own numbers (`--stats-json`).
     haul_frozen_ms: Option<f64>,
     haul_total_ms: Option<f64>,
@@ -372,8 +379,10 @@ impl Sample {
             criu_frozen_ms: None,
             criu_restore_ms: None,
             criu_memdump_ms: None,
+            criu_memwrite_ms: None,
             criu_pages_written: None,
             page_mib_s: None,
+            memdump_mib_s: None,
             haul_frozen_ms: None,
             haul_total_ms: None,
             haul_wire_bytes: None,
@@ -620,12 +629,17 @@ impl BenchLab {
         }
         s.total_ms = ms(t0.elapsed());
         dst_log.close_writer();
-        if let (Some(p), Some(t)) = (s.criu_pages_written, s.criu_memdump_ms) {
-            // Below ~16 MiB this is mostly CRIU's fixed cost, not a throughput.
-            if p >= 4096 && t > 0.0 {
-                s.page_mib_s = Some(p as f64 * 4096.0 / MIB / (t / 1000.0));
+        // Below ~16 MiB this is mostly CRIU's fixed cost, not a throughput.
+        let rate = |t: Option<f64>| match (s.criu_pages_written, t) {
+            (Some(p), Some(t)) if p >= 4096 && t > 0.0 => {
+                Some(p as f64 * 4096.0 / MIB / (t / 1000.0))
             }
+            _ => None,
+        };
+        if s.page_mib_s.is_none() {
+            s.page_mib_s = rate(s.criu_memwrite_ms);
         }
+        s.memdump_mib_s = rate(s.criu_memdump_ms);
         let (rx1, tx1) = self.net.veth_bytes(Side::Src).map_err(lab_err)?;
         s.wire_bytes = Some((rx1 - rx0) + (tx1 - tx0));
 
@@ -748,7 +762,7 @@ impl BenchLab {
         let end = Instant::now() + Duration::from_secs(300);
         let mut polls = 0u32;
         let status = loop {
-            if polls % 20 == 0 && proc_stat(pid).is_some_and(|p| p.comm == "haul") {
+            if polls.is_multiple_of(20) && proc_stat(pid).is_some_and(|p| p.comm == "haul") {
                 if let Some(v) = proc_vm_hwm_kib(pid) {
                     s.migrate_hwm_kib = Some(s.migrate_hwm_kib.unwrap_or(0).max(v));
                 }
@@ -781,6 +795,7 @@ impl BenchLab {
         s.haul_wire_bytes = Some(num("wire_bytes")? as u64);
         s.haul_page_mib_s = Some(num("page_mib_per_s")?);
         s.criu_memdump_ms = Some(num("criu_memdump_us")? / 1000.0);
+        s.criu_memwrite_ms = Some(num("criu_memwrite_us")? / 1000.0);
         s.criu_pages_written = Some(num("pages_written")? as u64);
         if let Some(kib) = json_number(&json, "peak_rss_kib").filter(|&k| k > 0.0) {
             s.migrate_hwm_kib = Some(s.migrate_hwm_kib.unwrap_or(0).max(kib as u64));
@@ -790,6 +805,7 @@ impl BenchLab {
             s.page_mib_s = s.haul_page_mib_s;
             // Pages move after the resume: their rate is the post-copy's, not memdump's.
             s.criu_memdump_ms = None;
+            s.criu_memwrite_ms = None;
             s.criu_frozen_ms = None;
         }
         Ok(())
@@ -867,6 +883,7 @@ impl BenchLab {
         let r = read_criu_stats(&restore_dir.join("stats-restore")).map_err(lab_err)?;
         s.criu_frozen_ms = d.dump.map(|d| d.frozen_us as f64 / 1000.0);
         s.criu_memdump_ms = d.dump.map(|d| d.memdump_us as f64 / 1000.0);
+        s.criu_memwrite_ms = d.dump.map(|d| d.memwrite_us as f64 / 1000.0);
         s.criu_pages_written = d.dump.map(|d| d.pages_written);
         s.criu_restore_ms = r.restore.map(|r| r.restore_us as f64 / 1000.0);
         Ok(())
@@ -1623,11 +1640,14 @@ impl Report<'_> {
              or runc restore returned); **wire** counts the bytes through the source's veth in both \
              directions, IP and TCP headers included; **CRIU frozen / restore** are `frozen_time` \
              of CRIU's stats-dump and `restore_time` of its stats-restore; **page MiB/s** is the \
-             page throughput as CRIU's dump saw it, pages_written × 4 KiB / memdump_time (the time \
-             to collect the pages and write them to a file, the page server or haul's socket; \
-             shown from 16 MiB of pages; haul's own `page_mib_per_s` divides by memdump_time + \
-             memwrite_time, which overlap, and reads about half of it), or the raw link; **peak RSS** is VmHWM of `haul serve` after the migration, VmHWM of `haul migrate` \
-             polled every millisecond until it exits, and VmHWM of serve's stdio relay (CRIU and \
+             page throughput, pages_written × 4 KiB / memwrite_time of CRIU's stats-dump: the time \
+             CRIU spent writing pages out (to haul's socket, the expert's page server or tmpfs \
+             images), which it alternates with collecting them from the tasks (criu/mem.c, chunk \
+             mode), so this is the rate the transfer takes them at; results.json also has it over \
+             memdump_time, collecting included (`memdump_mib_per_s`); shown from 16 MiB of pages; \
+             for the link, the raw TCP stream; **peak RSS** is VmHWM of `haul serve` after the \
+             migration, of `haul migrate` as it reports it at its end (`peak_rss_kib`; sampled \
+             every 100 ms for a haul that does not), and of serve's stdio relay (CRIU and \
              runc, children of haul, are not counted). For haul, CRIU's frozen time includes the \
              destination's restore (the source holds its tasks frozen at `post-dump` until the \
              destination holds the restored copy), and CRIU's restore time includes the hold at \
@@ -1780,7 +1800,8 @@ impl Report<'_> {
                      \"criu_restore_ms\": {}, \"haul_total_ms\": {}, \"haul_frozen_ms\": {}, \
                      \"haul_wire_bytes\": {}, \"haul_page_bytes\": {}, \
                      \"haul_page_mib_per_s\": {}, \"criu_memdump_ms\": {}, \
-                     \"criu_pages_written\": {}, \"page_mib_per_s\": {}, \
+                     \"criu_memwrite_ms\": {}, \"criu_pages_written\": {}, \
+                     \"page_mib_per_s\": {}, \"memdump_mib_per_s\": {}, \
                      \"serve_hwm_kib\": {}, \"migrate_hwm_kib\": {}, \"relay_hwm_kib\": {}, \
                      \"postcopy_ms\": {}, \"link_mib_per_s\": {}, \"load1\": {}}}",
                     x.method.name(),
@@ -1797,8 +1818,10 @@ impl Report<'_> {
                     jopt(x.haul_page_bytes.map(|b| b as f64)),
                     jopt(x.haul_page_mib_s),
                     jopt(x.criu_memdump_ms),
+                    jopt(x.criu_memwrite_ms),
                     jopt(x.criu_pages_written.map(|b| b as f64)),
                     jopt(x.page_mib_s),
+                    jopt(x.memdump_mib_s),
                     jopt(x.serve_hwm_kib.map(|b| b as f64)),
                     jopt(x.migrate_hwm_kib.map(|b| b as f64)),
                     jopt(x.relay_hwm_kib.map(|b| b as f64)),
