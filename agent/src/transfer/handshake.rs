@@ -45,12 +45,8 @@ pub(crate) fn offers() -> u8 {
     }
 }
 
-pub(crate) fn preamble(secure: bool) -> [u8; 8] {
-    preamble_offering(secure, offers())
-}
-
 /// The preamble with the cipher offers `offers` (only sent with a key).
-fn preamble_offering(secure: bool, offers: u8) -> [u8; 8] {
+pub(crate) fn preamble_offering(secure: bool, offers: u8) -> [u8; 8] {
     let v = PROTOCOL_VERSION.to_be_bytes();
     [
         MAGIC[0],
@@ -326,6 +322,17 @@ pub fn respond(
     key: Option<&Key>,
     deadline: Instant,
 ) -> Result<Option<(FrameKey, FrameKey)>, WireError> {
+    respond_offering(s, key, deadline, offers())
+}
+
+/// `respond` offering the ciphers `offers` (the fuzz targets fix them, so that their seeds do
+/// not depend on the CPU's AES instructions).
+pub(crate) fn respond_offering(
+    s: &mut impl HandshakeIo,
+    key: Option<&Key>,
+    deadline: Instant,
+    offers: u8,
+) -> Result<Option<(FrameKey, FrameKey)>, WireError> {
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|err| WireError::Io {
             op: "set timeout",
@@ -333,7 +340,7 @@ pub fn respond(
         })?;
     let mut theirs = [0u8; 8];
     read_by(s, &mut theirs, deadline).map_err(io_err("the protocol preamble"))?;
-    let ours = preamble(key.is_some());
+    let ours = preamble_offering(key.is_some(), offers);
     // Answer before judging, so the source can say what differs.
     s.write_all(&ours)
         .map_err(|err| WireError::Io { op: "write", err })?;
@@ -514,7 +521,7 @@ mod tests {
             let addr = l.local_addr().unwrap();
             let peer = std::thread::spawn(move || {
                 let mut s = TcpStream::connect(addr).unwrap();
-                let p = preamble(false);
+                let p = preamble_offering(false, 0);
                 s.write_all(&p[..4]).unwrap();
                 std::thread::sleep(pause);
                 let _ = s.write_all(&p[4..]);
@@ -582,7 +589,7 @@ mod tests {
             rx.recv("test").map(|_| ()).unwrap_err().to_string()
         });
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(&preamble(false)).unwrap();
+        s.write_all(&preamble_offering(false, 0)).unwrap();
         let mut p = [0u8; 8];
         s.read_exact(&mut p).unwrap();
         s.write_all(&(crate::limits::FRAME_MAX as u32 + 1).to_be_bytes())
