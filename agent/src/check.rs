@@ -165,18 +165,24 @@ fn remote(
                 return;
             }
         };
+    let sealing = match conn.cipher() {
+        Some(c) => format!("key verified, frames sealed with {}", c.name()),
+        None => "INSECURE: no key".to_string(),
+    };
     r.line(
         "destination: connection and authentication",
         Ok(format!(
-            "{to} ({}, haul {})",
-            if key.is_some() {
-                "key verified, encrypted"
-            } else {
-                "INSECURE: no key"
-            },
+            "{to} ({sealing}, haul {})",
             crate::util::printable(&welcome.agent_version)
         )),
     );
+    if conn.cipher() == Some(haul_seal::Cipher::ChaCha20Poly1305) && haul_seal::aegis_available() {
+        r.info(
+            "destination: cipher",
+            "ChaCha20-Poly1305, not AEGIS-128L: the destination (or HAUL_CIPHER here) does not \
+             offer it, e.g. a CPU without AES instructions; pages move slower",
+        );
+    }
     let dst = welcome
         .criu
         .as_ref()

@@ -25,7 +25,9 @@ use crate::dest::runc::check_description;
 use crate::limits::{CRIU_LOG_ERROR_LINES, FRAME_MAX, FRAME_PLAINTEXT_MAX, HANDSHAKE_TIMEOUT};
 use crate::register::{state_json, Registration};
 use crate::transfer::frame::{FrameKey, Kind, RecvHalf};
-use crate::transfer::handshake::{self, builder, preamble_offering, HandshakeIo, HANDSHAKE_MSG_MAX};
+use crate::transfer::handshake::{
+    self, builder, preamble_offering, HandshakeIo, HANDSHAKE_MSG_MAX,
+};
 
 /// The cipher offers of every preamble the fuzz targets and their seeds make or expect: none
 /// beyond ChaCha20-Poly1305, so that the seeds do not depend on the CPU's AES instructions.
@@ -269,10 +271,17 @@ pub fn handshake(data: &[u8]) {
         chunk,
         output: Vec::new(),
     };
-    let result = handshake::respond_offering(&mut peer, key, Instant::now() + HANDSHAKE_TIMEOUT, FUZZ_OFFERS);
+    let result = handshake::respond_offering(
+        &mut peer,
+        key,
+        Instant::now() + HANDSHAKE_TIMEOUT,
+        FUZZ_OFFERS,
+    );
     // The responder answers a complete preamble with its own before judging it ...
     if rest.len() >= 8 {
-        assert!(peer.output.starts_with(&preamble_offering(key.is_some(), FUZZ_OFFERS)));
+        assert!(peer
+            .output
+            .starts_with(&preamble_offering(key.is_some(), FUZZ_OFFERS)));
     }
     match result {
         Ok(cipher) => assert_eq!(cipher.is_some(), key.is_some(), "mode changed"),
@@ -1704,9 +1713,11 @@ mod tests {
             output: Vec::new(),
         };
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        assert!(handshake::respond_offering(&mut peer, Some(&key), deadline, FUZZ_OFFERS)
-            .unwrap()
-            .is_some());
+        assert!(
+            handshake::respond_offering(&mut peer, Some(&key), deadline, FUZZ_OFFERS)
+                .unwrap()
+                .is_some()
+        );
         // Sealed records decrypt into frames of every kind.
         let k = session().unwrap();
         let wire = seal(&FrameKey::new(&k), &get("frames", "sealed-stream")[1..]);

@@ -289,3 +289,53 @@ fn syslog_records_reach_dev_log() {
         "output on stderr with --syslog: {lines:?}"
     );
 }
+
+/// `haul check --to` names the cipher the frames are sealed with: AEGIS-128L when both sides
+/// have AES instructions, ChaCha20-Poly1305 with a note when the destination does not offer it
+/// (HAUL_CIPHER=chacha20-poly1305 on serve plays a destination without AES).
+#[test]
+fn check_names_the_negotiated_cipher() {
+    let Some(s) = setup("svc-cipher") else { return };
+    let key = s.keygen("key");
+    let aes_here = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .any(|l| {
+            // x86_64 "flags", aarch64 "Features"
+            (l.starts_with("flags") || l.starts_with("Features"))
+                && l.split_whitespace().any(|f| f == "aes")
+        });
+    for (serve_env, want) in [
+        (
+            None,
+            if aes_here {
+                "AEGIS-128L"
+            } else {
+                "ChaCha20-Poly1305"
+            },
+        ),
+        (Some("chacha20-poly1305"), "ChaCha20-Poly1305"),
+    ] {
+        let mut cmd = s.serve_cmd(&["--listen", "127.0.0.1:0", "--key"]);
+        cmd.arg(&key);
+        if let Some(v) = serve_env {
+            cmd.env("HAUL_CIPHER", v);
+        }
+        let mut serve = ChildWithLog::spawn("serve-cipher", &mut cmd).unwrap();
+        let addr = listening_addr(&serve);
+        let out = s.check(&addr, Some(&key));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!("key verified, frames sealed with {want}")),
+            "{serve_env:?}: {text}"
+        );
+        // The note says why the slower cipher was chosen, where this CPU could do better.
+        assert_eq!(
+            text.contains("note  destination: cipher: ChaCha20-Poly1305, not AEGIS-128L"),
+            aes_here && want == "ChaCha20-Poly1305",
+            "{serve_env:?}: {text}"
+        );
+        assert_eq!(stop(&mut serve).code(), Some(0));
+    }
+}

@@ -144,6 +144,11 @@ impl Conn {
         }
     }
 
+    /// The cipher the frames are sealed with (None: plaintext, `--insecure`).
+    pub fn cipher(&self) -> Option<haul_seal::Cipher> {
+        self.tx.lock().ok().and_then(|t| t.cipher())
+    }
+
     /// The shared sending half (for the page relay thread).
     pub fn sender(&self) -> Arc<Mutex<SendHalf>> {
         self.tx.clone()
