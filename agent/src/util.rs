@@ -99,6 +99,13 @@ pub fn fault_point(name: &str) {
     }
 }
 
+/// Test hook for fault injection that is not a crash of haul itself: whether `HAUL_FAULT`
+/// names `name` (`dst-fill-fails`: the destination kills the daemon filling the memory right
+/// after the resume, as a daemon that crashes would end).
+pub fn fault_named(name: &str) -> bool {
+    std::env::var("HAUL_FAULT").is_ok_and(|v| v == name)
+}
+
 /// Starts haul itself with `args` as a guard process: its own process group (a Ctrl-C aimed at
 /// this haul does not reach it), stdin the read end of a pipe whose write end is returned. The
 /// guard acts when that pipe ends without the word it waits for; it is reaped in the

@@ -1460,6 +1460,51 @@ fn h2_destination_killed_while_filling_memory_after_the_resume() {
     );
 }
 
+/// The daemon filling the memory after the resume dies (HAUL_FAULT=dst-fill-fails: serve
+/// kills it right after telling the source the tasks run): the destination stops the tasks
+/// whose memory is not filled and keeps the complete images in doubt; `haul recover` runs them.
+#[test]
+fn h3_the_fill_after_the_resume_fails() {
+    let Some(mut s) = setup("fih3") else { return };
+    s.serve_with(ServeOpts {
+        env: vec![("HAUL_FAULT".into(), "dst-fill-fails".into())],
+        ..ServeOpts::default()
+    });
+    let c = s.start_container(None, None);
+    let out = s.migrate(&c, &[], &[]);
+    out.expect(
+        7,
+        &["IN DOUBT", "resumed the tasks", "filling their memory"],
+        &s,
+    );
+    wait_for("the destination's verdict", QUICK, || {
+        s.serve_log().contains("IN DOUBT").then_some(())
+    });
+    assert!(
+        s.serve_log()
+            .contains("filling the restored memory after the resume failed"),
+        "{}",
+        s.serve_log()
+    );
+    // Never two copies, and here none: the source's tasks are gone, the destination stopped
+    // its own.
+    wait_for("no copy running", Duration::from_secs(10), || {
+        c.wb.pids().is_empty().then_some(())
+    });
+    let mut e = Expect::new(Runs::Nowhere, &c);
+    e.in_doubt = true;
+    let sum = s.check(&c, &e);
+    let rec = recover(&mut s, &c);
+    evidence(
+        "h3",
+        &format!(
+            "exit 7 in {:?} ({}); {sum}; then {rec}",
+            out.took,
+            out.last_line()
+        ),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // i: criu missing or too old
 // ---------------------------------------------------------------------------------------------

@@ -196,6 +196,11 @@ impl LazyDaemon {
         }
     }
 
+    /// Ends the daemon now (SIGKILL); `wait_local` then reports how it ended.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
     /// Filling from local images: waits until the daemon has put every page in place (Ok: how
     /// long it took) or fails, or `limit` passes (Err).
     pub fn wait_local(&mut self, limit: Duration) -> Result<Duration> {

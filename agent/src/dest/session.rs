@@ -675,6 +675,10 @@ fn receive_and_restore(
             log::warn!("telling the source the tasks run: {e}");
         }
         crate::util::fault_point("dst-filling");
+        if crate::util::fault_named("dst-fill-fails") {
+            log::error!("HAUL_FAULT=dst-fill-fails: killing the lazy-pages daemon");
+            d.kill();
+        }
         match d.wait_local(LOCAL_FILL_LIMIT) {
             Ok(_) => {
                 // From the resume (the restore's own end), not from this wait's start.
