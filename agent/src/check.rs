@@ -186,11 +186,7 @@ fn remote(
     let dst = welcome
         .criu
         .as_ref()
-        .map(|v| Version {
-            major: v.major,
-            minor: v.minor,
-            sublevel: v.sublevel,
-        })
+        .map(Version::from_wire)
         .unwrap_or_default();
     r.line(
         "destination: criu version",

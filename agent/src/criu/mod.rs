@@ -38,6 +38,15 @@ pub const MIN_VERSION: Version = Version {
 };
 
 impl Version {
+    /// A version as haul's wire protocol carries it (Hello, Welcome).
+    pub fn from_wire(v: &haul_proto::haul::CriuVersion) -> Self {
+        Version {
+            major: v.major,
+            minor: v.minor,
+            sublevel: v.sublevel,
+        }
+    }
+
     pub fn from_proto(v: &CriuVersion) -> Self {
         Version {
             major: u32::try_from(v.major_number).unwrap_or(0),

@@ -250,16 +250,20 @@ pub mod tests {
     use super::super::page_server::{PE_LAZY, PE_PARENT};
     use super::*;
 
-    /// A stream as CRIU 4.1 sends it (narrow headers), for tests here and elsewhere.
+    /// A header as CRIU 4.1 sends it (narrow), for tests here and elsewhere.
     pub fn header(cmd: u32, nr_pages: u64, vaddr: u64, dst_id: u64) -> Vec<u8> {
-        Iov {
+        header_in(Layout::Narrow, cmd, nr_pages, vaddr, dst_id)
+    }
+
+    /// A header in `layout`.
+    fn header_in(layout: Layout, cmd: u32, nr_pages: u64, vaddr: u64, dst_id: u64) -> Vec<u8> {
+        let iov = Iov {
             cmd,
             nr_pages,
             vaddr,
             dst_id,
-        }
-        .encode(Layout::Narrow)[..24]
-            .to_vec()
+        };
+        iov.encode(layout)[..layout.header_len()].to_vec()
     }
 
     fn add(flags: u32, nr: u64, vaddr: u64, id: u64) -> Vec<u8> {
@@ -337,20 +341,15 @@ pub mod tests {
     fn the_wide_layout_parses_the_same() {
         let mut p = PageStream::new(Layout::Wide, 4096);
         let mut seen = Vec::new();
-        let open = Iov {
-            cmd: IOV_OPEN2,
-            nr_pages: 0,
-            vaddr: 0,
-            dst_id: 5 << 8 | 1,
-        };
-        let run = Iov {
-            cmd: PE_PRESENT << 16 | IOV_ADD_F,
-            nr_pages: 1 << 33,
-            vaddr: 0x1000,
-            dst_id: 5 << 8 | 1,
-        };
-        let mut s = open.encode(Layout::Wide).to_vec();
-        s.extend(run.encode(Layout::Wide));
+        let id = 5 << 8 | 1;
+        let mut s = header_in(Layout::Wide, IOV_OPEN2, 0, 0, id);
+        s.extend(header_in(
+            Layout::Wide,
+            PE_PRESENT << 16 | IOV_ADD_F,
+            1 << 33,
+            0x1000,
+            id,
+        ));
         s.extend([9u8; 100]);
         p.feed(&s, &mut |e| {
             seen.push(format!("{e:x?}"));
@@ -421,19 +420,12 @@ pub mod tests {
         }
         // A page count whose bytes do not fit 64 bits (the wide layout's count is a u64).
         let mut p = PageStream::new(Layout::Wide, 4096);
-        let open = Iov {
-            cmd: IOV_OPEN2,
-            nr_pages: 0,
-            vaddr: 0,
-            dst_id: 1 << 8 | 1,
-        };
-        let huge = Iov {
-            cmd: PE_PRESENT << 16 | IOV_ADD_F,
-            nr_pages: 1 << 60,
-            vaddr: 0,
-            dst_id: 1 << 8 | 1,
-        };
-        let s = [open.encode(Layout::Wide), huge.encode(Layout::Wide)].concat();
+        let id = 1 << 8 | 1;
+        let s = [
+            header_in(Layout::Wide, IOV_OPEN2, 0, 0, id),
+            header_in(Layout::Wide, PE_PRESENT << 16 | IOV_ADD_F, 1 << 60, 0, id),
+        ]
+        .concat();
         let err = p.feed(&s, &mut |_| Ok(())).unwrap_err();
         assert!(err.contains("a run of 1152921504606846976 pages"), "{err}");
         let again = p.feed(&[0], &mut |_| Ok(())).unwrap_err();

@@ -416,7 +416,6 @@ mod tests {
         assert!(lazy_ranges(&read(d, "pagemap-shmem-3.img"), 4096)
             .unwrap()
             .is_empty());
-        let _ = PE_LAZY;
     }
 
     /// Up to 4.1 CRIU reads the count from field 2; 4.2 on from field 5, written only then.

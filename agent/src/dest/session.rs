@@ -280,11 +280,7 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
             source: hello
                 .criu
                 .as_ref()
-                .map(|v| Version {
-                    major: v.major,
-                    minor: v.minor,
-                    sublevel: v.sublevel,
-                })
+                .map(Version::from_wire)
                 .unwrap_or(version),
             here: version,
         },

@@ -84,11 +84,7 @@ pub fn open(
         }
         Err(e) => return Err(wire_to_error(e, "waiting for the destination's welcome")),
     };
-    let dst = welcome.criu.as_ref().map(|v| Version {
-        major: v.major,
-        minor: v.minor,
-        sublevel: v.sublevel,
-    });
+    let dst = welcome.criu.as_ref().map(Version::from_wire);
     // `criu` is the default (0.0) when this side uses no CRIU (restart mode).
     if purpose != Purpose::Check && criu != Version::default() {
         match dst {
