@@ -953,7 +953,9 @@ impl Prefetch {
 
 impl PageSink for Prefetch {
     fn put(&self, bytes: &[u8]) -> Result<(), String> {
-        let r = self.answers(bytes);
+        let r = self
+            .answers(bytes)
+            .map_err(|e| format!("post-copy page stream: {e}"));
         if r.is_err() {
             let _ = rustix::net::shutdown(&*self.daemon, rustix::net::Shutdown::Both);
         }

@@ -33,7 +33,8 @@ pub struct Counters {
 /// Where the reader puts incoming page-server bytes: the local CRIU's page socket, or a filter
 /// in front of it (`dest::prefetch`).
 pub trait PageSink: Send + Sync {
-    /// The next bytes of the peer's page stream.
+    /// The next bytes of the peer's page stream; an error (saying what stopped) ends the
+    /// connection.
     fn put(&self, bytes: &[u8]) -> Result<(), String>;
     /// The peer's page stream ended (PAGE_EOF).
     fn end(&self);
@@ -46,7 +47,8 @@ struct FdSink(Arc<OwnedFd>);
 
 impl PageSink for FdSink {
     fn put(&self, bytes: &[u8]) -> Result<(), String> {
-        write_all(&self.0, bytes).map_err(|e| e.to_string())
+        write_all(&self.0, bytes)
+            .map_err(|e| format!("local CRIU page server stopped taking pages: {e}"))
     }
 
     fn end(&self) {
@@ -320,9 +322,7 @@ fn read_loop(
                                 .fetch_add(body.len() as u64, Ordering::Relaxed);
                             continue;
                         }
-                        Err(err) => Err(WireError::Protocol(format!(
-                            "local CRIU page server stopped taking pages: {err}"
-                        ))),
+                        Err(err) => Err(WireError::Protocol(err)),
                     },
                     None => Err(WireError::Protocol(
                         "page data before the page server".into(),
