@@ -49,7 +49,8 @@ pub struct Summary<'a> {
     pub image_bytes: u64,
     /// All bytes haul wrote to the connection.
     pub wire_bytes: u64,
-    /// Page throughput over the transfer phase, MiB/s.
+    /// Page throughput over the transfer phase (CRIU's memwrite time; post-copy: the post-copy
+    /// phase), MiB/s.
     pub page_mib_per_s: f64,
     /// Pid of the restored root task on the destination.
     pub restored_pid: i32,

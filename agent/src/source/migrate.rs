@@ -512,8 +512,13 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     let wire_bytes = wind_down(conn, swrk, job.after_commit);
 
     let dstats = stats::dump(&work.path).unwrap_or_default();
-    // CRIU's memwrite runs inside memdump: the pages went out during memdump.
-    let transfer_secs = f64::from(dstats.memdump_time) / 1e6;
+    // CRIU alternates collecting a chunk of pages from the tasks and writing it out (memwrite,
+    // inside memdump): the pages crossed during memwrite.
+    let transfer_us = match dstats.memwrite_time {
+        0 => dstats.memdump_time,
+        w => w,
+    };
+    let transfer_secs = f64::from(transfer_us) / 1e6;
     let summary = Summary {
         kind: job.kind,
         id: &job.name,
