@@ -1070,6 +1070,8 @@ pub fn netns_list() -> Result<Vec<String>> {
 pub struct WorkloadOpts {
     /// MiB of memory filled with the check pattern.
     pub mib: u64,
+    /// MiB of shared anonymous memory, checked the same way (0: none).
+    pub shared_mib: u64,
     /// Heartbeat period.
     pub interval_ms: u64,
     /// Pages rewritten (same values) per tick, to dirty memory.
@@ -1085,6 +1087,7 @@ impl Default for WorkloadOpts {
     fn default() -> Self {
         WorkloadOpts {
             mib: 8,
+            shared_mib: 0,
             interval_ms: 5,
             dirty_pages: 0,
             sweep_ms: 2000,
@@ -1144,6 +1147,12 @@ impl Workload {
             .arg(opts.dirty_pages.to_string())
             .arg("--sweep-ms")
             .arg(opts.sweep_ms.to_string())
+            .args(
+                (opts.shared_mib > 0)
+                    .then(|| ["--shared-mib".to_string(), opts.shared_mib.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--heartbeat")
             .arg(heartbeat)
             .stdin(Stdio::null())

@@ -182,3 +182,68 @@ fn wrong_key_is_refused_before_any_criu_work() {
     assert!(w.is_alive());
     Heartbeat::wait_advancing(&hb, Duration::from_secs(5)).unwrap();
 }
+
+/// Shared anonymous memory (CRIU dumps it as a segment of its own, `pagemap-shmem-ID.img`, over
+/// the page stream) arrives intact: the destination's page writer names and fills that image
+/// as CRIU's page server would, and the restored workload's check of it passes a full sweep.
+#[test]
+fn shared_anonymous_memory_moves_intact() {
+    let Some(s) = setup("pidshm") else { return };
+    let key = s.keygen("key");
+    let dst_work = s.dir.join("dst-work");
+    let keep = std::ffi::OsStr::new("--keep-images");
+    let serve = s.serve_with(&key, &dst_work, &[keep]);
+
+    let hb = s.dir.join("heartbeat");
+    let opts = WorkloadOpts {
+        mib: 8,
+        shared_mib: 16,
+        sweep_ms: 500,
+        ..WorkloadOpts::default()
+    };
+    let mut w = Workload::start_with(Some((&s.net, Side::Src)), &hb, &opts).unwrap();
+    Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
+    let poller = Poller::start(&hb);
+    let out = s.migrate(w.pid(), &key, &[]);
+    assert!(out.status.success(), "migrate failed");
+    w.wait_exit(Duration::from_secs(5)).unwrap();
+    let pids = find_workload_pids(&hb);
+    assert_eq!(pids.len(), 1, "workload copies: {pids:?}");
+    let restored = PidGuard::new(pids[0]).unwrap();
+    // Two full sweeps of both memories on the destination.
+    std::thread::sleep(Duration::from_millis(1200));
+    Heartbeat::wait_advancing(&hb, Duration::from_secs(10)).unwrap();
+    let stats = poller.stop_stats();
+    assert_eq!(stats.bad, None, "memory check failed after restore");
+    assert!(serve.log_text().contains("done: pid"));
+
+    // The kept images: a shared-memory page map next to the task's, each naming its pages.
+    let kept: Vec<_> = dir_entries(&dst_work)
+        .into_iter()
+        .filter(|e| e != "logs")
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let images = dir_entries(&dst_work.join(&kept[0]));
+    let shm: Vec<_> = images
+        .iter()
+        .filter(|n| n.starts_with("pagemap-shmem-"))
+        .collect();
+    assert_eq!(shm.len(), 1, "{images:?}");
+    let pages: u64 = images
+        .iter()
+        .filter(|n| n.starts_with("pages-"))
+        .map(|n| {
+            std::fs::metadata(dst_work.join(&kept[0]).join(n))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(
+        pages >= (16 + 8) << 20,
+        "{pages} bytes of pages in {images:?}"
+    );
+    restored.kill().unwrap();
+    assert!(restored.wait_gone(Duration::from_secs(5)));
+    // What --keep-images kept is this test's to remove (no mounts under it for a pid tree).
+    std::fs::remove_dir_all(dst_work.join(&kept[0])).unwrap();
+}

@@ -10,6 +10,10 @@
 //! stdin/stdout/stderr it writes `FDS fd->target,...` to the heartbeat file and exits with
 //! status 4 (the launcher must close them; see `haul_e2e::Workload`).
 //!
+//! `--shared-mib N` adds N MiB of shared anonymous memory (`MAP_SHARED | MAP_ANONYMOUS`, which
+//! CRIU dumps as a shared-memory segment of its own, `pagemap-shmem-ID.img`) with a pattern of
+//! its own, checked the same way.
+//!
 //! It is single threaded and uses only `std::thread::sleep` for timing (no timerfd, eventfd,
 //! signalfd) so that CRIU can dump and restore it. The only file it keeps open besides
 //! stdin/stdout/stderr is the heartbeat file.
@@ -32,6 +36,7 @@ fn pattern(off: u64) -> u64 {
 
 struct Args {
     mib: u64,
+    shared_mib: u64,
     heartbeat: PathBuf,
     interval_ms: u64,
     dirty_pages: usize,
@@ -41,14 +46,15 @@ struct Args {
 fn usage(msg: &str) -> ! {
     eprintln!("haul-workload: {msg}");
     eprintln!(
-        "usage: haul-workload --heartbeat FILE [--mib N] [--interval-ms MS] [--dirty-pages N] \
-         [--sweep-ms MS]"
+        "usage: haul-workload --heartbeat FILE [--mib N] [--shared-mib N] [--interval-ms MS] \
+         [--dirty-pages N] [--sweep-ms MS]"
     );
     exit(2)
 }
 
 fn parse_args() -> Args {
     let mut mib = 0u64;
+    let mut shared_mib = 0u64;
     let mut heartbeat = None;
     let mut interval_ms = 5u64;
     let mut dirty_pages = 0usize;
@@ -66,6 +72,12 @@ fn parse_args() -> Args {
                     .to_string_lossy()
                     .parse()
                     .unwrap_or_else(|_| usage("bad --mib"))
+            }
+            "--shared-mib" => {
+                shared_mib = value("--shared-mib")
+                    .to_string_lossy()
+                    .parse()
+                    .unwrap_or_else(|_| usage("bad --shared-mib"))
             }
             "--heartbeat" => heartbeat = Some(PathBuf::from(value("--heartbeat"))),
             "--interval-ms" => {
@@ -92,6 +104,7 @@ fn parse_args() -> Args {
     let heartbeat = heartbeat.unwrap_or_else(|| usage("--heartbeat is required"));
     Args {
         mib,
+        shared_mib,
         heartbeat,
         interval_ms: interval_ms.max(1),
         dirty_pages,
@@ -112,14 +125,50 @@ fn write_hb(f: &File, line: &str) {
     }
 }
 
-/// Checks words `[from, to)`; returns the byte offset of the first mismatch.
-fn check(mem: &[u64], from: usize, to: usize) -> Option<u64> {
+/// The value expected at byte offset `off` of the shared memory.
+fn shared_pattern(off: u64) -> u64 {
+    pattern(off) ^ 0xA5A5_5A5A_A5A5_5A5A
+}
+
+/// Checks words `[from, to)` against `pat`; returns the byte offset of the first mismatch.
+fn check_with(mem: &[u64], from: usize, to: usize, pat: fn(u64) -> u64) -> Option<u64> {
     let mem = black_box(mem);
     mem[from..to]
         .iter()
         .enumerate()
-        .find(|(i, &w)| w != pattern(((from + i) * 8) as u64))
+        .find(|(i, &w)| w != pat(((from + i) * 8) as u64))
         .map(|(i, _)| ((from + i) * 8) as u64)
+}
+
+/// Checks words `[from, to)` of the private memory.
+fn check(mem: &[u64], from: usize, to: usize) -> Option<u64> {
+    check_with(mem, from, to, pattern)
+}
+
+/// `mib` MiB of shared anonymous memory, filled with `shared_pattern`. The workload's only
+/// unsafe code: a mapping std does not offer.
+#[allow(unsafe_code)]
+fn shared_memory(mib: u64) -> &'static mut [u64] {
+    if mib == 0 {
+        return &mut [];
+    }
+    let len = (mib as usize) << 20;
+    // SAFETY: a fresh anonymous mapping of `len` bytes, never unmapped, used only as this
+    // slice of u64 (page-aligned, zero-filled, so every value is a valid u64).
+    let mem = unsafe {
+        let p = rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED,
+        )
+        .unwrap_or_else(|e| usage(&format!("mmap of {mib} MiB shared: {e}")));
+        std::slice::from_raw_parts_mut(p.cast::<u64>(), len / 8)
+    };
+    for (i, w) in mem.iter_mut().enumerate() {
+        *w = shared_pattern((i * 8) as u64);
+    }
+    mem
 }
 
 /// File descriptors open besides stdin/stdout/stderr and `keep` (CRIU must not see any).
@@ -170,6 +219,12 @@ fn main() {
     }
     black_box(&mut mem);
     let pages = words / WORDS_PER_PAGE;
+    let shared = shared_memory(args.shared_mib);
+    let shared_chunk = shared
+        .len()
+        .div_ceil((args.sweep_ms / args.interval_ms).max(1) as usize)
+        .max(1);
+    let mut shared_pos = 0usize;
 
     let ticks_per_sweep = (args.sweep_ms / args.interval_ms).max(1) as usize;
     let sweep_chunk = words.div_ceil(ticks_per_sweep).max(1);
@@ -211,6 +266,14 @@ fn main() {
                 bad(&hb, off);
             }
             sweep_pos = if to >= words { 0 } else { to };
+        }
+        if !shared.is_empty() {
+            let to = (shared_pos + shared_chunk).min(shared.len());
+            if let Some(off) = check_with(shared, shared_pos, to, shared_pattern) {
+                // Offsets of the shared memory are reported past the private memory's.
+                bad(&hb, (words * 8) as u64 + off);
+            }
+            shared_pos = if to >= shared.len() { 0 } else { to };
         }
 
         std::thread::sleep(interval);
