@@ -206,9 +206,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     .split_whitespace()
                     .next()
                     .and_then(|l| l.parse().ok());
+                let cpu0 = cpu_times();
                 match lab.measure(method, mib, &bundle) {
                     Ok(mut s) => {
                         s.load1 = load1;
+                        s.steal_pct = steal_pct(cpu0, cpu_times());
                         eprintln!("bench:   {}", s.one_line());
                         if round > 0 {
                             s.rep = round;
@@ -365,6 +367,8 @@ struct Sample {
     link_mib_s: Option<f64>,
     /// 1-minute load average of the machine just before the run.
     load1: Option<f64>,
+    /// Share of the CPU time the hypervisor gave to others during the run (steal, /proc/stat).
+    steal_pct: Option<f64>,
 }
 
 impl Sample {
@@ -394,6 +398,7 @@ impl Sample {
             postcopy_ms: None,
             link_mib_s: None,
             load1: None,
+            steal_pct: None,
         }
     }
 
@@ -413,6 +418,9 @@ impl Sample {
         }
         if let (Some(a), Some(b)) = (self.serve_hwm_kib, self.migrate_hwm_kib) {
             let _ = write!(s, ", peak RSS serve {a} KiB migrate {b} KiB");
+        }
+        if let Some(p) = self.steal_pct {
+            let _ = write!(s, ", steal {p:.1}%");
         }
         s
     }
@@ -1361,6 +1369,25 @@ struct Machine {
     haul_rev: String,
 }
 
+/// (steal, total) jiffies of all CPUs from /proc/stat's `cpu` line.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user)
+    Some((*v.get(7)?, v.iter().take(8).sum()))
+}
+
+/// Steal time between two `cpu_times` readings, percent of all CPU time.
+fn steal_pct(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (a?, b?);
+    (t1 > t0).then(|| (s1.saturating_sub(s0)) as f64 * 100.0 / (t1 - t0) as f64)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -1595,6 +1622,14 @@ impl Report<'_> {
                 l.median, l.min, l.max
             );
         }
+        if let Some(l) = Stat::of(self.samples.iter().filter_map(|x| x.steal_pct)) {
+            let _ = writeln!(
+                s,
+                "- CPU steal time during each measured run (/proc/stat: the hypervisor running \
+                 others on these CPUs): median {:.1}%, {:.1} to {:.1}%",
+                l.median, l.min, l.max
+            );
+        }
         let _ = writeln!(s, "- {}; {}; haul {}", m.criu, m.runc, m.haul_rev);
         let _ = writeln!(s, "- command: `{}`", self.command());
         let _ = writeln!(
@@ -1803,7 +1838,8 @@ impl Report<'_> {
                      \"criu_memwrite_ms\": {}, \"criu_pages_written\": {}, \
                      \"page_mib_per_s\": {}, \"memdump_mib_per_s\": {}, \
                      \"serve_hwm_kib\": {}, \"migrate_hwm_kib\": {}, \"relay_hwm_kib\": {}, \
-                     \"postcopy_ms\": {}, \"link_mib_per_s\": {}, \"load1\": {}}}",
+                     \"postcopy_ms\": {}, \"link_mib_per_s\": {}, \"load1\": {}, \
+                     \"steal_pct\": {}}}",
                     x.method.name(),
                     x.mib,
                     x.rep,
@@ -1828,6 +1864,7 @@ impl Report<'_> {
                     jopt(x.postcopy_ms),
                     jopt(x.link_mib_s),
                     jopt(x.load1),
+                    jopt(x.steal_pct),
                 )
             })
             .collect();
