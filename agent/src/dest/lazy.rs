@@ -196,6 +196,16 @@ impl LazyDaemon {
         }
     }
 
+    /// Stops the daemon (SIGSTOP) so that it fills nothing until `kill`: the fault
+    /// `dst-fill-fails` must find it unfinished however small the memory is.
+    pub fn pause(&self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::STOP) {
+                log::warn!("stopping criu lazy-pages: {e}");
+            }
+        }
+    }
+
     /// Ends the daemon now (SIGKILL); `wait_local` then reports how it ended.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -539,7 +539,14 @@ fn receive_and_restore(
     let mut fill_daemon = None;
     if fill_after {
         match super::lazy::start_local(&cfg.criu, work) {
-            Ok(d) => fill_daemon = Some(d),
+            Ok(d) => {
+                if crate::util::fault_named("dst-fill-fails") {
+                    // Stopped before the restore, killed after the resume below: it fills
+                    // nothing in between, however little memory there is.
+                    d.pause();
+                }
+                fill_daemon = Some(d)
+            }
             Err(e) => {
                 log::warn!("{e}; restoring all memory before the resume instead");
                 fill_after = false;
