@@ -8,6 +8,7 @@ mod error;
 #[cfg(test)]
 pub mod fake;
 pub mod log_excerpt;
+pub mod mm;
 pub mod page_server;
 pub mod page_stream;
 pub mod pagemap;

@@ -26,9 +26,36 @@ const ENTRY_MAX: usize = 64;
 /// A run of pages, in bytes: `start..end`.
 pub type Range = (u64, u64);
 
+/// A lazy run of a pagemap image: `start..end`, and where its pages are in the image's pages
+/// file (`pages-<pages_id>.img`) when the dump wrote them there (PE_PRESENT; not in a `--lazy`
+/// dump, whose lazy pages stay at the source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub start: u64,
+    pub end: u64,
+    pub offset: Option<u64>,
+}
+
+/// A parsed pagemap image: the pages file it names and its lazy runs, sorted by address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LazyMap {
+    pub pages_id: u32,
+    pub extents: Vec<Extent>,
+}
+
 /// The lazy ranges of a pagemap image, one per entry, sorted by address. `page` is the
 /// page size the image was written with (the host's).
 pub fn lazy_ranges(bytes: &[u8], page: u64) -> Result<Vec<Range>, String> {
+    Ok(lazy_map(bytes, page)?
+        .extents
+        .iter()
+        .map(|e| (e.start, e.end))
+        .collect())
+}
+
+/// The lazy runs of a pagemap image with their offsets in its pages file. Pages of entries
+/// with PE_PRESENT follow each other in the pages file in the order of the entries.
+pub fn lazy_map(bytes: &[u8], page: u64) -> Result<LazyMap, String> {
     let word = |i: usize| -> Result<u32, String> {
         bytes
             .get(i..i + 4)
@@ -40,8 +67,9 @@ pub fn lazy_ranges(bytes: &[u8], page: u64) -> Result<Vec<Range>, String> {
         return Err("not a pagemap image (magic)".into());
     }
     let mut at = 8usize;
-    let mut head = true;
-    let mut ranges: Vec<Range> = Vec::new();
+    let mut pages_id = None;
+    let mut offset = 0u64;
+    let mut extents: Vec<Extent> = Vec::new();
     while at < bytes.len() {
         let len = usize::try_from(word(at)?).map_err(|e| e.to_string())?;
         if len > ENTRY_MAX {
@@ -53,35 +81,57 @@ pub fn lazy_ranges(bytes: &[u8], page: u64) -> Result<Vec<Range>, String> {
             .get(at + 4..at + 4 + len)
             .ok_or_else(|| format!("record at byte {at} cut short"))?;
         at += 4 + len;
-        if head {
-            PagemapHead::decode(body).map_err(|e| format!("pagemap head: {e}"))?;
-            head = false;
+        if pages_id.is_none() {
+            let h = PagemapHead::decode(body).map_err(|e| format!("pagemap head: {e}"))?;
+            pages_id = Some(h.pages_id);
             continue;
         }
         let e = PagemapEntry::decode(body).map_err(|e| format!("pagemap entry: {e}"))?;
-        if e.flags.unwrap_or(0) & PE_LAZY == 0 {
+        let flags = e.flags.unwrap_or(0);
+        let pages = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
+        let bytes_of = pages
+            .checked_mul(page)
+            .ok_or_else(|| format!("entry at {:#x} of {pages} pages overflows", e.vaddr))?;
+        let end = e
+            .vaddr
+            .checked_add(bytes_of)
+            .ok_or_else(|| format!("entry at {:#x} of {pages} pages overflows", e.vaddr))?;
+        let present = flags & super::page_server::PE_PRESENT != 0;
+        let here = present.then_some(offset);
+        if present {
+            offset = offset
+                .checked_add(bytes_of)
+                .ok_or_else(|| "pages file offset overflows".to_string())?;
+        }
+        if flags & PE_LAZY == 0 {
             continue;
         }
-        let pages = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
-        let end = pages
-            .checked_mul(page)
-            .and_then(|n| e.vaddr.checked_add(n))
-            .ok_or_else(|| format!("entry at {:#x} of {pages} pages overflows", e.vaddr))?;
         if e.vaddr % page != 0 || pages == 0 {
             return Err(format!("entry at {:#x} of {pages} pages", e.vaddr));
         }
-        ranges.push((e.vaddr, end));
+        extents.push(Extent {
+            start: e.vaddr,
+            end,
+            offset: here,
+        });
     }
-    if head {
+    let Some(pages_id) = pages_id else {
         return Err("no pagemap head".into());
-    }
-    ranges.sort_unstable();
+    };
+    extents.sort_unstable_by_key(|e| e.start);
     // Adjacent entries stay apart: the source's page server holds each as its own run and
     // answers a question crossing from one to the next short.
-    if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
-        return Err(format!("overlapping entries at {:#x}", w[1].0));
+    if let Some(w) = extents.windows(2).find(|w| w[1].start < w[0].end) {
+        return Err(format!("overlapping entries at {:#x}", w[1].start));
     }
-    Ok(ranges)
+    Ok(LazyMap { pages_id, extents })
+}
+
+/// Reads `pagemap-<id>.img` in `dir` (at most `PAGEMAP_MAX` bytes) as a `LazyMap`.
+pub fn read_lazy_map(dir: &Path, id: u64, page: u64) -> Result<LazyMap, String> {
+    let path = dir.join(format!("pagemap-{id}.img"));
+    let bytes = crate::util::read_bounded(&path, PAGEMAP_MAX)?;
+    lazy_map(&bytes, page).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The start of a pagemap image as CRIU writes it: the magics and the head naming

@@ -141,10 +141,84 @@ impl LazyDaemon {
         }
         Error::other(msg)
     }
+}
 
-    /// Follows the post-copy until the daemon has every page (Ok: how long it took), the daemon
-    /// fails, the source aborts or the connection goes quiet or breaks (Err). On Err the caller
-    /// kills the restored tasks.
+impl LazyDaemon {
+    /// Whether the daemon has exited successfully (every page in place); Err if it failed.
+    fn exited(&mut self) -> Result<bool> {
+        match self.child.try_wait() {
+            Ok(Some(st)) if st.success() => Ok(true),
+            Ok(Some(st)) => Err(self.failed(&format!("failed ({st})"))),
+            Ok(None) => Ok(false),
+            Err(e) => Err(Error::other(format!("waiting for criu lazy-pages: {e}"))),
+        }
+    }
+
+    /// Stops the daemon (SIGSTOP) so that it fills nothing until `kill`: the fault
+    /// `dst-fill-fails` must find it unfinished however small the memory is.
+    pub fn pause(&self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::STOP) {
+                log::warn!("stopping criu lazy-pages: {e}");
+            }
+        }
+    }
+
+    /// Ends the daemon now (SIGKILL); `wait_local` then reports how it ended.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Who fills the restored memory after the resume: haul's userfaultfd handler or CRIU's
+/// lazy-pages daemon (`dest::fill::FILLER_ENV`).
+pub enum Fill {
+    Haul(super::fill::Filler),
+    Criu(LazyDaemon),
+}
+
+impl Fill {
+    /// Whether the filler has ended: Ok(true) with every page in place, Err if it failed.
+    fn exited(&mut self) -> Result<bool> {
+        match self {
+            Fill::Haul(f) => f.exited(),
+            Fill::Criu(d) => d.exited(),
+        }
+    }
+
+    /// Ends the filler now; `wait_local` then reports how it ended.
+    pub fn kill(&mut self) {
+        match self {
+            Fill::Haul(f) => f.kill(),
+            Fill::Criu(d) => d.kill(),
+        }
+    }
+
+    /// Holds the filler so that it fills nothing until `kill` (fault injection).
+    pub fn pause(&self) {
+        match self {
+            Fill::Haul(f) => f.pause(),
+            Fill::Criu(d) => d.pause(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Fill::Haul(_) => "haul's userfaultfd handler",
+            Fill::Criu(_) => "criu lazy-pages",
+        }
+    }
+
+    /// Filling from local images: waits until every page is in place (Ok: how long it took),
+    /// the filler fails, or `limit` passes (Err).
+    pub fn wait_local(&mut self, limit: Duration) -> Result<Duration> {
+        let name = self.name();
+        super::fill::wait_local(|| self.exited(), limit, name)
+    }
+
+    /// Follows the post-copy until the filler has every page (Ok: how long it took), the
+    /// filler fails, the source aborts or the connection goes quiet or breaks (Err). On Err
+    /// the caller kills the restored tasks.
     /// `idle`: `haul serve --idle-timeout`, the longest time without a page.
     pub fn wait(&mut self, conn: &Conn, idle: Duration) -> Result<Duration> {
         let start = Instant::now();
@@ -181,51 +255,6 @@ impl LazyDaemon {
                     idle.as_secs()
                 )));
             }
-        }
-    }
-}
-
-impl LazyDaemon {
-    /// Whether the daemon has exited successfully (every page in place); Err if it failed.
-    fn exited(&mut self) -> Result<bool> {
-        match self.child.try_wait() {
-            Ok(Some(st)) if st.success() => Ok(true),
-            Ok(Some(st)) => Err(self.failed(&format!("failed ({st})"))),
-            Ok(None) => Ok(false),
-            Err(e) => Err(Error::other(format!("waiting for criu lazy-pages: {e}"))),
-        }
-    }
-
-    /// Stops the daemon (SIGSTOP) so that it fills nothing until `kill`: the fault
-    /// `dst-fill-fails` must find it unfinished however small the memory is.
-    pub fn pause(&self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::STOP) {
-                log::warn!("stopping criu lazy-pages: {e}");
-            }
-        }
-    }
-
-    /// Ends the daemon now (SIGKILL); `wait_local` then reports how it ended.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-    }
-
-    /// Filling from local images: waits until the daemon has put every page in place (Ok: how
-    /// long it took) or fails, or `limit` passes (Err).
-    pub fn wait_local(&mut self, limit: Duration) -> Result<Duration> {
-        let start = Instant::now();
-        loop {
-            if self.exited()? {
-                return Ok(start.elapsed());
-            }
-            if start.elapsed() > limit {
-                return Err(self.failed(&format!(
-                    "has not filled the memory after {} s",
-                    limit.as_secs()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

@@ -3,6 +3,7 @@
 //! holding the tasks at post-restore, report Ready, and let them run only on Commit.
 
 use super::journal::{self, Stage};
+use super::lazy::Fill;
 use super::page_images::PageImages;
 use super::runc::RuncRestore;
 use super::serve::{Limits, Slot};
@@ -523,7 +524,10 @@ fn receive_and_restore(
     let mut lazy_daemon = None;
     let mut lazy_relay = None;
     let mut prefetch = None;
-    if lazy {
+    if lazy && super::fill::haul_fills() {
+        let f = super::fill::Filler::start_remote(work, conn, Layout::of(criu.source))?;
+        lazy_daemon = Some(Fill::Haul(f));
+    } else if lazy {
         let d = super::lazy::start(&cfg.criu, work)?;
         let ps =
             d.ps.clone()
@@ -532,13 +536,18 @@ fn receive_and_restore(
             .map_err(|e| wire(e, "page relay"))?;
         lazy_relay = Some(relay);
         prefetch = filter;
-        lazy_daemon = Some(d);
+        lazy_daemon = Some(Fill::Criu(d));
     }
     // Every page is here: the daemon fills the lazy ones from these images after the resume.
     // If it cannot start, the restore copies them in before the resume, as without userfaultfd.
     let mut fill_daemon = None;
     if fill_after {
-        match super::lazy::start_local(&cfg.criu, work) {
+        let started = if super::fill::haul_fills() {
+            super::fill::Filler::start_local(work).map(Fill::Haul)
+        } else {
+            super::lazy::start_local(&cfg.criu, work).map(Fill::Criu)
+        };
+        match started {
             Ok(d) => {
                 if crate::util::fault_named("dst-fill-fails") {
                     // Stopped before the restore, killed after the resume below: it fills

@@ -1,10 +1,12 @@
 //! The one module allowed `unsafe`: starting a child process that inherits chosen descriptors,
 //! adopting a descriptor inherited from an init system, blocking and waiting for signals, and
-//! creating an empty network namespace with its loopback up.
+//! creating an empty network namespace with its loopback up; `uffd`: the userfaultfd ioctls.
 //!
 //! Everything else goes through rustix's safe wrappers.
 
 #![allow(unsafe_code)]
+
+pub mod uffd;
 
 use std::ffi::c_int;
 use std::io;
