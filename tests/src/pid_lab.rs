@@ -57,7 +57,21 @@ impl PidLab {
 
     /// [`PidLab::serve`] with `extra` arguments.
     pub fn serve_with(&self, key: &Path, work: &Path, extra: &[&std::ffi::OsStr]) -> ChildWithLog {
+        self.serve_with_env(key, work, extra, &[])
+    }
+
+    /// `serve_with` with `env` added to serve's environment.
+    pub fn serve_with_env(
+        &self,
+        key: &Path,
+        work: &Path,
+        extra: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> ChildWithLog {
         let mut cmd = self.net.cmd_in(Side::Dst, &self.haul);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.args(["serve", "--listen", &self.dst(), "--key"])
             .arg(key)
             .arg("--work-dir")

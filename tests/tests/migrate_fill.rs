@@ -38,7 +38,14 @@ fn migrate_and_check_with(tag: &str, extra: &[&str], no_daemon: bool) -> (String
         )
         .unwrap();
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        s.serve_with(&key, &dst_work, &["--criu".as_ref(), wrapper.as_os_str()])
+        // CRIU's daemon as the filler (HAUL_FILLER=criu), which the wrapper keeps from
+        // starting; haul's own handler falls back the same way when it cannot listen.
+        s.serve_with_env(
+            &key,
+            &dst_work,
+            &["--criu".as_ref(), wrapper.as_os_str()],
+            &[("HAUL_FILLER", "criu")],
+        )
     } else {
         s.serve(&key, &dst_work)
     };
@@ -110,6 +117,18 @@ fn memory_is_filled_after_the_resume_from_the_destinations_images() {
         "{log}"
     );
     assert!(log.contains("memory filled after the resume"), "{log}");
+    // By haul's own handler (the default), every lazy page of the 128 MiB.
+    let line = log
+        .lines()
+        .find(|l| l.contains("userfaultfd handler:") && l.contains("MiB filled"))
+        .unwrap_or_else(|| panic!("no handler summary in {log}"));
+    let mib: f64 = line
+        .split(" MiB filled")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(mib >= 128.0, "{line}");
 }
 
 #[test]
@@ -122,8 +141,8 @@ fn eager_restore_fills_the_memory_before_the_resume() {
     assert!(!log.contains("filling their memory"), "{log}");
 }
 
-/// A destination whose lazy-pages daemon cannot start restores all memory before the resume
-/// instead of failing the migration.
+/// A destination whose filler cannot start (here CRIU's lazy-pages daemon, chosen with
+/// HAUL_FILLER=criu) restores all memory before the resume instead of failing the migration.
 #[test]
 fn without_a_daemon_the_memory_is_restored_before_the_resume() {
     let (json, log) = migrate_and_check_with("fillnodaemon", &[], true);

@@ -1,6 +1,7 @@
 //! End to end, real CRIU with userfaultfd: `--lazy` (post-copy). The destination runs the
-//! workload before its memory has moved; CRIU's lazy-pages daemon there fetches the pages from
-//! the source's CRIU through haul's connection.
+//! workload before its memory has moved; haul's userfaultfd handler there (or CRIU's
+//! lazy-pages daemon, with HAUL_FILLER=criu) fetches the pages from the source's CRIU through
+//! haul's connection.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use haul_e2e::*;
@@ -15,10 +16,41 @@ fn setup(tag: &str) -> Option<PidLab> {
 
 #[test]
 fn lazy_migration_runs_on_the_destination_before_the_memory_moved() {
-    let Some(s) = setup("lazymv") else { return };
+    let Some(log) = lazy_migration("lazymv", &[]) else {
+        return;
+    };
+    // haul's handler fetched the memory: every page of the 256 MiB, and faults answered.
+    let line = log
+        .lines()
+        .find(|l| l.contains("userfaultfd handler:") && l.contains("questions to the source"))
+        .unwrap_or_else(|| panic!("no handler summary in {log}"));
+    let mib: f64 = line
+        .split(" MiB filled")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(mib >= 256.0, "{line}");
+    assert!(!log.contains("read-ahead:"), "CRIU's daemon ran: {log}");
+}
+
+/// The same with CRIU's lazy-pages daemon and haul's read-ahead filter (HAUL_FILLER=criu).
+#[test]
+fn lazy_migration_with_criu_lazy_pages() {
+    let Some(log) = lazy_migration("lazycriu", &[("HAUL_FILLER", "criu")]) else {
+        return;
+    };
+    assert!(log.contains("read-ahead:"), "{log}");
+    assert!(!log.contains("userfaultfd handler:"), "{log}");
+}
+
+/// A 256 MiB workload migrated with `--lazy`, checked over a whole sweep of its memory after
+/// the post-copy; serve's log (None without the lab).
+fn lazy_migration(tag: &str, env: &[(&str, &str)]) -> Option<String> {
+    let s = setup(tag)?;
     let key = s.keygen("key");
     let dst_work = s.dir.join("dst-work");
-    let serve = s.serve(&key, &dst_work);
+    let serve = s.serve_with_env(&key, &dst_work, &[], env);
 
     let hb = s.dir.join("heartbeat");
     let mib: u64 = 256;
@@ -75,7 +107,9 @@ fn lazy_migration_runs_on_the_destination_before_the_memory_moved() {
         "destination left {:?}",
         dir_entries(&dst_work)
     );
-    assert!(serve.log_text().contains("post-copy done"));
+    let log = serve.log_text();
+    assert!(log.contains("post-copy done"), "{log}");
     restored.kill().unwrap();
     assert!(restored.wait_gone(Duration::from_secs(5)));
+    Some(log)
 }

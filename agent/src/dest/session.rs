@@ -550,8 +550,8 @@ fn receive_and_restore(
         match started {
             Ok(d) => {
                 if crate::util::fault_named("dst-fill-fails") {
-                    // Stopped before the restore, killed after the resume below: it fills
-                    // nothing in between, however little memory there is.
+                    // It answers faults but fills nothing in the background until it is
+                    // killed after the resume below, however little memory there is.
                     d.pause();
                 }
                 fill_daemon = Some(d)

@@ -6,8 +6,11 @@
 //!
 //! Remote: questions are CRIU page-server GETs for one lazy run each (the source's page server
 //! fails on any other address) and answers come in the order asked. A fault's question goes
-//! out at once; background questions of `BULK_CHUNK` are kept at most `BULK_IN_FLIGHT` deep, so
-//! a fault waits behind at most that much data.
+//! out at once, but behind every question already on the wire: so while a task faults, the
+//! background keeps one small question out (`REMOTE_CHUNK_MIN`), and only once faults stop for
+//! `FAULT_QUIET` does it grow to `REMOTE_IN_FLIGHT` questions of up to `REMOTE_CHUNK_MAX`.
+//! The background goes on from where the last fault was (a task walking its memory then finds
+//! it there), else from the lowest address.
 
 use super::restore_link::{self, Event, Link};
 use super::runs::{Run, Runs};
@@ -25,10 +28,17 @@ use std::time::{Duration, Instant};
 /// Bytes filled around a fault: the faulting page and the pages after it in its run (a task
 /// walking its memory then faults once per window, not once per page).
 pub const FAULT_WINDOW: u64 = 64 << 10;
-/// Bytes per background copy from local images, and per background question to the source.
-pub const BULK_CHUNK: u64 = 256 << 10;
-/// Background questions to the source on the wire at once.
-pub const BULK_IN_FLIGHT: usize = 3;
+/// Bytes per background copy from local images.
+pub const LOCAL_CHUNK: u64 = 256 << 10;
+/// Background questions to the source: their size right after a fault, and how much each
+/// next one grows while no fault comes.
+pub const REMOTE_CHUNK_MIN: u64 = 64 << 10;
+/// Largest background question to the source.
+pub const REMOTE_CHUNK_MAX: u64 = 512 << 10;
+/// Background questions on the wire at once while no task faults.
+pub const REMOTE_IN_FLIGHT: usize = 3;
+/// How long after a fault the background stays at one question.
+pub const FAULT_QUIET: Duration = Duration::from_millis(10);
 /// How long one wait for events lasts when there is nothing else to do (the stop flag is
 /// looked at in between).
 const IDLE_POLL: Duration = Duration::from_millis(20);
@@ -54,7 +64,8 @@ pub type Upstream = Box<dyn Fn(Option<&[u8]>) -> Result<(), String> + Send>;
 #[derive(Default)]
 pub struct Control {
     pub stop: AtomicBool,
-    pub paused: AtomicBool,
+    /// No background fill while set: only faults are answered (fault injection, tests).
+    pub hold: AtomicBool,
     /// Bytes copied into the tasks so far.
     pub filled: AtomicU64,
 }
@@ -133,6 +144,11 @@ pub struct Handler {
     answer: Answer,
     buf: Vec<u8>,
     retry: Vec<(usize, u64)>,
+    /// Where the background goes on: a task and an address in it.
+    cursor: Option<(usize, u64)>,
+    /// Size of the next background question to the source.
+    chunk: u64,
+    last_fault: Option<Instant>,
     ctl: Arc<Control>,
     counts: Counts,
     started: Instant,
@@ -165,6 +181,9 @@ impl Handler {
             },
             buf: Vec::new(),
             retry: Vec::new(),
+            cursor: None,
+            chunk: REMOTE_CHUNK_MIN,
+            last_fault: None,
             ctl,
             counts: Counts::default(),
             started: Instant::now(),
@@ -178,10 +197,6 @@ impl Handler {
             if self.ctl.stop.load(Ordering::Relaxed) {
                 return Err("stopped".into());
             }
-            if self.ctl.paused.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            }
             let busy = self.finished && self.background_ready();
             self.poll_once(if busy { Duration::ZERO } else { IDLE_POLL })?;
             self.retry_faults()?;
@@ -189,7 +204,7 @@ impl Handler {
                 self.background()?;
                 if self.all_done() {
                     self.close_source()?;
-                    log::debug!(
+                    log::info!(
                         "userfaultfd handler: {} tasks, {} faults, {:.1} MiB filled, {} zero pages, {} questions to the source, in {} ms",
                         self.counts.tasks,
                         self.counts.faults,
@@ -209,10 +224,15 @@ impl Handler {
     }
 
     fn background_ready(&self) -> bool {
+        if self.ctl.hold.load(Ordering::Relaxed) {
+            return false;
+        }
         match self.pages {
             Pages::Local => self.tasks.iter().any(|t| !t.gone && !t.pending.is_empty()),
             Pages::Remote { .. } => {
-                self.questions.iter().filter(|q| q.bulk).count() < BULK_IN_FLIGHT
+                let faulting = self.last_fault.is_some_and(|t| t.elapsed() < FAULT_QUIET);
+                let limit = if faulting { 1 } else { REMOTE_IN_FLIGHT };
+                self.questions.iter().filter(|q| q.bulk).count() < limit
                     && self.tasks.iter().any(|t| !t.gone && !t.pending.is_empty())
             }
         }
@@ -478,6 +498,9 @@ impl Handler {
         if let Some(run) = t.pending.containing(addr) {
             let end = run.end.min(addr.saturating_add(FAULT_WINDOW));
             let parts = t.pending.take(addr, end);
+            self.cursor = Some((i, end));
+            self.last_fault = Some(Instant::now());
+            self.chunk = REMOTE_CHUNK_MIN;
             for p in parts {
                 self.fetch(i, p, false)?;
             }
@@ -624,20 +647,33 @@ impl Handler {
             if !self.background_ready() {
                 return Ok(());
             }
-            let Some(i) = self
-                .tasks
-                .iter()
-                .position(|t| !t.gone && !t.pending.is_empty())
-            else {
+            // From the cursor, else the lowest pages of the first task with any.
+            let at = self.cursor.and_then(|(i, addr)| {
+                let t = self.tasks.get(i).filter(|t| !t.gone)?;
+                Some((i, t.pending.from(addr)?))
+            });
+            let at = at.or_else(|| {
+                self.tasks.iter().enumerate().find_map(|(i, t)| {
+                    (!t.gone).then_some(())?;
+                    Some((i, t.pending.first()?))
+                })
+            });
+            let Some((i, first)) = at else {
                 return Ok(());
             };
+            let chunk = match self.pages {
+                Pages::Local => LOCAL_CHUNK,
+                Pages::Remote { .. } => {
+                    let c = self.chunk;
+                    self.chunk = (c + REMOTE_CHUNK_MIN).min(REMOTE_CHUNK_MAX);
+                    c
+                }
+            };
+            let end = first.end.min(first.start.saturating_add(chunk));
+            self.cursor = Some((i, end));
             let Some(t) = self.tasks.get_mut(i) else {
                 return Ok(());
             };
-            let Some(first) = t.pending.first() else {
-                return Ok(());
-            };
-            let end = first.end.min(first.start.saturating_add(BULK_CHUNK));
             let parts = t.pending.take(first.start, end);
             for p in parts {
                 self.fetch(i, p, true)?;
@@ -1046,13 +1082,14 @@ mod tests {
         };
         let work = lab.work();
         let mut f = super::super::Filler::start_local(&work).unwrap();
-        // Held until the task waits on its first fault, so that one is a fault for sure.
+        // No background fill until the task has touched its pages: those are faults.
         f.pause();
         let _link = lab.hand_over();
         let seen = lab.touch(vec![40, 3, 22, 63, 19, 24]);
-        std::thread::sleep(Duration::from_millis(50));
-        f.ctl.paused.store(false, Ordering::Relaxed);
-        let Ok(seen) = seen.recv_timeout(Duration::from_secs(20)) else {
+        let seen = seen.recv_timeout(Duration::from_secs(20));
+        let faults_before_the_fill = f.ctl.filled.load(Ordering::Relaxed);
+        f.ctl.hold.store(false, Ordering::Relaxed);
+        let Ok(seen) = seen else {
             f.kill();
             panic!("the task hung on a fault: {:?}", f.exited());
         };
@@ -1063,7 +1100,11 @@ mod tests {
         let c = f.counts().unwrap();
         assert_eq!(c.tasks, 1);
         assert_eq!(c.bytes_filled, 60 * PAGE);
-        assert!(c.faults >= 1, "{c:?}");
+        // Touching every page faulted: windows of FAULT_WINDOW filled them, the hole took
+        // zero pages.
+        assert!(c.faults >= 6, "{c:?}");
+        assert_eq!(faults_before_the_fill, 60 * PAGE, "{c:?}");
+        assert_eq!(c.zero_pages, 4, "{c:?}");
     }
 
     /// The task drops some of its memory (MADV_DONTNEED) before the fill reached it: the
@@ -1077,12 +1118,10 @@ mod tests {
         let mut f = super::super::Filler::start_local(&work).unwrap();
         f.pause();
         let _link = lab.hand_over();
-        // While paused the madvise's REMOVE event waits; resume the handler to read it.
-        let lab_region = lab.region.clone();
-        let t = std::thread::spawn(move || lab_region.dont_need(50, 60));
-        std::thread::sleep(Duration::from_millis(50));
-        f.ctl.paused.store(false, Ordering::Relaxed);
-        t.join().unwrap();
+        // The madvise's REMOVE event waits until the handler reads it; no background fill
+        // can have reached those pages before.
+        lab.region.dont_need(50, 60);
+        f.ctl.hold.store(false, Ordering::Relaxed);
         let seen = lab
             .touch(vec![])
             .recv_timeout(Duration::from_secs(20))
@@ -1206,7 +1245,7 @@ mod tests {
             assert!(eof, "PAGE_EOF after the close");
             assert_eq!(gets.len() as u64, c.questions);
             // Each question at most a background chunk.
-            assert!(gets.iter().all(|q| q.nr_pages * PAGE <= BULK_CHUNK));
+            assert!(gets.iter().all(|q| q.nr_pages * PAGE <= REMOTE_CHUNK_MAX));
         }
     }
 }

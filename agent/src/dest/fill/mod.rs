@@ -131,15 +131,16 @@ impl Filler {
         }
     }
 
-    /// Holds the handler (fault injection: it must not fill anything until `kill`).
+    /// Holds the background fill: the handler answers faults (a restore can need that: the
+    /// kernel writes a task's rseq area as it resumes) but fills nothing else until `kill`
+    /// (fault injection, tests).
     pub fn pause(&self) {
-        self.ctl.paused.store(true, Ordering::Relaxed);
+        self.ctl.hold.store(true, Ordering::Relaxed);
     }
 
     /// Stops the handler; `exited` then reports the failure.
     pub fn kill(&mut self) {
         self.ctl.stop.store(true, Ordering::Relaxed);
-        self.ctl.paused.store(false, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             self.outcome = Some(match t.join() {
                 Ok(Ok(c)) => Ok(c),

@@ -96,6 +96,14 @@ impl Runs {
         self.map.values().next().copied()
     }
 
+    /// The pages at or after `addr`: the rest of the run holding it, else the next run up.
+    pub fn from(&self, addr: u64) -> Option<Run> {
+        if let Some(r) = self.containing(addr) {
+            return Some(r.part(addr, r.end));
+        }
+        self.map.range(addr..).next().map(|(_, r)| *r)
+    }
+
     /// Removes `start..end` from these runs; returns the parts removed, lowest first.
     pub fn take(&mut self, start: u64, end: u64) -> Vec<Run> {
         let mut out = Vec::new();
@@ -209,6 +217,9 @@ mod tests {
         );
         assert_eq!(r.bytes(), 0x3000);
         assert!(r.take(0x8000, 0x9000).is_empty());
+        assert_eq!(r.from(0x1800), Some(runs(&[(0x1800, 0x2000, 0x1800)])[0]));
+        assert_eq!(r.from(0x2000), Some(runs(&[(0x3000, 0x4000, 0x3000)])[0]));
+        assert_eq!(r.from(0x8000), None);
         assert!(r.take(0x5000, 0x5000).is_empty());
     }
 
