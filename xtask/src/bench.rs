@@ -23,7 +23,7 @@
 //! discarded warm-up round per size. Results: `bench/RESULTS.md` and `bench/results.json`
 //! (`--quick`: `target/bench-quick/`).
 //!
-//! `$HAUL_BIN` names the haul binary to measure instead of building `target/release/haul`.
+//! `$HAUL_BIN` names the haul binary to measure instead of building the shipped static one.
 //! Hidden helpers run inside a namespace through `nsenter`: `bench __recv PORT (--discard |
 //! --tar-x DIR)` and `bench __send ADDR:PORT (--bytes N | --tar-c DIR)`.
 
@@ -291,19 +291,28 @@ fn keep_work_logs(work: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the release haul and the static workload (the container has no libc).
-/// With `$HAUL_BIN` set, that haul binary is measured and none is built.
+/// Builds the haul that ships (`cargo xtask dist`'s static x86_64 musl build) and the static
+/// workload (the container has no libc). With `$HAUL_BIN` set, that haul binary is measured
+/// and none is built.
+///
+/// The shipped build, not `target/release/haul`: CRIU starts haul as its `tar` once per tmpfs
+/// mount on each side while the container is frozen (7 + 6 times for the bench's container),
+/// and a dynamically linked PIE takes ~2 ms longer per start than the static binary.
 fn build() -> Result<(), String> {
-    match std::env::var_os("HAUL_BIN") {
-        Some(b) => eprintln!("bench: measuring $HAUL_BIN={}", Path::new(&b).display()),
-        None => {
-            util::run(util::cargo().args(["build", "--release", "-p", "haul"]))?;
-            std::env::set_var("HAUL_BIN", util::root().join("target/release/haul"));
-        }
-    }
     let installed = util::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
     if !installed.lines().any(|l| l.trim() == MUSL) {
         util::run(Command::new("rustup").args(["target", "add", MUSL]))?;
+    }
+    match std::env::var_os("HAUL_BIN") {
+        Some(b) => eprintln!("bench: measuring $HAUL_BIN={}", Path::new(&b).display()),
+        None => {
+            let t = crate::targets::SHIPPED
+                .into_iter()
+                .find(|t| t.triple == MUSL)
+                .ok_or("no shipped x86_64 musl target")?;
+            let bin = crate::dist::cargo_build(t, "release", &[])?;
+            std::env::set_var("HAUL_BIN", bin);
+        }
     }
     util::run(util::cargo().args([
         "build",

@@ -589,7 +589,9 @@ fn receive_and_restore(
             // --lazy, or memory filled after the resume: from the resume, the tasks need the
             // daemon; if serve dies, they must not run on with missing memory.
             Ok(Msg::Commit(_)) if lazy || fill_after => {
+                let t = Instant::now();
                 guard = Some(super::lazy::Guard::start(pid)?);
+                log::debug!("guard started in {} us", t.elapsed().as_micros());
                 Decision::Commit
             }
             Ok(Msg::Commit(_)) => Decision::Commit,
