@@ -104,12 +104,14 @@ pub struct Recover {
             are stopped and the complete images stay in that directory with a file IN-DOUBT\n\
             explaining why.\n\n\
             Where the kernel has userfaultfd, a migration without --lazy resumes the restored tasks\n\
-            before their memory is copied in; CRIU's lazy-pages daemon then fills it from the\n\
-            images here, and serve must keep running until it is done (about a second per GiB).\n\n\
+            before their memory is copied in; serve's userfaultfd handler then fills it from the\n\
+            images here, and serve must keep running until it is done (a few hundred ms per GiB).\n\n\
             environment: HAUL_FILL=before-resume restores all memory before the resume (as the\n\
             source's --eager-restore); HAUL_CIPHER=chacha20-poly1305 keeps frames on\n\
             ChaCha20-Poly1305 instead of AEGIS-128L (used when both CPUs have AES instructions);\n\
-            HAUL_PREFETCH=off turns off the read-ahead for --lazy; HAUL_CRIU_TAR=system leaves\n\
+            HAUL_FILLER=criu fills memory after the resume with CRIU's lazy-pages daemon instead\n\
+            of serve's own userfaultfd handler; HAUL_PREFETCH=off turns off the daemon's\n\
+            read-ahead for --lazy; HAUL_CRIU_TAR=system leaves\n\
             tmpfs contents to GNU tar; HAUL_CRIU names the criu binary."
 )]
 pub struct Serve {
@@ -205,17 +207,18 @@ pub enum MigrateWhat {
             while its pages stream, and it is stopped here only after the destination holds the\n\
             restored copy; any failure before that thaws it here with its memory intact.\n\n\
             --lazy (post-copy): CRIU dumps without the memory and keeps it here, frozen; the\n\
-            destination restores, lets the tasks run, and CRIU's lazy-pages daemon there fetches\n\
-            each page as it is touched, then the rest. Downtime no longer grows with memory size.\n\
+            destination restores, lets the tasks run, and haul serve there fetches each page as\n\
+            it is touched (userfaultfd), then the rest. Downtime grows only with the time CRIU\n\
+            takes to set the memory aside here (~0.15 s per GiB), not with the transfer.\n\
             Until the destination runs, any failure still resumes the tasks here. After that the\n\
             memory is split between the hosts: if the connection or either CRIU fails before the\n\
             last page is across, both copies are stopped and the container is lost (exit 8).\n\
             Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
             Without --lazy every page crosses before the destination resumes the tasks; there,\n\
-            CRIU restores everything but the tasks' private memory, the tasks resume, and CRIU's\n\
-            lazy-pages daemon fills that memory from the destination's own copy (userfaultfd;\n\
-            the summary's \"filled\" line). The source is no longer needed for it, but\n\
-            `haul serve` is: if it is killed during the fill (about a second per GiB), the\n\
+            CRIU restores everything but the tasks' private memory, the tasks resume, and haul\n\
+            serve fills that memory from the destination's own copy (userfaultfd; the summary's\n\
+            \"filled\" line). The source is no longer needed for it, but `haul serve` is: if it\n\
+            is killed during the fill (a few hundred ms per GiB), the\n\
             restored tasks are stopped rather than left waiting for memory that never comes.\n\
             --eager-restore fills it before the resume instead (longer stop), as does\n\
             HAUL_FILL=before-resume on `haul serve`.\n\n\
@@ -389,17 +392,18 @@ pub struct PostcopyGuard {
     note = "The tasks stay frozen while the destination restores; they are stopped here only after\n\
             the destination holds the restored copy. Any failure before that resumes them here.\n\n\
             --lazy (post-copy): CRIU dumps without the memory and keeps it here, frozen; the\n\
-            destination restores, lets the tasks run, and CRIU's lazy-pages daemon there fetches\n\
-            each page as it is touched, then the rest. Downtime no longer grows with memory size.\n\
+            destination restores, lets the tasks run, and haul serve there fetches each page as\n\
+            it is touched (userfaultfd), then the rest. Downtime grows only with the time CRIU\n\
+            takes to set the memory aside here (~0.15 s per GiB), not with the transfer.\n\
             Until the destination runs, any failure still resumes the tasks here. After that the\n\
             memory is split between the hosts: if the connection or either CRIU fails before the\n\
             last page is across, both copies are stopped and the container is lost (exit 8).\n\
             Use it on a reliable link; `haul check --to` says whether the destination can.\n\n\
             Without --lazy every page crosses before the destination resumes the tasks; there,\n\
-            CRIU restores everything but the tasks' private memory, the tasks resume, and CRIU's\n\
-            lazy-pages daemon fills that memory from the destination's own copy (userfaultfd;\n\
-            the summary's \"filled\" line). The source is no longer needed for it, but\n\
-            `haul serve` is: if it is killed during the fill (about a second per GiB), the\n\
+            CRIU restores everything but the tasks' private memory, the tasks resume, and haul\n\
+            serve fills that memory from the destination's own copy (userfaultfd; the summary's\n\
+            \"filled\" line). The source is no longer needed for it, but `haul serve` is: if it\n\
+            is killed during the fill (a few hundred ms per GiB), the\n\
             restored tasks are stopped rather than left waiting for memory that never comes.\n\
             --eager-restore fills it before the resume instead (longer stop), as does\n\
             HAUL_FILL=before-resume on `haul serve`.\n\n\

@@ -372,6 +372,8 @@ struct Sample {
     relay_hwm_kib: Option<u64>,
     /// haul-lazy only: from the resume on the destination until its last page arrived.
     postcopy_ms: Option<f64>,
+    /// haul without --lazy: from the resume until the destination filled the memory.
+    fill_ms: Option<f64>,
     /// link only.
     link_mib_s: Option<f64>,
     /// 1-minute load average of the machine just before the run.
@@ -405,6 +407,7 @@ impl Sample {
             migrate_hwm_kib: None,
             relay_hwm_kib: None,
             postcopy_ms: None,
+            fill_ms: None,
             link_mib_s: None,
             load1: None,
             steal_pct: None,
@@ -817,6 +820,8 @@ impl BenchLab {
         if let Some(kib) = json_number(&json, "peak_rss_kib").filter(|&k| k > 0.0) {
             s.migrate_hwm_kib = Some(s.migrate_hwm_kib.unwrap_or(0).max(kib as u64));
         }
+        // Older binaries do not report it.
+        s.fill_ms = json_number(&json, "fill_ms").filter(|_| !lazy);
         if lazy {
             s.postcopy_ms = Some(num("postcopy_ms")?);
             s.page_mib_s = s.haul_page_mib_s;
@@ -1310,6 +1315,7 @@ struct Agg {
     migrate_hwm_mib: Option<Stat>,
     relay_hwm_mib: Option<Stat>,
     postcopy: Option<Stat>,
+    fill: Option<Stat>,
 }
 
 impl Agg {
@@ -1340,6 +1346,7 @@ impl Agg {
             migrate_hwm_mib: st(&|s| kib_mib(s.migrate_hwm_kib)),
             relay_hwm_mib: st(&|s| kib_mib(s.relay_hwm_kib)),
             postcopy: st(&|s| s.postcopy_ms),
+            fill: st(&|s| s.fill_ms),
         }
     }
 }
@@ -1769,20 +1776,21 @@ impl Report<'_> {
         let _ = writeln!(s, "\nhaul's own numbers (`--stats-json`), medians:\n");
         let _ = writeln!(
             s,
-            "| size | method | haul frozen ms (freeze → destination running) | post-copy ms (resume → last page) | haul wire MiB (its connection) |"
+            "| size | method | haul frozen ms (freeze → destination running) | post-copy ms (resume → last page) | fill ms (resume → memory in place, without --lazy) | haul wire MiB (its connection) |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
         for a in aggs
             .iter()
             .filter(|a| matches!(a.method, Method::Haul | Method::HaulLazy))
         {
             let _ = writeln!(
                 s,
-                "| {} MiB | {} | {} | {} | {} |",
+                "| {} MiB | {} | {} | {} | {} | {} |",
                 a.mib,
                 a.method.name(),
                 show(a.haul_frozen, 0),
                 show(a.postcopy, 0),
+                show(a.fill, 0),
                 show(a.haul_wire_mib, 1)
             );
         }
@@ -1847,8 +1855,8 @@ impl Report<'_> {
                      \"criu_memwrite_ms\": {}, \"criu_pages_written\": {}, \
                      \"page_mib_per_s\": {}, \"memdump_mib_per_s\": {}, \
                      \"serve_hwm_kib\": {}, \"migrate_hwm_kib\": {}, \"relay_hwm_kib\": {}, \
-                     \"postcopy_ms\": {}, \"link_mib_per_s\": {}, \"load1\": {}, \
-                     \"steal_pct\": {}}}",
+                     \"postcopy_ms\": {}, \"fill_ms\": {}, \"link_mib_per_s\": {}, \
+                     \"load1\": {}, \"steal_pct\": {}}}",
                     x.method.name(),
                     x.mib,
                     x.rep,
@@ -1871,6 +1879,7 @@ impl Report<'_> {
                     jopt(x.migrate_hwm_kib.map(|b| b as f64)),
                     jopt(x.relay_hwm_kib.map(|b| b as f64)),
                     jopt(x.postcopy_ms),
+                    jopt(x.fill_ms),
                     jopt(x.link_mib_s),
                     jopt(x.load1),
                     jopt(x.steal_pct),
@@ -1887,7 +1896,8 @@ impl Report<'_> {
                      \"downtime_ms\": {}, \"total_ms\": {}, \"wire_mib\": {}, \
                      \"criu_frozen_ms\": {}, \"criu_restore_ms\": {}, \"haul_frozen_ms\": {}, \
                      \"haul_wire_mib\": {}, \"mib_per_s\": {}, \"serve_hwm_mib\": {}, \
-                     \"migrate_hwm_mib\": {}, \"relay_hwm_mib\": {}, \"postcopy_ms\": {}}}",
+                     \"migrate_hwm_mib\": {}, \"relay_hwm_mib\": {}, \"postcopy_ms\": {}, \
+                     \"fill_ms\": {}}}",
                     a.mib,
                     a.method.name(),
                     a.ok,
@@ -1904,6 +1914,7 @@ impl Report<'_> {
                     jstat(a.migrate_hwm_mib),
                     jstat(a.relay_hwm_mib),
                     jstat(a.postcopy),
+                    jstat(a.fill),
                 )
             })
             .collect();

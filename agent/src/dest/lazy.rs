@@ -274,8 +274,9 @@ pub fn kill_restored(pid: i32) {
 
 /// Watches a restored tree during the post-copy from a separate process (`haul postcopy-guard`,
 /// its own process group, so it outlives `haul serve`). If serve dies before every page
-/// arrived, CRIU's daemon dies with it and the tasks would run on with zero-filled memory where
-/// pages were missing: the guard, seeing its pipe close without "done", kills them.
+/// arrived, the filler dies with it (haul's handler is a thread of serve; CRIU's daemon is tied
+/// to it) and the tasks would run on with zero-filled memory where pages were missing: the
+/// guard, seeing its pipe close without "done", kills them.
 pub struct Guard {
     /// Write end of the guard's stdin; "done" then close means: the post-copy completed.
     pipe: Option<OwnedFd>,
