@@ -13,7 +13,8 @@
 //! | `criu_log` | the error lines picked from a CRIU log |
 //! | `json_patch` | the source's state.json text patched for registration |
 //! | `tmpfs_archive` | a tmpfs archive from the source as haul's `tar --extract` reads it |
-//! | `criu_pagemap` | a `pagemap-<id>.img` from the source, as `--lazy`'s read-ahead reads it |
+//! | `criu_pagemap` | a `pagemap-<id>.img` from the source, as the destination's userfaultfd handler and `--lazy`'s read-ahead read it |
+//! | `criu_mm` | an `mm-<id>.img` from the source, whose VMAs cut the handler's lazy runs |
 //! | `lazy_answers` | the source's page stream during a post-copy, through the read-ahead filter |
 //! | `page_stream` | the source's page stream of a dump, as the destination writes it into page images |
 
@@ -757,7 +758,7 @@ pub fn tmpfs_archive(data: &[u8]) {
 }
 
 /// `criu_pagemap`: a pagemap image from the source. The lazy ranges haul takes from it are
-/// page-aligned, non-empty, sorted and apart.
+/// page-aligned, non-empty, sorted and apart; their places in the pages file do not overlap.
 pub fn criu_pagemap(data: &[u8]) {
     if let Ok(r) = crate::criu::pagemap::lazy_ranges(data, 4096) {
         assert!(
@@ -767,6 +768,38 @@ pub fn criu_pagemap(data: &[u8]) {
         );
         assert!(r.windows(2).all(|w| w[0].1 <= w[1].0), "{r:x?}");
     }
+    if let Ok(m) = crate::criu::pagemap::lazy_map(data, 4096) {
+        let mut placed: Vec<(u64, u64)> = m
+            .extents
+            .iter()
+            .filter_map(|e| Some((e.offset?, e.offset? + (e.end - e.start))))
+            .collect();
+        placed.sort_unstable();
+        assert!(placed.windows(2).all(|w| w[0].1 <= w[1].0), "{placed:x?}");
+    }
+}
+
+/// `criu_mm`: an mm image from the source. Its VMAs are sorted, non-empty and apart, and a
+/// lazy run over all of memory cut at them covers exactly the VMAs.
+pub fn criu_mm(data: &[u8]) {
+    use crate::criu::pagemap::Extent;
+    use crate::dest::fill::runs::Runs;
+    let Ok(v) = crate::criu::mm::vmas(data) else {
+        return;
+    };
+    assert!(v.iter().all(|&(s, e)| s < e), "{v:x?}");
+    assert!(v.windows(2).all(|w| w[0].1 <= w[1].0), "{v:x?}");
+    let all = [Extent {
+        start: 0,
+        end: u64::MAX,
+        offset: None,
+    }];
+    let runs = Runs::from_lazy(&all, &v);
+    let total: u64 = v.iter().map(|&(s, e)| e - s).sum();
+    assert_eq!(runs.bytes(), total, "{v:x?}");
+    assert!(runs
+        .iter()
+        .all(|r| v.iter().any(|&(s, e)| s <= r.start && r.end <= e)));
 }
 
 /// A page writer into `dir` (created), reading headers of CRIU 4.2's layout if `wide`.
@@ -1539,6 +1572,18 @@ pub fn seeds(fixtures: &Path) -> Result<Vec<Seed>, String> {
         fixture("criu-4.1.1-lazy/pagemap-sleep.img")?,
     ));
     out.push(seed("criu_pagemap", "one-lazy-run", lazy_pagemap_seed()));
+    out.push(seed(
+        "criu_pagemap",
+        "criu-4.1.1-python3",
+        fixture("criu-4.1.1-dump/pagemap-7542.img")?,
+    ));
+
+    // criu_mm: a real dump's.
+    out.push(seed(
+        "criu_mm",
+        "criu-4.1.1-python3",
+        fixture("criu-4.1.1-dump/mm-7542.img")?,
+    ));
 
     // lazy_answers: three faults and the read-ahead they start, both layouts; one fault.
     out.push(seed(
@@ -1676,6 +1721,7 @@ mod tests {
                 "json_patch" => json_patch(&s.bytes),
                 "tmpfs_archive" => tmpfs_archive(&s.bytes),
                 "criu_pagemap" => criu_pagemap(&s.bytes),
+                "criu_mm" => criu_mm(&s.bytes),
                 "lazy_answers" => lazy_answers(&s.bytes),
                 "page_stream" => page_stream(&s.bytes),
                 other => panic!("seed for unknown target {other}"),
