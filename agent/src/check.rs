@@ -79,8 +79,9 @@ pub fn run(criu_path: &Path, work_root: &Path, to: Option<&str>, key: Option<&Ke
                     r.info(
                         "as destination: memory fill after the resume",
                         if lp {
-                            "yes: migrations without --lazy resume before CRIU fills the memory from \
-                             this host's copy (--eager-restore or HAUL_FILL=before-resume: before)"
+                            "yes: migrations without --lazy resume before haul serve fills the \
+                             memory from this host's copy (--eager-restore or \
+                             HAUL_FILL=before-resume: before)"
                         } else {
                             "no (no userfaultfd): all memory is restored before the resume"
                         },
