@@ -2747,3 +2747,17 @@ impl NetnsPair {
         .map(drop)
     }
 }
+
+/// MiB filled by `haul serve`'s userfaultfd handler, from its summary line in serve's log
+/// ("userfaultfd handler: ... 256.1 MiB filled ...").
+pub fn mib_filled_by_handler(log: &str) -> Option<f64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("userfaultfd handler:") && l.contains(" MiB filled"))?;
+    line.split(" MiB filled")
+        .next()?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}

@@ -118,17 +118,8 @@ fn memory_is_filled_after_the_resume_from_the_destinations_images() {
     );
     assert!(log.contains("memory filled after the resume"), "{log}");
     // By haul's own handler (the default), every lazy page of the 128 MiB.
-    let line = log
-        .lines()
-        .find(|l| l.contains("userfaultfd handler:") && l.contains("MiB filled"))
-        .unwrap_or_else(|| panic!("no handler summary in {log}"));
-    let mib: f64 = line
-        .split(" MiB filled")
-        .next()
-        .and_then(|h| h.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
-    assert!(mib >= 128.0, "{line}");
+    let mib = mib_filled_by_handler(&log).unwrap_or_else(|| panic!("no handler summary in {log}"));
+    assert!(mib >= 128.0, "{mib} MiB filled: {log}");
 }
 
 #[test]

@@ -20,17 +20,8 @@ fn lazy_migration_runs_on_the_destination_before_the_memory_moved() {
         return;
     };
     // haul's handler fetched the memory: every page of the 256 MiB, and faults answered.
-    let line = log
-        .lines()
-        .find(|l| l.contains("userfaultfd handler:") && l.contains("questions to the source"))
-        .unwrap_or_else(|| panic!("no handler summary in {log}"));
-    let mib: f64 = line
-        .split(" MiB filled")
-        .next()
-        .and_then(|h| h.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
-    assert!(mib >= 256.0, "{line}");
+    let mib = mib_filled_by_handler(&log).unwrap_or_else(|| panic!("no handler summary in {log}"));
+    assert!(mib >= 256.0, "{mib} MiB filled: {log}");
     assert!(!log.contains("read-ahead:"), "CRIU's daemon ran: {log}");
 }
 

@@ -18,13 +18,7 @@ pub const MM_MAX: usize = 1 << 20;
 
 /// The VMAs of an mm image, sorted by address; each `start < end`, none overlapping.
 pub fn vmas(bytes: &[u8]) -> Result<Vec<Range>, String> {
-    let word = |i: usize| -> Result<u32, String> {
-        bytes
-            .get(i..i + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| format!("cut short at byte {i}"))
-    };
+    let word = |i: usize| super::pagemap::image_word(bytes, i);
     if word(0)? != MAGIC_IMG_COMMON || word(4)? != MAGIC_MM {
         return Err("not an mm image (magic)".into());
     }

@@ -56,13 +56,7 @@ pub fn lazy_ranges(bytes: &[u8], page: u64) -> Result<Vec<Range>, String> {
 /// The lazy runs of a pagemap image with their offsets in its pages file. Pages of entries
 /// with PE_PRESENT follow each other in the pages file in the order of the entries.
 pub fn lazy_map(bytes: &[u8], page: u64) -> Result<LazyMap, String> {
-    let word = |i: usize| -> Result<u32, String> {
-        bytes
-            .get(i..i + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| format!("cut short at byte {i}"))
-    };
+    let word = |i: usize| image_word(bytes, i);
     if word(0)? != MAGIC_IMG_COMMON || word(4)? != MAGIC_PAGEMAP {
         return Err("not a pagemap image (magic)".into());
     }
@@ -132,6 +126,15 @@ pub fn read_lazy_map(dir: &Path, id: u64, page: u64) -> Result<LazyMap, String> 
     let path = dir.join(format!("pagemap-{id}.img"));
     let bytes = crate::util::read_bounded(&path, PAGEMAP_MAX)?;
     lazy_map(&bytes, page).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The little-endian u32 at byte `i` of a CRIU image (magics, record lengths).
+pub(crate) fn image_word(bytes: &[u8], i: usize) -> Result<u32, String> {
+    bytes
+        .get(i..i.saturating_add(4))
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| format!("cut short at byte {i}"))
 }
 
 /// The start of a pagemap image as CRIU writes it: the magics and the head naming
