@@ -1207,6 +1207,72 @@ mod tests {
         })
     }
 
+    /// A source whose answer does not match the question (another address, another task, no
+    /// pages, more pages than asked): the fill ends with an error naming it, and the task's
+    /// waiting thread is let go (its userfaultfd closes with the handler).
+    #[test]
+    fn a_mismatched_answer_ends_the_fill() {
+        type Mangle = fn(Iov) -> Iov;
+        let cases: [(&str, Mangle); 4] = [
+            ("address", |q| {
+                Iov::pages(q.dst_id, q.vaddr + PAGE, q.nr_pages)
+            }),
+            ("task", |q| Iov::pages(q.dst_id + 1, q.vaddr, q.nr_pages)),
+            ("no pages", |q| Iov::pages(q.dst_id, q.vaddr, 0)),
+            ("too many", |q| {
+                Iov::pages(q.dst_id, q.vaddr, q.nr_pages + 1)
+            }),
+        ];
+        for (what, mangle) in cases {
+            let Some(lab) = Lab::new("fill-bad-answer") else {
+                return;
+            };
+            let work = lab.work();
+            let layout = Layout::Narrow;
+            let (ours, mut theirs) = UnixStream::pair().unwrap();
+            let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
+            let tx = std::sync::Mutex::new(tx);
+            let up: Upstream = Box::new(move |b: Option<&[u8]>| {
+                tx.lock()
+                    .unwrap()
+                    .send(b.map(<[u8]>::to_vec))
+                    .map_err(|e| e.to_string())
+            });
+            let source = std::thread::spawn(move || {
+                let hlen = layout.header_len();
+                let mut got = Vec::new();
+                while got.len() < hlen {
+                    match rx.recv() {
+                        Ok(Some(b)) => got.extend_from_slice(&b),
+                        _ => return,
+                    }
+                }
+                let q = Iov::decode(&got[..hlen], layout).unwrap();
+                let a = mangle(q);
+                let _ = theirs.write_all(&a.encode(layout)[..hlen]);
+                for p in 0..a.nr_pages {
+                    let _ = theirs.write_all(&pattern(a.vaddr + p * PAGE));
+                }
+            });
+            let h = Handler::new(
+                work.fd.try_clone().unwrap(),
+                Pages::Remote {
+                    answers: OwnedFd::from(ours),
+                    up,
+                    layout,
+                },
+                Arc::new(Control::default()),
+            )
+            .unwrap();
+            let run = std::thread::spawn(move || h.run());
+            let _link = lab.hand_over();
+            let _task = lab.touch(vec![30]);
+            let err = run.join().unwrap().unwrap_err();
+            assert!(err.contains("the source answered"), "{what}: {err}");
+            source.join().unwrap();
+        }
+    }
+
     /// From the source (`--lazy`), in both header layouts, with short answers: every page
     /// arrives, questions stay inside the lazy runs, the source's page server is closed and
     /// the stream ended.
