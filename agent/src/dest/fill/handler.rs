@@ -93,7 +93,7 @@ pub enum Pages {
     Local,
     /// The source's CRIU page server: questions through `up`, answers read from `answers`.
     Remote {
-        answers: OwnedFd,
+        answers: Arc<OwnedFd>,
         up: Upstream,
         layout: Layout,
     },
@@ -269,7 +269,7 @@ impl Handler {
         }
         if let Pages::Remote { answers, .. } = &self.pages {
             who.push(Who::Answers);
-            fds.push(PollFd::new(answers, PollFlags::IN));
+            fds.push(PollFd::new(&**answers, PollFlags::IN));
         }
         for (i, t) in self.tasks.iter().enumerate() {
             if !t.gone {
@@ -282,18 +282,18 @@ impl Handler {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(format!("poll: {e}")),
         }
-        let ready: Vec<(Who, PollFlags)> = who
+        let ready: Vec<Who> = who
             .iter()
             .zip(fds.iter())
-            .map(|(w, f)| (*w, f.revents()))
-            .filter(|(_, r)| !r.is_empty())
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(w, _)| *w)
             .collect();
         drop(fds);
-        for (w, revents) in ready {
+        for w in ready {
             match w {
                 Who::Listener => self.accept()?,
                 Who::Link => self.read_link()?,
-                Who::Answers => self.read_answers(revents)?,
+                Who::Answers => self.read_answers()?,
                 Who::Task(i) => self.read_events(i)?,
             }
         }
@@ -703,7 +703,7 @@ impl Handler {
     }
 
     /// Reads answers from the source.
-    fn read_answers(&mut self, revents: PollFlags) -> Result<(), String> {
+    fn read_answers(&mut self) -> Result<(), String> {
         let Pages::Remote {
             answers, layout, ..
         } = &self.pages
@@ -712,13 +712,13 @@ impl Handler {
         };
         let hlen = layout.header_len();
         let layout = *layout;
-        let fd = answers.try_clone().map_err(|e| e.to_string())?;
+        let fd = answers.clone();
         loop {
             if self.answer.iov.is_none() {
                 let have = self.answer.hdr.len();
                 let mut b = [0u8; 32];
                 let want = b.get_mut(..hlen - have).unwrap_or_default();
-                let n = match rustix::net::recv(&fd, want, rustix::net::RecvFlags::DONTWAIT) {
+                let n = match rustix::net::recv(&*fd, want, rustix::net::RecvFlags::DONTWAIT) {
                     Ok((0, _)) => return Err(self.source_closed()),
                     Ok((n, _)) => n,
                     Err(Errno::AGAIN) => return Ok(()),
@@ -744,7 +744,7 @@ impl Handler {
                 return Err("page answer buffer overrun".into());
             };
             if !rest.is_empty() {
-                let n = match rustix::net::recv(&fd, rest, rustix::net::RecvFlags::DONTWAIT) {
+                let n = match rustix::net::recv(&*fd, rest, rustix::net::RecvFlags::DONTWAIT) {
                     Ok((0, _)) => return Err(self.source_closed()),
                     Ok((n, _)) => n,
                     Err(Errno::AGAIN) => return Ok(()),
@@ -761,7 +761,6 @@ impl Handler {
                 self.answer.data.clear();
                 r?;
             }
-            let _ = revents;
         }
     }
 
@@ -886,7 +885,7 @@ impl Handler {
                 return Err("the source's page server did not answer the close".into());
             }
             let ts = rustix::event::Timespec::try_from(left).map_err(|e| e.to_string())?;
-            let mut fds = [PollFd::new(answers, PollFlags::IN)];
+            let mut fds = [PollFd::new(&**answers, PollFlags::IN)];
             match rustix::event::poll(&mut fds, Some(&ts)) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(format!("poll: {e}")),
@@ -894,7 +893,7 @@ impl Handler {
             let Some(want) = status.get_mut(have..) else {
                 break;
             };
-            match rustix::net::recv(answers, want, rustix::net::RecvFlags::DONTWAIT) {
+            match rustix::net::recv(&**answers, want, rustix::net::RecvFlags::DONTWAIT) {
                 Ok((0, _)) => {
                     return Err("the source's page server closed before its status".into())
                 }
@@ -1253,11 +1252,13 @@ mod tests {
                 for p in 0..a.nr_pages {
                     let _ = theirs.write_all(&pattern(a.vaddr + p * PAGE));
                 }
+                // Later questions are taken and left unanswered.
+                while rx.recv().is_ok() {}
             });
             let h = Handler::new(
                 work.fd.try_clone().unwrap(),
                 Pages::Remote {
-                    answers: OwnedFd::from(ours),
+                    answers: Arc::new(OwnedFd::from(ours)),
                     up,
                     layout,
                 },
@@ -1303,7 +1304,7 @@ mod tests {
             let h = Handler::new(
                 work.fd.try_clone().unwrap(),
                 Pages::Remote {
-                    answers: OwnedFd::from(ours),
+                    answers: Arc::new(OwnedFd::from(ours)),
                     up,
                     layout,
                 },

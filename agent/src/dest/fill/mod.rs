@@ -73,7 +73,7 @@ impl Filler {
         Filler::start(
             work,
             Pages::Remote {
-                answers: ours,
+                answers: Arc::new(ours),
                 up,
                 layout: source,
             },
