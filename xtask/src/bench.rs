@@ -235,6 +235,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
         std::fs::create_dir_all(dest).map_err(|e| format!("mkdir {}: {e}", dest.display()))?;
         util::run(Command::new("cp").arg("-r").arg(&from).arg(dest))?;
         eprintln!("bench: logs kept in {}", dest.join("logs").display());
+    } else if !failures.is_empty() {
+        // haul's and CRIU's logs of every run (text only: images are not kept without
+        // --keep-logs), for the failed ones.
+        let from = lab.dir.join("logs");
+        std::fs::create_dir_all(&opts.out)
+            .map_err(|e| format!("mkdir {}: {e}", opts.out.display()))?;
+        util::run(Command::new("cp").arg("-r").arg(&from).arg(&opts.out))?;
+        eprintln!(
+            "bench: {} run(s) failed; logs of every run in {}",
+            failures.len(),
+            opts.out.join("logs").display()
+        );
     }
     drop(lab);
     let report = Report {
@@ -555,7 +567,9 @@ impl BenchLab {
             self.migration(method, mib, bundle, &work, &logs, port, n)
         };
         let mut cleanup = Vec::new();
-        if self.keep_logs {
+        // A failed run's CRIU logs are kept even without --keep-logs (run() copies them next to
+        // RESULTS.md): an intermittent failure is otherwise gone with the run.
+        if self.keep_logs || result.is_err() {
             for (side, dir) in [("src", "haul-src-work"), ("dst", "haul-dst-work")] {
                 if let Err(e) = keep_work_logs(&self.shm.join(dir), &logs.join(side)) {
                     cleanup.push(e);
