@@ -121,6 +121,11 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// peer is found while waiting for a reply with nothing in flight.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 
+/// How often the destination shows it is alive during a long wait of its own on which the
+/// source waits too (the memory fill after the resume): an empty keepalive frame, well within
+/// the source's `IDLE_TIMEOUT` of silence.
+pub const KEEPALIVE_FRAME_EVERY: Duration = Duration::from_secs(15);
+
 /// Most pre-dump iterations of one migration (`--pre-dump-max-iterations` may not exceed it, and
 /// the destination refuses more). Each iteration leaves an images directory on the destination
 /// until the restore; P.Haul stops at 8, and a workload that has not converged by then dirties

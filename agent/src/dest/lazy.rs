@@ -201,10 +201,11 @@ impl Fill {
     }
 
     /// Filling from local images: waits until every page is in place (Ok: how long it took),
-    /// the filler fails, or `limit` passes (Err).
-    pub fn wait_local(&mut self, limit: Duration) -> Result<Duration> {
+    /// the filler fails, or `limit` passes (Err). `alive` runs every `KEEPALIVE_FRAME_EVERY`
+    /// meanwhile (the source waits on this fill: it must hear from us).
+    pub fn wait_local(&mut self, limit: Duration, alive: impl FnMut()) -> Result<Duration> {
         let name = self.name();
-        super::fill::wait_local(|| self.exited(), limit, name)
+        super::fill::wait_local(|| self.exited(), limit, name, alive)
     }
 
     /// Follows the post-copy until the filler has every page (Ok: how long it took), the

@@ -693,7 +693,12 @@ fn receive_and_restore(
             log::error!("HAUL_FAULT=dst-fill-fails: killing the lazy-pages daemon");
             d.kill();
         }
-        match d.wait_local(LOCAL_FILL_LIMIT) {
+        let alive = || {
+            if let Err(e) = conn.send_keepalive() {
+                log::debug!("keepalive to the source: {e}");
+            }
+        };
+        match d.wait_local(LOCAL_FILL_LIMIT, alive) {
             Ok(_) => {
                 // From the resume (the restore's own end), not from this wait's start.
                 let took = resumed.elapsed();

@@ -156,6 +156,15 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             return Err(Error::setup(format!("--lazy: {why}; nothing was frozen")));
         }
     }
+    // From now on a lost connection must reach CRIU's page socket, even before the dump (the
+    // bundle copy can take minutes): CRIU then fails at once instead of waiting for answers.
+    let ps_ours = Arc::new(ps_ours);
+    conn.set_page_sink(ps_ours.clone());
+    if o.lazy {
+        // Until the Commit, a lost connection must fail CRIU's lazy page server (it then
+        // resumes the tasks), not end its stream (it would kill them).
+        conn.set_sink_farewell(Some(super::postcopy::FAIL_REQUEST));
+    }
     let mut job = job;
     job.prepare.lazy = o.lazy;
     job.prepare.eager_restore = o.eager_restore;
@@ -202,13 +211,6 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     } else {
         None
     };
-    let ps_ours = Arc::new(ps_ours);
-    conn.set_page_sink(ps_ours.clone());
-    if o.lazy {
-        // Until the Commit, a lost connection must fail CRIU's lazy page server (it then
-        // resumes the tasks), not end its stream (it would kill them).
-        conn.set_sink_farewell(Some(super::postcopy::FAIL_REQUEST));
-    }
     let relay = pages::spawn_outbound(ps_ours.clone(), conn.sender(), conn.counters.clone())
         .map_err(|e| wire_to_error(e, "page relay"))?;
     // A lazy dump writes no pages to the socket until post-dump: its relay runs to the end of the

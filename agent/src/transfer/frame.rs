@@ -8,6 +8,9 @@ use crate::limits::{FRAME_MAX, FRAME_PLAINTEXT_MAX, FRAME_TAG};
 use haul_seal::{SealError, SealKey};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +24,9 @@ pub enum Kind {
     PageEof = 3,
     /// Bytes of the image file opened by the last `FileBegin`.
     FileData = 4,
+    /// Nothing: the sender is alive and busy (the destination, during a long local wait on
+    /// which the source waits too). Empty payload.
+    Keepalive = 5,
 }
 
 impl Kind {
@@ -30,6 +36,7 @@ impl Kind {
             2 => Kind::PageData,
             3 => Kind::PageEof,
             4 => Kind::FileData,
+            5 => Kind::Keepalive,
             other => return Err(WireError::BadKind(other)),
         })
     }
@@ -124,8 +131,9 @@ pub struct SendHalf {
     out: Sealer,
     /// For `send`, which copies its payload in.
     frame: FrameBuf,
-    /// Bytes written to the socket, headers included.
-    pub wire_bytes: u64,
+    /// Bytes written to the socket, headers included; shared with the connection's reader,
+    /// which reads progress here when the peer is silent (`mux::read_loop`).
+    sent: Arc<AtomicU64>,
 }
 
 /// The receiving half, owned by the connection's reader thread. Generic over the byte source
@@ -144,6 +152,9 @@ pub struct RecvHalf<S = TcpStream> {
     pub wire_bytes: u64,
     /// Idle timeout in seconds, for messages.
     pub timeout_secs: u64,
+    /// The longest silence of both directions the reader tolerates (`None`: no read timeout
+    /// is set, the reader waits for the peer as long as the connection lives).
+    pub silence: Option<Duration>,
 }
 
 impl SendHalf {
@@ -156,8 +167,18 @@ impl SendHalf {
                 nonce: 0,
             },
             frame: FrameBuf::new(),
-            wire_bytes: 0,
+            sent: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Bytes written to the socket so far, headers included.
+    pub fn wire_bytes(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind `wire_bytes`, readable without this half's lock.
+    pub fn sent_counter(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
     }
 
     /// Sends one frame. `payload` longer than `PAYLOAD_MAX` is a caller bug reported as an
@@ -172,7 +193,8 @@ impl SendHalf {
                     limit: FRAME_PLAINTEXT_MAX,
                 })?;
         dst.copy_from_slice(payload);
-        self.wire_bytes += self.out.write(kind, &mut self.frame, payload.len())? as u64;
+        let n = self.out.write(kind, &mut self.frame, payload.len())?;
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -184,7 +206,8 @@ impl SendHalf {
         frame: &mut FrameBuf,
         len: usize,
     ) -> Result<(), WireError> {
-        self.wire_bytes += self.out.write(kind, frame, len)? as u64;
+        let n = self.out.write(kind, frame, len)?;
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -223,21 +246,42 @@ impl<S: Read> RecvHalf<S> {
             ahead_len: 0,
             wire_bytes: 0,
             timeout_secs,
+            silence: None,
         }
+    }
+
+    /// Sets `silence` (see the field): the socket's own read timeout must be a fraction of it,
+    /// the reader's tick.
+    pub fn with_silence(mut self, silence: Duration) -> Self {
+        self.silence = Some(silence);
+        self
     }
 
     /// Receives one frame; the payload borrows the half's buffer until the next call. An
     /// encrypted frame is opened in place.
+    ///
+    /// The read timeout (`WireError::Timeout`) can come only between frames or inside a
+    /// header, whose bytes are kept: the next call goes on where this one stopped. A peer that
+    /// stops inside a frame's body is an I/O error.
     pub fn recv(&mut self, during: &'static str) -> Result<(Kind, &[u8]), WireError> {
         let mut header = [0u8; HEADER];
-        let have = std::mem::take(&mut self.ahead_len);
+        let mut have = std::mem::take(&mut self.ahead_len);
         if let (Some(h), Some(a)) = (header.get_mut(..have), self.ahead.get(..have)) {
             h.copy_from_slice(a);
         }
-        if have < HEADER {
-            self.stream
-                .read_exact(header.get_mut(have..).unwrap_or_default())
-                .map_err(|e| WireError::from_read(e, during, self.timeout_secs))?;
+        while have < HEADER {
+            match self.stream.read(header.get_mut(have..).unwrap_or_default()) {
+                Ok(0) => return Err(WireError::Closed { during }),
+                Ok(n) => have += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if let (Some(a), Some(h)) = (self.ahead.get_mut(..have), header.get(..have)) {
+                        a.copy_from_slice(h);
+                        self.ahead_len = have;
+                    }
+                    return Err(WireError::from_read(e, during, self.timeout_secs));
+                }
+            }
         }
         let len = u32::from_be_bytes(header) as usize;
         if len > FRAME_MAX {
@@ -262,6 +306,12 @@ impl<S: Read> RecvHalf<S> {
                 Ok(0) => return Err(WireError::Closed { during }),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(WireError::Io {
+                        op: "read (the peer stopped in the middle of a frame)",
+                        err: e,
+                    })
+                }
                 Err(e) => return Err(WireError::from_read(e, during, self.timeout_secs)),
             }
         }
@@ -293,6 +343,58 @@ impl<S: Read> RecvHalf<S> {
 mod tests {
     use super::*;
     use crate::fuzzing::{seal_each, session};
+
+    /// A byte source that hands out scripted chunks, and read timeouts where the script says.
+    struct Script(std::collections::VecDeque<Option<Vec<u8>>>);
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(None) => Err(std::io::ErrorKind::WouldBlock.into()),
+                Some(Some(mut chunk)) => {
+                    let n = chunk.len().min(buf.len());
+                    buf[..n].copy_from_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        self.0.push_front(Some(chunk.split_off(n)));
+                    }
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    /// A read timeout between frames or inside a header loses nothing: the next call goes on.
+    #[test]
+    fn a_timeout_inside_a_header_is_resumed() {
+        let wire = plain_frame(Kind::Control, 9);
+        let script = [
+            None,
+            Some(wire[..2].to_vec()),
+            None,
+            Some(wire[2..7].to_vec()),
+            Some(wire[7..].to_vec()),
+        ];
+        let mut rx = RecvHalf::new(Script(script.into_iter().collect()), None, 1);
+        for _ in 0..2 {
+            assert!(matches!(rx.recv("test"), Err(WireError::Timeout { .. })));
+        }
+        let (kind, payload) = rx.recv("test").unwrap();
+        assert_eq!((kind, payload.len()), (Kind::Control, 8));
+        assert!(matches!(rx.recv("test"), Err(WireError::Closed { .. })));
+    }
+
+    /// A peer that stops inside a frame's body is not a timeout to wait out.
+    #[test]
+    fn a_timeout_inside_a_body_is_an_error() {
+        let wire = plain_frame(Kind::Control, 9);
+        let script = [Some(wire[..7].to_vec()), None, Some(wire[7..].to_vec())];
+        let mut rx = RecvHalf::new(Script(script.into_iter().collect()), None, 1);
+        match rx.recv("test") {
+            Err(WireError::Io { op, .. }) => assert!(op.contains("middle of a frame"), "{op}"),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
 
     fn plain_frame(kind: Kind, len: usize) -> Vec<u8> {
         let mut wire = u32::try_from(len).unwrap().to_be_bytes().to_vec();
@@ -476,9 +578,9 @@ mod tests {
             tx.send(Kind::FileData, &vec![0; PAYLOAD_MAX + 1]),
             Err(WireError::FrameTooLarge { .. })
         ));
-        assert_eq!(tx.wire_bytes, 0);
+        assert_eq!(tx.wire_bytes(), 0);
         tx.send_buf(Kind::PageData, &mut frame, PAYLOAD_MAX)
             .unwrap();
-        assert_eq!(tx.wire_bytes, (HEADER + FRAME_MAX) as u64);
+        assert_eq!(tx.wire_bytes(), (HEADER + FRAME_MAX) as u64);
     }
 }

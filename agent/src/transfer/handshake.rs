@@ -190,14 +190,17 @@ fn session_keys(
 /// sets `IDLE_TIMEOUT`; the destination none, since each of its waits on the peer has its own
 /// timeout (`Conn::recv`) and a silence while it restores is no fault of the peer's. `idle`
 /// bounds a blocked write.
+/// The connection's halves over `stream`. With `silence`, the reader gives the connection up
+/// once neither direction moved for that long (the socket's read timeout is its tick, a
+/// quarter of it); without, it waits for the peer as long as TCP keeps the connection.
 fn halves(
     stream: TcpStream,
     keys: Option<(FrameKey, FrameKey)>,
-    read_timeout: Option<Duration>,
+    silence: Option<Duration>,
     idle: Duration,
 ) -> Result<(SendHalf, RecvHalf), WireError> {
     stream
-        .set_read_timeout(read_timeout)
+        .set_read_timeout(silence.map(|s| s / SILENCE_TICKS))
         .map_err(|err| WireError::Io {
             op: "set timeout",
             err,
@@ -222,11 +225,18 @@ fn halves(
         Some((s, r)) => (Some(s), Some(r)),
         None => (None, None),
     };
+    let rx = RecvHalf::new(rx, recv, idle.as_secs());
     Ok((
         SendHalf::new(stream, send),
-        RecvHalf::new(rx, recv, idle.as_secs()),
+        match silence {
+            Some(s) => rx.with_silence(s),
+            None => rx,
+        },
     ))
 }
+
+/// Read timeouts per `silence`: how often a silent connection is looked at.
+const SILENCE_TICKS: u32 = 4;
 
 /// Source side (Noise initiator). `key = None` is plaintext and needs `--insecure`.
 pub fn connect(stream: TcpStream, key: Option<&Key>) -> Result<(SendHalf, RecvHalf), WireError> {
@@ -505,7 +515,12 @@ mod tests {
         }
         assert_eq!(raw.read_timeout().unwrap(), None);
         assert_eq!(raw.write_timeout().unwrap(), Some(idle));
-        assert_eq!(client_raw.read_timeout().unwrap(), Some(IDLE_TIMEOUT));
+        // The source's reader looks at the connection every quarter of the idle timeout and
+        // gives up only when neither direction moved for all of it (mux::Liveness).
+        assert_eq!(
+            client_raw.read_timeout().unwrap(),
+            Some(IDLE_TIMEOUT / SILENCE_TICKS)
+        );
     }
 
     /// The deadline bounds the whole handshake, not each read: a preamble completed before it is

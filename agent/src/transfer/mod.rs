@@ -16,5 +16,5 @@ pub use frame::{RecvHalf, SendHalf};
 pub use key::Key;
 pub use mux::{Conn, Incoming};
 
-/// Version of haul's wire protocol; both sides must speak the same.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version of haul's wire protocol; both sides must speak the same. 3: keepalive frames.
+pub const PROTOCOL_VERSION: u16 = 3;

@@ -114,6 +114,8 @@ pub struct Conn {
     farewell: Farewell,
     reader: Option<JoinHandle<u64>>,
     activity: Arc<Activity>,
+    /// Bytes written to the socket (the sending half's counter, read without its lock).
+    sent: Arc<AtomicU64>,
     pub counters: Arc<Counters>,
 }
 
@@ -125,14 +127,28 @@ impl Conn {
         let farewell: Farewell = Arc::new(Mutex::new(None));
         let counters = Arc::new(Counters::default());
         let activity = Arc::new(Activity::new());
+        let sent = tx.sent_counter();
         let reader = {
             let sink = sink.clone();
             let farewell = farewell.clone();
             let counters = counters.clone();
             let activity = activity.clone();
+            let sent = sent.clone();
             std::thread::Builder::new()
                 .name("haul-conn-rx".into())
-                .spawn(move || read_loop(rx, qtx, sink, farewell, counters, activity))
+                .spawn(move || {
+                    read_loop(
+                        rx,
+                        qtx,
+                        Shared {
+                            sink,
+                            farewell,
+                            counters,
+                            activity,
+                            sent,
+                        },
+                    )
+                })
                 .ok()
         };
         Conn {
@@ -142,6 +158,7 @@ impl Conn {
             farewell,
             reader,
             activity,
+            sent,
             counters,
         }
     }
@@ -185,6 +202,11 @@ impl Conn {
             });
         }
         send_frame(&self.tx, Kind::Control, &bytes)
+    }
+
+    /// An empty keepalive frame: the peer's reader counts it as a sign of life and drops it.
+    pub fn send_keepalive(&self) -> Result<(), WireError> {
+        send_frame(&self.tx, Kind::Keepalive, &[])
     }
 
     pub fn send_file_data(&self, data: &[u8]) -> Result<(), WireError> {
@@ -255,7 +277,7 @@ impl Conn {
 
     /// Bytes sent so far, headers included.
     pub fn wire_bytes_out(&self) -> u64 {
-        self.tx.lock().map(|t| t.wire_bytes).unwrap_or(0)
+        self.sent.load(Ordering::Relaxed)
     }
 }
 
@@ -296,20 +318,71 @@ pub fn send_frame_buf(
     guard.send_buf(kind, frame, len)
 }
 
-fn read_loop(
-    mut rx: RecvHalf,
-    q: SyncSender<Result<Incoming, WireError>>,
+/// What the reader thread shares with the connection.
+struct Shared {
     sink: Sink,
     farewell: Farewell,
     counters: Arc<Counters>,
     activity: Arc<Activity>,
-) -> u64 {
+    sent: Arc<AtomicU64>,
+}
+
+/// Whether a connection whose reader just timed out is still alive: the peer is silent, but
+/// it may be taking our bytes (the destination says nothing while pages stream to it, for
+/// minutes on a slow link). Dead only when neither direction moved for `silence`.
+struct Liveness {
+    silence: Option<Duration>,
+    sent: u64,
+    sent_at: Instant,
+}
+
+impl Liveness {
+    fn new(silence: Option<Duration>) -> Liveness {
+        Liveness {
+            silence,
+            sent: 0,
+            sent_at: Instant::now(),
+        }
+    }
+
+    /// After a read timeout: `true` if the reader should wait on.
+    fn alive(&mut self, sent_now: u64, peer_silent: Duration) -> bool {
+        let Some(silence) = self.silence else {
+            return false;
+        };
+        if sent_now != self.sent {
+            self.sent = sent_now;
+            self.sent_at = Instant::now();
+        }
+        peer_silent < silence || self.sent_at.elapsed() < silence
+    }
+}
+
+fn read_loop(mut rx: RecvHalf, q: SyncSender<Result<Incoming, WireError>>, sh: Shared) -> u64 {
+    let Shared {
+        sink,
+        farewell,
+        counters,
+        activity,
+        sent,
+    } = sh;
+    let mut live = Liveness::new(rx.silence);
     loop {
         let frame = rx.recv("the migration");
         if frame.is_ok() {
             activity.touch();
         }
         let item = match frame {
+            Ok((Kind::Keepalive, _)) => continue,
+            Err(WireError::Timeout { .. })
+                if live.alive(sent.load(Ordering::Relaxed), activity.silence()) =>
+            {
+                continue
+            }
+            Err(WireError::Timeout { .. }) => Err(WireError::Timeout {
+                during: "the migration (nothing went to the peer either)",
+                secs: rx.silence.map(|d| d.as_secs()).unwrap_or_default(),
+            }),
             Ok((Kind::Control, body)) => decode_control(body).map(Incoming::Control),
             Ok((Kind::FileData, body)) => Ok(Incoming::FileData(body.to_vec())),
             Ok((Kind::PageData, body)) => {
@@ -372,6 +445,7 @@ pub fn load(c: &AtomicU64) -> u64 {
 mod tests {
     use super::*;
     use crate::limits::IDLE_TIMEOUT;
+    use crate::transfer::frame::{RecvHalf, SendHalf};
     use crate::transfer::handshake;
     use haul_proto::haul::{Abort, Commit};
     use std::net::{TcpListener, TcpStream};
@@ -388,6 +462,104 @@ mod tests {
         });
         let (tx, rx) = handshake::connect(TcpStream::connect(addr).unwrap(), None).unwrap();
         (Conn::start(tx, rx), server.join().unwrap())
+    }
+
+    /// Two plaintext `Conn`s over loopback: the first, like the source's, gives the connection
+    /// up after `silence` in both directions (read timeout a quarter of it); the second, like
+    /// the destination's, has no read timeout.
+    fn pair_with_silence(silence: Duration) -> (Conn, Conn) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        a.set_read_timeout(Some(silence / 4)).unwrap();
+        let half = |s: &TcpStream, quiet: Option<Duration>| {
+            let rx = RecvHalf::new(s.try_clone().unwrap(), None, silence.as_secs());
+            let rx = match quiet {
+                Some(q) => rx.with_silence(q),
+                None => rx,
+            };
+            Conn::start(SendHalf::new(s.try_clone().unwrap(), None), rx)
+        };
+        (half(&a, Some(silence)), half(&b, None))
+    }
+
+    fn abort(reason: &str) -> Msg {
+        Msg::Abort(Abort {
+            stage: String::new(),
+            reason: reason.into(),
+        })
+    }
+
+    /// While pages stream to the destination it says nothing: the source's connection lives
+    /// on as long as its own bytes are taken, for longer than the silence allowed.
+    #[test]
+    fn a_silent_peer_taking_our_bytes_keeps_the_connection() {
+        let silence = Duration::from_millis(400);
+        let (src, dst) = pair_with_silence(silence);
+        let until = Instant::now() + silence * 3;
+        while Instant::now() < until {
+            src.send_file_data(&[7; 1000]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        dst.send(abort("late")).unwrap();
+        match src.recv(Duration::from_secs(5), "test") {
+            Ok(Incoming::Control(Msg::Abort(a))) => assert_eq!(a.reason, "late"),
+            other => panic!("expected the late message, got {other:?}"),
+        }
+    }
+
+    /// The destination's keepalive frames alone keep the source waiting (the fill after the
+    /// resume, when neither side has anything else to say), and never reach its queue.
+    #[test]
+    fn keepalives_keep_a_quiet_connection_and_are_not_delivered() {
+        let silence = Duration::from_millis(400);
+        let (src, dst) = pair_with_silence(silence);
+        let until = Instant::now() + silence * 3;
+        while Instant::now() < until {
+            dst.send_keepalive().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dst.send(abort("after keepalives")).unwrap();
+        match src.recv(Duration::from_secs(5), "test") {
+            Ok(Incoming::Control(Msg::Abort(a))) => assert_eq!(a.reason, "after keepalives"),
+            other => panic!("expected the message after the keepalives, got {other:?}"),
+        }
+    }
+
+    /// Nothing either way for `silence`: the reader gives the connection up (a destination
+    /// hung while the source's CRIU waits for its answer must not keep the container frozen).
+    #[test]
+    fn silence_both_ways_ends_the_connection() {
+        let silence = Duration::from_millis(400);
+        let (src, _dst) = pair_with_silence(silence);
+        let start = Instant::now();
+        match src.recv(Duration::from_secs(10), "test") {
+            Err(WireError::Timeout { during, .. }) => {
+                assert!(during.contains("nothing went to the peer"), "{during}")
+            }
+            other => panic!("expected the reader's timeout, got {other:?}"),
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= silence,
+            "gave up after {took:?}, before {silence:?}"
+        );
+    }
+
+    #[test]
+    fn liveness_needs_movement_in_one_direction() {
+        let s = Duration::from_millis(50);
+        let mut l = Liveness::new(Some(s));
+        assert!(l.alive(0, Duration::ZERO), "the peer just spoke");
+        std::thread::sleep(s);
+        assert!(!l.alive(0, s), "nothing moved for the whole silence");
+        assert!(l.alive(10, s), "our bytes went out just now");
+        std::thread::sleep(s);
+        assert!(!l.alive(10, s * 2), "and nothing since");
+        assert!(
+            !Liveness::new(None).alive(0, Duration::ZERO),
+            "no rule: any timeout ends it"
+        );
     }
 
     /// An Abort whose encoded Control is exactly `len` bytes.

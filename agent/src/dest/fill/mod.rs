@@ -165,11 +165,17 @@ pub fn wait_local(
     mut done: impl FnMut() -> Result<bool>,
     limit: Duration,
     what: &str,
+    mut alive: impl FnMut(),
 ) -> Result<Duration> {
     let start = std::time::Instant::now();
+    let mut shown = start;
     loop {
         if done()? {
             return Ok(start.elapsed());
+        }
+        if shown.elapsed() >= crate::limits::KEEPALIVE_FRAME_EVERY {
+            alive();
+            shown = std::time::Instant::now();
         }
         if start.elapsed() > limit {
             return Err(Error::other(format!(
