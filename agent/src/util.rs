@@ -101,7 +101,8 @@ pub fn fault_point(name: &str) {
 
 /// Test hook for fault injection that is not a crash of haul itself: whether `HAUL_FAULT`
 /// names `name` (`dst-fill-fails`: the destination holds the background fill of the memory
-/// and stops the filler right after the resume, as a filler that crashes would end).
+/// and stops the filler right after the resume, as a filler that crashes would end;
+/// `dst-journal-fails`: the journal cannot be written once the restored tasks run).
 pub fn fault_named(name: &str) -> bool {
     std::env::var("HAUL_FAULT").is_ok_and(|v| v == name)
 }

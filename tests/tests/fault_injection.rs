@@ -1505,6 +1505,29 @@ fn h3_the_fill_after_the_resume_fails() {
     );
 }
 
+/// The journal cannot be written once the restored tasks run (HAUL_FAULT=dst-journal-fails;
+/// a full disk in life): the migration is done all the same. The old error path took it for a
+/// failure and removed the runc registration and the only complete images of a running
+/// container.
+#[test]
+fn h4_the_journal_fails_after_the_commit() {
+    let Some(mut s) = setup("fih4") else { return };
+    s.serve_with(ServeOpts {
+        env: vec![("HAUL_FAULT".into(), "dst-journal-fails".into())],
+        ..ServeOpts::default()
+    });
+    let c = s.start_container(None, None);
+    let out = s.migrate(&c, &[], &[]);
+    out.expect(0, &["migrated runc"], &s);
+    assert!(
+        s.serve_log().contains("the journal could not say so"),
+        "{}",
+        s.serve_log()
+    );
+    let sum = s.check(&c, &Expect::new(Runs::Dst, &c));
+    evidence("h4", &format!("exit 0 in {:?}; {sum}", out.took));
+}
+
 // ---------------------------------------------------------------------------------------------
 // i: criu missing or too old
 // ---------------------------------------------------------------------------------------------

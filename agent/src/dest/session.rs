@@ -590,9 +590,17 @@ fn receive_and_restore(
             // daemon; if serve dies, they must not run on with missing memory.
             Ok(Msg::Commit(_)) if lazy || fill_after => {
                 let t = Instant::now();
-                guard = Some(super::lazy::Guard::start(pid)?);
-                log::debug!("guard started in {} us", t.elapsed().as_micros());
-                Decision::Commit
+                match super::lazy::Guard::start(pid) {
+                    Ok(g) => {
+                        guard = Some(g);
+                        log::debug!("guard started in {} us", t.elapsed().as_micros());
+                        Decision::Commit
+                    }
+                    // The source's tasks are gone: keep the images, stop ours.
+                    Err(e) => Decision::InDoubt(format!(
+                        "the commit came, but the guard of the restored tasks did not start: {e}"
+                    )),
+                }
             }
             Ok(Msg::Commit(_)) => Decision::Commit,
             Ok(Msg::Abort(a)) => Decision::Abort(format!(
@@ -678,11 +686,7 @@ fn receive_and_restore(
         log::info!(
             "restored tasks (pid {restored_pid}) run; filling their memory from the images here"
         );
-        journal::write(
-            &work.path,
-            Stage::Filling,
-            job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
-        )?;
+        journal_after_commit(work, job, Stage::Filling);
         // The source's downtime ends here, not when the fill is over. The source is no longer
         // needed: losing it now costs only its summary.
         if let Err(e) = conn.send(Msg::Resumed(Resumed { restored_pid })) {
@@ -704,11 +708,7 @@ fn receive_and_restore(
                 let took = resumed.elapsed();
                 done.fill_us = took.as_micros() as u64;
                 log::info!("memory filled after the resume in {} ms", took.as_millis());
-                journal::write(
-                    &work.path,
-                    Stage::Done,
-                    job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
-                )?;
+                journal_after_commit(work, job, Stage::Done);
             }
             Err(e) => {
                 // The pages are all here, but tasks whose memory is not filled cannot run on:
@@ -849,9 +849,22 @@ pub fn restore_held(
     let mut restored_pid = 0;
     let mut committed = false;
     loop {
-        let ev = restorer
-            .next_event()
-            .map_err(|e| Error::other(e.to_string()))?;
+        let ev = match restorer.next_event() {
+            Ok(ev) => ev,
+            // The commit came: the source's tasks are gone, these images are the only complete
+            // copy. A CRIU failure after that must not remove them (the caller's error path
+            // would): whether the tasks run decides.
+            Err(e) if committed => {
+                if restored_pid > 0 && crate::source::migrate::process_exists(restored_pid) {
+                    log::warn!("criu failed after the restored tasks were let run; they run: {e}");
+                    break;
+                }
+                return Ok(Held::InDoubt(format!(
+                    "criu failed after the commit and the restored tasks are gone: {e}"
+                )));
+            }
+            Err(e) => return Err(Error::other(e.to_string())),
+        };
         match ev {
             Event::Notify { script, pid } if script == "post-restore" => {
                 restored_pid = pid;
@@ -870,9 +883,10 @@ pub fn restore_held(
                 };
                 match decision {
                     Decision::Commit => {
-                        restorer
-                            .notify_reply(true)
-                            .map_err(|e| Error::other(e.to_string()))?;
+                        // Whether CRIU got it shows at its next event (above).
+                        if let Err(e) = restorer.notify_reply(true) {
+                            log::warn!("answering post-restore: {e}");
+                        }
                         committed = true;
                     }
                     Decision::Abort(why) => {
@@ -885,9 +899,14 @@ pub fn restore_held(
                     }
                 }
             }
-            Event::Notify { .. } => restorer
-                .notify_reply(true)
-                .map_err(|e| Error::other(e.to_string()))?,
+            Event::Notify { .. } => {
+                if let Err(e) = restorer.notify_reply(true) {
+                    if !committed {
+                        return Err(Error::other(e.to_string()));
+                    }
+                    log::warn!("answering a notification after the commit: {e}");
+                }
+            }
             Event::Done(resp) => {
                 if let Some(r) = resp.restore {
                     restored_pid = r.pid;
@@ -905,13 +924,23 @@ pub fn restore_held(
         ));
     }
     if journal_done {
-        journal::write(
-            &work.path,
-            Stage::Done,
-            job.as_ref().map(|j| j.dst_id()).unwrap_or(""),
-        )?;
+        journal_after_commit(work, job, Stage::Done);
     }
     Ok(Held::Done(restored_pid))
+}
+
+/// Writes the journal once the tasks run: a failure (disk full) is logged, never taken for a
+/// failed migration, whose clean-up would remove the only complete images.
+fn journal_after_commit(work: &WorkDir, job: &Option<RuncRestore>, stage: Stage) {
+    let id = job.as_ref().map(|j| j.dst_id()).unwrap_or("");
+    let written = if crate::util::fault_named("dst-journal-fails") {
+        Err(Error::other("HAUL_FAULT=dst-journal-fails"))
+    } else {
+        journal::write(&work.path, stage, id)
+    };
+    if let Err(e) = written {
+        log::error!("the restored tasks run, but the journal could not say so ({stage:?}): {e}");
+    }
 }
 
 /// With `rst_sibling` the restored init is haul's child: reap it when it exits.
