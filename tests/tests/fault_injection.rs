@@ -1339,6 +1339,46 @@ fn interrupted(tag: &str, sig: Signal, group: bool) -> String {
     )
 }
 
+/// SIGINT while `--fs copy` sends the bundle, before anything froze: haul stops at once (it
+/// used to act on the signal only after the copy, minutes on a slow link) and says nothing was
+/// frozen; the container runs on here.
+#[test]
+fn l3_sigint_during_the_bundle_copy() {
+    let Some(mut s) = setup("fil3") else { return };
+    s.serve();
+    let c = s.start_container(None, None);
+    s.net.limit_rate(Side::Src, "2mbit").unwrap();
+    let mut m = s.spawn_migrate(&c, &["--fs", "copy"], &[]);
+    m.wait_for_line("copying the bundle", QUICK).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    m.guard().signal(Signal::INT).unwrap();
+    let out = finish(m, QUICK);
+    out.expect(
+        6,
+        &[
+            "interrupted by SIGINT before anything was frozen",
+            "keeps running on this host",
+        ],
+        &s,
+    );
+    assert!(
+        !out.log.contains("freezing"),
+        "the dump started:\n{}",
+        out.log
+    );
+    wait_for("serve ending the migration", QUICK, || {
+        s.dst_work_entries().is_empty().then_some(())
+    });
+    let sum = s.check(&c, &Expect::new(Runs::Src, &c));
+    evidence(
+        "l3",
+        &format!(
+            "SIGINT during the bundle copy: exit 6 in {:?}; {sum}",
+            out.took
+        ),
+    );
+}
+
 #[test]
 fn l1_sigterm_to_the_source_while_frozen() {
     let ev = interrupted("fil1", Signal::TERM, false);

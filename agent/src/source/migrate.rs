@@ -165,6 +165,49 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         // resumes the tasks), not end its stream (it would kill them).
         conn.set_sink_farewell(Some(super::postcopy::FAIL_REQUEST));
     }
+    // SIGTERM/SIGINT before the commit: cut CRIU's page stream and the connection, so the dump
+    // fails and everything rolls back; after it, finish.
+    let stage = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let interrupted = Arc::new(std::sync::Mutex::new(None::<&'static str>));
+    {
+        let (stage, interrupted, lazy) = (stage.clone(), interrupted.clone(), o.lazy);
+        let ps = ps_ours.clone();
+        // Its own handle on the socket: a send blocked on a slow link holds the sender's lock.
+        let sock = conn
+            .sender()
+            .lock()
+            .ok()
+            .and_then(|t| t.socket_handle().ok());
+        let _ = std::thread::Builder::new()
+            .name("haul-interrupt".into())
+            .spawn(move || loop {
+                let Ok(reqs) = signals.wait(None) else { return };
+                for r in reqs {
+                    let crate::service::Request::Stop(name) = r else {
+                        continue;
+                    };
+                    if stage.load(std::sync::atomic::Ordering::Acquire) != 0 {
+                        log::warn!(
+                            "{name}: the tasks here are already stopped; finishing the commit"
+                        );
+                        continue;
+                    }
+                    log::warn!("{name}: aborting the migration; the container stays here");
+                    if let Ok(mut i) = interrupted.lock() {
+                        *i = Some(name);
+                    }
+                    if lazy {
+                        super::postcopy::fail_page_server(&ps);
+                    } else {
+                        let _ = rustix::net::shutdown(&*ps, rustix::net::Shutdown::Both);
+                    }
+                    if let Some(s) = &sock {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                    return;
+                }
+            });
+    }
     let mut job = job;
     job.prepare.lazy = o.lazy;
     job.prepare.eager_restore = o.eager_restore;
@@ -175,12 +218,18 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
     if o.lazy {
         pre_settings.mode = super::precopy::Mode::Never;
     }
-    let pre_copy = super::precopy::decide(&pre_settings, &mut swrk, &welcome, &conn)?;
+    let pre_copy = early(
+        super::precopy::decide(&pre_settings, &mut swrk, &welcome, &conn),
+        (&interrupted, &what),
+    )?;
     phase(
         o.quiet,
         "preflight: the destination checks it can restore and starts its page server",
     );
-    super::connect::preflight(&conn, pre_copy.prepare(job.prepare.clone()))?;
+    early(
+        super::connect::preflight(&conn, pre_copy.prepare(job.prepare.clone())),
+        (&interrupted, &what),
+    )?;
 
     // --fs copy, pass 1: the whole bundle tree, while the container still runs.
     let mut snapshot = None;
@@ -193,8 +242,11 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             ),
         );
         let tops: Vec<&str> = tops.iter().map(String::as_str).collect();
-        let (snap, n, b) = crate::transfer::tree::send_tree(&conn, root, &tops, 1, None)
-            .map_err(|e| Error::new(Kind::Refused, format!("copying the bundle: {e}")))?;
+        let (snap, n, b) = early(
+            crate::transfer::tree::send_tree(&conn, root, &tops, 1, None)
+                .map_err(|e| Error::new(Kind::Refused, format!("copying the bundle: {e}"))),
+            (&interrupted, &what),
+        )?;
         log::info!(
             "bundle pass 1: {n} entries, {:.1} MiB",
             b as f64 / 1048576.0
@@ -232,43 +284,6 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             guard: None,
         })
     });
-    // SIGTERM/SIGINT before the commit: cut CRIU's page stream and the connection, so the dump
-    // fails and everything rolls back; after it, finish.
-    let stage = Arc::new(std::sync::atomic::AtomicU8::new(0));
-    let interrupted = Arc::new(std::sync::Mutex::new(None::<&'static str>));
-    {
-        let (stage, interrupted, lazy) = (stage.clone(), interrupted.clone(), o.lazy);
-        let (ps, tx) = (ps_ours.clone(), conn.sender());
-        let _ = std::thread::Builder::new()
-            .name("haul-interrupt".into())
-            .spawn(move || loop {
-                let Ok(reqs) = signals.wait(None) else { return };
-                for r in reqs {
-                    let crate::service::Request::Stop(name) = r else {
-                        continue;
-                    };
-                    if stage.load(std::sync::atomic::Ordering::Acquire) != 0 {
-                        log::warn!(
-                            "{name}: the tasks here are already stopped; finishing the commit"
-                        );
-                        continue;
-                    }
-                    log::warn!("{name}: aborting the migration; the container stays here");
-                    if let Ok(mut i) = interrupted.lock() {
-                        *i = Some(name);
-                    }
-                    if lazy {
-                        super::postcopy::fail_page_server(&ps);
-                    } else {
-                        let _ = rustix::net::shutdown(&*ps, rustix::net::Shutdown::Both);
-                    }
-                    if let Ok(t) = tx.lock() {
-                        t.shutdown_both();
-                    }
-                    return;
-                }
-            });
-    }
     // Pre-copy: pre-dumps while the workload runs, then the final dump's page server.
     let pre = super::precopy::iterate(
         &pre_copy,
@@ -778,6 +793,24 @@ fn wait_gone_or_answer(pid: i32, swrk: &Swrk) -> bool {
             return false;
         }
     }
+}
+
+/// An error before anything froze, named for what caused it when SIGINT/SIGTERM did (the
+/// interrupt thread cut the connection under the step that failed).
+fn early<T>(
+    r: Result<T>,
+    (interrupted, what): (&std::sync::Mutex<Option<&'static str>>, &str),
+) -> Result<T> {
+    r.map_err(|e| match interrupted.lock().ok().and_then(|i| *i) {
+        Some(name) => Error::new(
+            Kind::RolledBack,
+            format!(
+                "interrupted by {name} before anything was frozen; {what} keeps running on this \
+                 host ({e})"
+            ),
+        ),
+        None => e,
+    })
 }
 
 /// True when `/proc/<pid>` exists (a zombie counts as gone: its memory is released).

@@ -221,6 +221,12 @@ impl SendHalf {
         let _ = self.out.stream.shutdown(std::net::Shutdown::Write);
     }
 
+    /// A second handle on the socket, to shut it down from another thread without this half's
+    /// lock (which a send blocked on a stalled link holds).
+    pub fn socket_handle(&self) -> std::io::Result<TcpStream> {
+        self.out.stream.try_clone()
+    }
+
     /// Closes both directions: the peer reads EOF, and a read blocked on this socket returns.
     pub fn shutdown_both(&self) {
         let _ = self.out.stream.shutdown(std::net::Shutdown::Both);
