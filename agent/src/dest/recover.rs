@@ -15,6 +15,10 @@ use haul_proto::haul::{FsMode, Prepare};
 use prost::Message;
 use std::path::Path;
 
+/// A finished migration's directory kept by `--keep-images` holds this (empty) file: the scan
+/// at the next start leaves it alone, whatever that serve's flags.
+pub const KEPT: &str = "KEPT";
+
 /// Cleans the work root at start; never fails the start (problems are logged).
 pub fn scan(cfg: &SessionConfig) {
     let Ok(entries) = std::fs::read_dir(&cfg.work_root) else {
@@ -35,9 +39,15 @@ pub fn scan(cfg: &SessionConfig) {
             continue;
         }
         let (stage, id) = journal::read(&dir).unwrap_or((Stage::Receiving, String::new()));
+        if stage == Stage::Done && dir.join(KEPT).exists() {
+            log::info!("kept images of a finished migration: {}", dir.display());
+            continue;
+        }
         let prepare = load_prepare(&dir).ok();
         unmount_root(&dir);
-        if !id.is_empty() {
+        // A finished migration's container is no longer this directory's business (it may
+        // have stopped since, its registration is runc's and the operator's).
+        if !id.is_empty() && stage != Stage::Done {
             drop_stale_registration(cfg, &id);
             remove_cgroups(&id);
         }
@@ -72,7 +82,15 @@ pub fn scan(cfg: &SessionConfig) {
                         .is_some_and(|r| r.fs == FsMode::FsCopy as i32)
                     {
                         let bundle = cfg.bundle_root.join(&id);
-                        if bundle.exists() {
+                        // Registered tasks that still run use it (a container of that id
+                        // started since): only an unused bundle goes.
+                        if cfg.runc_root.join(&id).exists() {
+                            log::warn!(
+                                "keeping {}: a container {id} is registered in {}",
+                                bundle.display(),
+                                cfg.runc_root.display()
+                            );
+                        } else if bundle.exists() {
                             if let Err(e) = remove_tree_checked(&bundle) {
                                 log::warn!("{e}");
                             }
@@ -181,5 +199,77 @@ pub fn complete(dir: &Path, cfg: &SessionConfig) -> Result<()> {
             work.remove()
         }
         Held::InDoubt(why) => Err(Error::other(why)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn config(root: &Path) -> SessionConfig {
+        SessionConfig {
+            key: None,
+            criu: "criu".into(),
+            work_root: root.join("work"),
+            keep_images: false,
+            runc_root: root.join("runc"),
+            bundle_root: root.join("bundles"),
+            stdio_dir: root.join("stdio"),
+            runc: "runc".into(),
+            idle_timeout: crate::limits::IDLE_TIMEOUT,
+            commit_timeout: crate::limits::COMMIT_TIMEOUT,
+        }
+    }
+
+    /// A migration directory at `stage` for container `id`, with an image file in it.
+    fn migration(cfg: &SessionConfig, name: &str, stage: Stage, id: &str) -> PathBuf {
+        let dir = cfg.work_root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pages-1.img"), b"pages").unwrap();
+        journal::write(&dir, stage, id).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_scan_keeps_kept_images_and_registered_bundles() {
+        let tmp = std::env::temp_dir().join(format!("haul-scan-{}", std::process::id()));
+        let cfg = config(&tmp);
+        // Finished, kept by --keep-images: stays, whatever this serve's flags.
+        let kept = migration(&cfg, "m-1-kept", Stage::Done, "web1");
+        std::fs::write(kept.join(KEPT), b"").unwrap();
+        // Finished, not kept (serve stopped before removing it): goes.
+        let done = migration(&cfg, "m-2-done", Stage::Done, "web2");
+        // Interrupted while receiving a copied bundle of a container that is registered (and
+        // so in use) now: the directory goes, the bundle stays.
+        let prepare = Prepare {
+            runc: Some(haul_proto::haul::RuncContainer {
+                fs: FsMode::FsCopy as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let used = migration(&cfg, "m-3-used", Stage::Receiving, "web3");
+        std::fs::write(used.join(PREPARE), prepare.encode_to_vec()).unwrap();
+        std::fs::create_dir_all(cfg.bundle_root.join("web3/rootfs")).unwrap();
+        std::fs::create_dir_all(cfg.runc_root.join("web3")).unwrap();
+        // The same, of a container that is not registered: both go.
+        let unused = migration(&cfg, "m-4-unused", Stage::Receiving, "web4");
+        std::fs::write(unused.join(PREPARE), prepare.encode_to_vec()).unwrap();
+        std::fs::create_dir_all(cfg.bundle_root.join("web4/rootfs")).unwrap();
+
+        scan(&cfg);
+        assert!(kept.join("pages-1.img").exists(), "kept images removed");
+        assert!(!done.exists(), "finished directory left");
+        assert!(
+            !used.exists() && !unused.exists(),
+            "interrupted directories left"
+        );
+        assert!(
+            cfg.bundle_root.join("web3/rootfs").exists(),
+            "bundle in use removed"
+        );
+        assert!(!cfg.bundle_root.join("web4").exists(), "unused bundle left");
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

@@ -295,6 +295,8 @@ fn migrate(conn: &Conn, hello: &Hello, cfg: &SessionConfig, peer: &str) -> Resul
                 if let Err(e) = work.remove() {
                     log::warn!("{e}");
                 }
+            } else if let Err(e) = std::fs::write(work.path.join(super::recover::KEPT), b"") {
+                log::warn!("marking {} kept: {e}", work.path.display());
             }
             conn.send(Msg::Done(done)).map_err(|e| wire(e, "done"))?;
             log::info!(
