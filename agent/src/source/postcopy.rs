@@ -240,7 +240,19 @@ pub fn finish(
     let mut done: Option<Done> = None;
     let mut criu_done = false;
     let mut last_progress = (Instant::now(), sent_before);
+    let mut done_at = Instant::now();
     while done.is_none() || !criu_done {
+        // The destination has every page and runs the container: a CRIU here that does not
+        // end its dump must not keep haul (and the frozen tasks) here for ever.
+        if done.is_some() && !criu_done && done_at.elapsed() > IDLE_TIMEOUT {
+            kill_tasks(tasks);
+            log::warn!(
+                "criu has not ended its dump {} s after the post-copy completed; its tasks here \
+                 were killed",
+                IDLE_TIMEOUT.as_secs()
+            );
+            break;
+        }
         if !criu_done && swrk.readable(TICK) {
             match swrk.next_event() {
                 Ok(Event::Notify { .. }) => {
@@ -287,7 +299,10 @@ pub fn finish(
                         ),
                     );
                 }
-                Ok(Incoming::Control(Msg::Done(d))) => done = Some(d),
+                Ok(Incoming::Control(Msg::Done(d))) => {
+                    done = Some(d);
+                    done_at = Instant::now();
+                }
                 Ok(Incoming::Control(Msg::Abort(a))) => {
                     return Err(lost(format!(
                         "the destination says: {}",
