@@ -1339,6 +1339,31 @@ fn interrupted(tag: &str, sig: Signal, group: bool) -> String {
     )
 }
 
+/// A page stream that lasts longer than the idle timeout (120 s) over a slow link, with a
+/// destination that says nothing meanwhile: the migration succeeds. (The source used to give
+/// the connection up after 120 s without a frame from the destination, rolling back every
+/// migration that took longer to stream.) Takes about 3 minutes: run by hand with
+/// `cargo test -p haul-e2e --test fault_injection -- --ignored n1`.
+#[test]
+#[ignore]
+fn n1_a_page_stream_longer_than_the_idle_timeout() {
+    let Some(mut s) = setup("fin1") else { return };
+    s.serve();
+    let c = s.start_container(None, None);
+    // 8 MiB of workload at 400 kbit/s: ~170 s of pages.
+    s.net.limit_rate(Side::Src, "400kbit").unwrap();
+    let m = s.spawn_migrate(&c, &[], &[]);
+    let out = finish(m, Duration::from_secs(400));
+    out.expect(0, &["migrated runc"], &s);
+    assert!(
+        out.took > haul::limits::IDLE_TIMEOUT,
+        "the stream took only {:?}: not longer than the idle timeout",
+        out.took
+    );
+    let sum = s.check(&c, &Expect::new(Runs::Dst, &c));
+    evidence("n1", &format!("exit 0 in {:?} at 400 kbit/s; {sum}", out.took));
+}
+
 /// SIGINT while `--fs copy` sends the bundle, before anything froze: haul stops at once (it
 /// used to act on the signal only after the copy, minutes on a slow link) and says nothing was
 /// frozen; the container runs on here.
