@@ -540,6 +540,31 @@ impl RuncRestore {
     pub fn dst_id(&self) -> &str {
         &self.rc.dst_id
     }
+
+    /// A job that created the bundle `dir` and nothing else (for tests of what its drop removes).
+    #[cfg(test)]
+    pub fn with_created_bundle(dir: PathBuf) -> RuncRestore {
+        RuncRestore {
+            rc: RuncContainer {
+                dst_id: "ct-test".into(),
+                ..Default::default()
+            },
+            state_text: String::new(),
+            container: Container::default(),
+            bundle: dir.to_string_lossy().into_owned(),
+            hier: Vec::new(),
+            runc_root: PathBuf::new(),
+            stdio_log: PathBuf::new(),
+            plumbing: None,
+            inherit: Vec::new(),
+            cgroups: None,
+            root: None,
+            claim: None,
+            copy_to: None,
+            netns: None,
+            created_bundle: Some(dir),
+        }
+    }
 }
 
 #[cfg(test)]
