@@ -108,9 +108,17 @@ impl RootMount {
     fn new(rootfs: &Path, at: PathBuf, readonly: bool) -> Result<RootMount> {
         match std::fs::create_dir(&at) {
             // Left by an interrupted migration being recovered: reuse it if nothing is on it.
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AlreadyExists
-                    && crate::workdir::mounts_under(&at).is_empty() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mounts = crate::workdir::mounts_under(&at)
+                    .map_err(|e| e.context(format!("not reusing {}", at.display())))?;
+                if let Some(m) = mounts.first() {
+                    return Err(Error::other(format!(
+                        "not reusing {}: {} is mounted there",
+                        at.display(),
+                        m.display()
+                    )));
+                }
+            }
             other => other.ctx(Kind::Other, format!("creating {}", at.display()))?,
         }
         rustix::mount::mount_bind(rootfs, &at).ctx(
