@@ -116,10 +116,12 @@ fn started_pid(cfg: &SessionConfig, id: &str) -> i32 {
         .unwrap_or(0)
 }
 
-/// Tells the source the container runs here. The bundle is kept before Done is sent; a Done
-/// that cannot be sent only leaves the source in doubt (it keeps its copy stopped).
+/// Tells the source the container runs here. The bundle and the stdio relays are kept before
+/// Done is sent; a Done that cannot be sent only leaves the source in doubt (it keeps its copy
+/// stopped).
 fn report_started(conn: &Conn, job: &mut RuncRestore, pid: i32) {
     job.keep_bundle();
+    job.keep_relays();
     if let Err(e) = conn.send(Msg::Done(Done {
         restored_pid: pid,
         ..Default::default()

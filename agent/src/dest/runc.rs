@@ -517,8 +517,9 @@ impl RuncRestore {
             c.keep();
         }
         drop(self.root.take());
-        // The copied bundle is the container's now.
+        // The copied bundle and the stdio relays are the container's now.
         self.created_bundle = None;
+        self.keep_relays();
     }
 
     /// The bundle directory on this host.
@@ -542,6 +543,13 @@ impl RuncRestore {
     /// Keeps a copied bundle when this value is dropped (an in-doubt migration needs it).
     pub fn keep_bundle(&mut self) {
         self.created_bundle = None;
+    }
+
+    /// Keeps the stdio relays running when this value is dropped (the container runs here).
+    pub fn keep_relays(&mut self) {
+        if let Some(p) = self.plumbing.take() {
+            p.keep();
+        }
     }
 
     /// The container's id on this host.
