@@ -349,7 +349,7 @@ pub struct StdioRelay {
     /// log file to append to
     #[argh(option)]
     pub log: PathBuf,
-    /// hold stdin open (the write end of a container's stdin pipe) until killed
+    /// hold stdin open (the write end of a container's stdin pipe) until no reader is left
     #[argh(switch)]
     pub hold: bool,
 }

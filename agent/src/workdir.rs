@@ -58,21 +58,68 @@ impl WorkDir {
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// Where the kernel lists this process's mounts.
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// The most of the mount list read: a longer one is refused rather than read in part.
+const MOUNTINFO_MAX: usize = 4 << 20;
+
 /// Mount points at or under `path`, from /proc/self/mountinfo (field 5, octal escapes decoded).
-pub fn mounts_under(path: &Path) -> Vec<PathBuf> {
-    let Ok(text) = crate::util::read_bounded(Path::new("/proc/self/mountinfo"), 4 << 20) else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&text);
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape(m)))
-        .filter(|m| m.starts_with(path))
-        .collect()
+/// An error when the list cannot be read whole or parsed: then nobody can tell.
+pub fn mounts_under(path: &Path) -> Result<Vec<PathBuf>> {
+    mounts_under_in(Path::new(MOUNTINFO), path)
 }
 
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
+fn mounts_under_in(mountinfo: &Path, path: &Path) -> Result<Vec<PathBuf>> {
+    let cannot = |why: String| {
+        Error::other(format!(
+            "cannot tell what is mounted under {}: {why}",
+            path.display()
+        ))
+    };
+    // The kernel lists mount points by their real path: resolve symbolic links in the parent
+    // (the last component itself is not followed by the removal either).
+    let real = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            std::fs::canonicalize(parent)
+                .map(|p| p.join(name))
+                .map_err(|e| cannot(format!("resolving {}: {e}", parent.display())))?
+        }
+        _ => std::fs::canonicalize(path)
+            .map_err(|e| cannot(format!("resolving {}: {e}", path.display())))?,
+    };
+    let text = crate::util::read_bounded(mountinfo, MOUNTINFO_MAX).map_err(cannot)?;
+    let points =
+        mount_points(&text).map_err(|e| cannot(format!("{}: {e}", mountinfo.display())))?;
+    Ok(points
+        .into_iter()
+        .filter(|m| m.starts_with(&real))
+        .collect())
+}
+
+/// Every mount point of a mountinfo text; an error for a line without one, or no line at all
+/// (every mount namespace has a root).
+fn mount_points(text: &[u8]) -> Result<Vec<PathBuf>, String> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut points = Vec::new();
+    for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match line.split(|&b| b == b' ').nth(4) {
+            Some(m) if m.first() == Some(&b'/') => {
+                points.push(PathBuf::from(std::ffi::OsString::from_vec(unescape(m))))
+            }
+            _ => return Err(format!("line {} has no mount point", n + 1)),
+        }
+    }
+    if points.is_empty() {
+        return Err("no mounts listed".into());
+    }
+    Ok(points)
+}
+
+fn unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -90,20 +137,23 @@ fn unescape(s: &str) -> String {
         out.push(c);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
-/// `rm -r` that refuses when anything is mounted at or under `path`.
+/// `rm -r` that refuses when anything is mounted at or under `path`, or when the mount list
+/// cannot be read.
 pub fn remove_tree_checked(path: &Path) -> Result<()> {
-    let mounts = mounts_under(path);
-    if !mounts.is_empty() {
+    remove_tree_checked_in(Path::new(MOUNTINFO), path)
+}
+
+fn remove_tree_checked_in(mountinfo: &Path, path: &Path) -> Result<()> {
+    let mounts = mounts_under_in(mountinfo, path)
+        .map_err(|e| e.context(format!("not removing {}", path.display())))?;
+    if let Some(m) = mounts.first() {
         return Err(Error::other(format!(
             "not removing {}: {} is still mounted there (unmount it first)",
             path.display(),
-            mounts
-                .first()
-                .map(|m| m.display().to_string())
-                .unwrap_or_default()
+            m.display()
         )));
     }
     std::fs::remove_dir_all(path).ctx(Kind::Other, format!("removing {}", path.display()))
@@ -115,9 +165,80 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/x\\134y"), "/x\\y");
-        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(b"/a\\040b"), b"/a b");
+        assert_eq!(unescape(b"/x\\134y"), b"/x\\y");
+        assert_eq!(unescape(b"/plain"), b"/plain");
+        assert_eq!(unescape(b"/not\\9ok"), b"/not\\9ok");
+    }
+
+    /// A directory holding a file, for the removal tests; its path and the file's.
+    fn tree(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("haul-wd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        let file = dir.join("root/x.img");
+        std::fs::write(&file, b"1").unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn nothing_is_removed_when_the_mount_list_cannot_be_read_whole() {
+        let (dir, file) = tree("unread");
+        let missing = dir.with_extension("no-mountinfo");
+        let e = remove_tree_checked_in(&missing, &dir).unwrap_err().message;
+        assert!(e.starts_with("not removing"), "{e}");
+        assert!(e.contains("cannot tell what is mounted under"), "{e}");
+        assert!(file.is_file());
+
+        let long = dir.with_extension("long-mountinfo");
+        let mut text = b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n".to_vec();
+        text.resize(MOUNTINFO_MAX + 1, b'x');
+        std::fs::write(&long, &text).unwrap();
+        let e = remove_tree_checked_in(&long, &dir).unwrap_err().message;
+        assert!(e.contains("the limit is 4194304 bytes"), "{e}");
+        assert!(file.is_file());
+        std::fs::remove_file(&long).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn nothing_is_removed_when_the_mount_list_does_not_parse() {
+        let (dir, file) = tree("garbage");
+        let info = dir.with_extension("mountinfo");
+        for text in [
+            &b""[..],
+            b"garbage\n",
+            b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n23 1\n",
+        ] {
+            std::fs::write(&info, text).unwrap();
+            let e = remove_tree_checked_in(&info, &dir).unwrap_err().message;
+            assert!(e.contains("cannot tell what is mounted under"), "{e}");
+            assert!(file.is_file());
+        }
+        std::fs::remove_file(&info).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_listed_mount_under_the_tree_stops_the_removal_and_none_lets_it_run() {
+        use std::os::unix::ffi::OsStrExt;
+        let (dir, file) = tree("listed");
+        let info = dir.with_extension("mountinfo");
+        let root = b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n".to_vec();
+        // The kernel lists the real path of the mount point.
+        let real = std::fs::canonicalize(&dir).unwrap();
+        let mut text = root.clone();
+        text.extend_from_slice(b"40 22 8:1 /srv ");
+        text.extend_from_slice(real.join("root").as_os_str().as_bytes());
+        text.extend_from_slice(b" rw - ext4 /dev/sda1 rw\n");
+        std::fs::write(&info, &text).unwrap();
+        let e = remove_tree_checked_in(&info, &dir).unwrap_err().message;
+        assert!(e.contains("is still mounted there"), "{e}");
+        assert!(file.is_file());
+        std::fs::write(&info, &root).unwrap();
+        remove_tree_checked_in(&info, &dir).unwrap();
+        assert!(!dir.exists());
+        std::fs::remove_file(&info).unwrap();
     }
 
     #[test]

@@ -1361,7 +1361,10 @@ fn n1_a_page_stream_longer_than_the_idle_timeout() {
         out.took
     );
     let sum = s.check(&c, &Expect::new(Runs::Dst, &c));
-    evidence("n1", &format!("exit 0 in {:?} at 400 kbit/s; {sum}", out.took));
+    evidence(
+        "n1",
+        &format!("exit 0 in {:?} at 400 kbit/s; {sum}", out.took),
+    );
 }
 
 /// SIGINT while `--fs copy` sends the bundle, before anything froze: haul stops at once (it

@@ -116,7 +116,15 @@ fn load_prepare(dir: &Path) -> Result<Prepare> {
 }
 
 fn unmount_root(dir: &Path) {
-    for m in mounts_under(dir).into_iter().rev() {
+    let mounts = match mounts_under(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            // The removal that follows refuses for the same reason.
+            log::warn!("{e}");
+            return;
+        }
+    };
+    for m in mounts.into_iter().rev() {
         if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {
             log::warn!("unmounting {}: {e}", m.display());
         }

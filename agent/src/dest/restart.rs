@@ -86,25 +86,77 @@ pub fn run(conn: &Conn, cfg: &SessionConfig, mut job: RuncRestore) -> Result<()>
             job.dst_id()
         )));
     }
-    let state = Command::new(&cfg.runc)
+    // The container runs here from now on: whatever happens next, its bundle stays (see
+    // report_started), and no error may reach the source (it would start it again there).
+    let pid = started_pid(cfg, job.dst_id());
+    log::info!("started container {} with runc (pid {pid})", job.dst_id());
+    report_started(conn, &mut job, pid);
+    Ok(())
+}
+
+/// The pid `runc state` reports for the container just started (0 if it cannot be read).
+fn started_pid(cfg: &SessionConfig, id: &str) -> i32 {
+    let state = match Command::new(&cfg.runc)
         .arg("--root")
         .arg(&cfg.runc_root)
-        .args(["state", job.dst_id()])
+        .args(["state", id])
         .output()
-        .map_err(|e| Error::other(format!("runc state: {e}")))?;
+    {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("runc state {id}: {e}; reporting pid 0");
+            return 0;
+        }
+    };
     let text = String::from_utf8_lossy(&state.stdout);
-    let pid = text
-        .split("\"pid\":")
+    text.split("\"pid\":")
         .nth(1)
         .and_then(|r| r.trim_start().split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse::<i32>().ok())
-        .unwrap_or(0);
-    log::info!("started container {} with runc (pid {pid})", job.dst_id());
-    conn.send(Msg::Done(Done {
+        .unwrap_or(0)
+}
+
+/// Tells the source the container runs here. The bundle and the stdio relays are kept before
+/// Done is sent; a Done that cannot be sent only leaves the source in doubt (it keeps its copy
+/// stopped).
+fn report_started(conn: &Conn, job: &mut RuncRestore, pid: i32) {
+    job.keep_bundle();
+    job.keep_relays();
+    if let Err(e) = conn.send(Msg::Done(Done {
         restored_pid: pid,
         ..Default::default()
-    }))
-    .map_err(|e| Error::other(format!("done: {e}")))?;
-    job.keep_bundle();
-    Ok(())
+    })) {
+        log::error!(
+            "container {} runs here (pid {pid}) but telling the source failed: {e}; the source \
+             reports the restart IN DOUBT and keeps its copy stopped",
+            job.dst_id()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_started_container_keeps_its_bundle_when_done_cannot_be_sent() {
+        let dir = std::env::temp_dir().join(format!("haul-restart-keep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        std::fs::write(dir.join("config.json"), b"{}").unwrap();
+        let (here, source) = crate::transfer::mux::loopback_pair();
+        // The connection is gone before Done goes out.
+        source.close();
+        if let Ok(tx) = here.sender().lock() {
+            tx.shutdown_both();
+        }
+        let mut job = RuncRestore::with_created_bundle(dir.clone());
+        report_started(&here, &mut job, 42);
+        drop(job);
+        assert!(
+            dir.join("config.json").is_file(),
+            "the running container's bundle was removed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -108,9 +108,17 @@ impl RootMount {
     fn new(rootfs: &Path, at: PathBuf, readonly: bool) -> Result<RootMount> {
         match std::fs::create_dir(&at) {
             // Left by an interrupted migration being recovered: reuse it if nothing is on it.
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AlreadyExists
-                    && crate::workdir::mounts_under(&at).is_empty() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mounts = crate::workdir::mounts_under(&at)
+                    .map_err(|e| e.context(format!("not reusing {}", at.display())))?;
+                if let Some(m) = mounts.first() {
+                    return Err(Error::other(format!(
+                        "not reusing {}: {} is mounted there",
+                        at.display(),
+                        m.display()
+                    )));
+                }
+            }
             other => other.ctx(Kind::Other, format!("creating {}", at.display()))?,
         }
         rustix::mount::mount_bind(rootfs, &at).ctx(
@@ -509,8 +517,9 @@ impl RuncRestore {
             c.keep();
         }
         drop(self.root.take());
-        // The copied bundle is the container's now.
+        // The copied bundle and the stdio relays are the container's now.
         self.created_bundle = None;
+        self.keep_relays();
     }
 
     /// The bundle directory on this host.
@@ -536,9 +545,41 @@ impl RuncRestore {
         self.created_bundle = None;
     }
 
+    /// Keeps the stdio relays running when this value is dropped (the container runs here).
+    pub fn keep_relays(&mut self) {
+        if let Some(p) = self.plumbing.take() {
+            p.keep();
+        }
+    }
+
     /// The container's id on this host.
     pub fn dst_id(&self) -> &str {
         &self.rc.dst_id
+    }
+
+    /// A job that created the bundle `dir` and nothing else (for tests of what its drop removes).
+    #[cfg(test)]
+    pub fn with_created_bundle(dir: PathBuf) -> RuncRestore {
+        RuncRestore {
+            rc: RuncContainer {
+                dst_id: "ct-test".into(),
+                ..Default::default()
+            },
+            state_text: String::new(),
+            container: Container::default(),
+            bundle: dir.to_string_lossy().into_owned(),
+            hier: Vec::new(),
+            runc_root: PathBuf::new(),
+            stdio_log: PathBuf::new(),
+            plumbing: None,
+            inherit: Vec::new(),
+            cgroups: None,
+            root: None,
+            claim: None,
+            copy_to: None,
+            netns: None,
+            created_bundle: Some(dir),
+        }
     }
 }
 

@@ -441,27 +441,32 @@ pub fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+/// Two connected `Conn`s over loopback, without a key (for tests of both ends of an exchange).
+#[cfg(test)]
+pub fn loopback_pair() -> (Conn, Conn) {
+    use crate::transfer::handshake;
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let (tx, rx) = handshake::accept(s, None, crate::limits::IDLE_TIMEOUT).unwrap();
+        Conn::start(tx, rx)
+    });
+    let (tx, rx) = handshake::connect(TcpStream::connect(addr).unwrap(), None).unwrap();
+    (Conn::start(tx, rx), server.join().unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::IDLE_TIMEOUT;
     use crate::transfer::frame::{RecvHalf, SendHalf};
-    use crate::transfer::handshake;
     use haul_proto::haul::{Abort, Commit};
     use std::net::{TcpListener, TcpStream};
     use std::time::Instant;
 
-    /// Two connected `Conn`s over loopback, without a key.
     fn pair() -> (Conn, Conn) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
-            let (tx, rx) = handshake::accept(s, None, IDLE_TIMEOUT).unwrap();
-            Conn::start(tx, rx)
-        });
-        let (tx, rx) = handshake::connect(TcpStream::connect(addr).unwrap(), None).unwrap();
-        (Conn::start(tx, rx), server.join().unwrap())
+        loopback_pair()
     }
 
     /// Two plaintext `Conn`s over loopback: the first, like the source's, gives the connection
