@@ -12,8 +12,9 @@ use std::path::PathBuf;
                haul check --to 10.0.0.2:7070 --key /etc/haul/key",
     note = "Environment: HAUL_CRIU (criu binary), HAUL_LOG (error|warn|info|debug|trace).\n\n\
             exit codes: 0 success; 1 other failure; 2 bad command line or configuration;\n\
-            3 this host cannot migrate (criu missing/too old); 4 authentication failed or\n\
-            protocol differs; 5 destination refused before anything froze (source untouched);\n\
+            3 this host cannot migrate (criu missing/too old here); 4 authentication failed or\n\
+            protocol differs; 5 destination refused before anything froze (its checks or its\n\
+            criu; source untouched);\n\
             6 migration failed and was rolled back (workload still runs on the source);\n\
             7 in doubt: source tasks gone, destination did not confirm (it keeps the images);\n\
             8 --lazy post-copy failed after the destination started: both copies stopped"
