@@ -1,4 +1,6 @@
-//! Command line (argh). Every command has an example and the exit codes in its help.
+//! Command line (argh). Every command a user runs has examples and its exit codes in its help
+//! (error.rs's table); the internal ones haul starts itself (stdio-relay, postcopy-guard,
+//! freeze-guard) have neither.
 
 use argh::FromArgs;
 use std::path::PathBuf;
@@ -12,8 +14,9 @@ use std::path::PathBuf;
                haul check --to 10.0.0.2:7070 --key /etc/haul/key",
     note = "Environment: HAUL_CRIU (criu binary), HAUL_LOG (error|warn|info|debug|trace).\n\n\
             exit codes: 0 success; 1 other failure; 2 bad command line or configuration;\n\
-            3 this host cannot migrate (criu missing/too old); 4 authentication failed or\n\
-            protocol differs; 5 destination refused before anything froze (source untouched);\n\
+            3 this host cannot migrate (criu missing/too old here); 4 authentication failed or\n\
+            protocol differs; 5 destination refused before anything froze (its checks or its\n\
+            criu; source untouched);\n\
             6 migration failed and was rolled back (workload still runs on the source);\n\
             7 in doubt: source tasks gone, destination did not confirm (it keeps the images);\n\
             8 --lazy post-copy failed after the destination started: both copies stopped"
@@ -54,7 +57,10 @@ pub enum Command {
             stops its copy and keeps the complete images with a note IN-DOUBT, so the workload\n\
             never runs twice. Check that the source no longer runs it (its `haul migrate` exited\n\
             7 and said so), then run this with the same --runc-root, --bundle-root and\n\
-            --stdio-dir as `haul serve` to restore it here and register it with runc."
+            --stdio-dir as `haul serve` to restore it here and register it with runc.\n\n\
+            exit codes: 0 recovered (it runs here); 1 the restore failed; 2 bad arguments or not an\n\
+            in-doubt directory; 3 criu missing here; 5 the container does not fit here (its id\n\
+            taken, its bundle, a mount source or runc missing)"
 )]
 pub struct Recover {
     /// the kept migration directory (named in the IN-DOUBT log line)
@@ -112,7 +118,11 @@ pub struct Recover {
             HAUL_FILLER=criu fills memory after the resume with CRIU's lazy-pages daemon instead\n\
             of serve's own userfaultfd handler; HAUL_PREFETCH=off turns off the daemon's\n\
             read-ahead for --lazy; HAUL_CRIU_TAR=system leaves\n\
-            tmpfs contents to GNU tar; HAUL_CRIU names the criu binary."
+            tmpfs contents to GNU tar; HAUL_CRIU names the criu binary.\n\n\
+            exit codes: 0 stopped by a signal once no migration was in flight; 1 stopped with\n\
+            migrations in flight (second signal, end of the wait), or another failure; 2 bad\n\
+            arguments, key file or listening address; 3 this host cannot serve (no criu found,\n\
+            work directory or pid file not writable)"
 )]
 pub struct Serve {
     /// address and port to listen on, e.g. 0.0.0.0:7070 (or --fd)
@@ -179,7 +189,17 @@ fn idle_timeout_secs(value: &str) -> Result<u64, String> {
 
 /// Source: migrate something to a host running `haul serve`.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "migrate")]
+#[argh(
+    subcommand,
+    name = "migrate",
+    example = "haul migrate runc web1 --to 10.0.0.2:7070 --key /etc/haul/key\n\
+               haul migrate pid 4242 --to 10.0.0.2:7070 --key /etc/haul/key",
+    note = "`haul migrate runc --help` and `haul migrate pid --help` say more.\n\n\
+            exit codes: 0 migrated; 1 other failure; 2 bad arguments; 3 this host cannot (criu or\n\
+            runc missing or too old here); 4 authentication; 5 the destination refused before\n\
+            freezing (its checks or its criu); 6 failed and rolled back (still running here);\n\
+            7 in doubt; 8 --lazy: post-copy failed after the destination started (container lost)"
+)]
 pub struct Migrate {
     #[argh(subcommand)]
     pub what: MigrateWhat,
@@ -230,8 +250,9 @@ pub enum MigrateWhat {
             memory (a kernel without soft-dirty bits; `haul check` says) or the destination's haul\n\
             is older; always then fails before anything is frozen (exit 3, or 5 for the\n\
             destination); never dumps once.\n\n\
-            exit codes: 0 migrated; 2 bad arguments; 3 criu/runc missing or too old; 4 authentication;\n\
-            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt;\n\
+            exit codes: 0 migrated; 1 other failure; 2 bad arguments; 3 this host cannot (criu or runc\n\
+            missing or too old here); 4 authentication; 5 the destination refused before freezing\n\
+            (its checks or its criu); 6 failed and rolled back (still running here); 7 in doubt;\n\
             8 --lazy: post-copy failed after the destination started (container lost)"
 )]
 pub struct MigrateRunc {
@@ -310,7 +331,12 @@ pub struct MigrateRunc {
 
 /// Show what haul sees and would ask CRIU, without freezing anything.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "inspect")]
+#[argh(
+    subcommand,
+    name = "inspect",
+    example = "haul inspect runc web1",
+    note = "exit codes: 0 printed; 1 other failure; 2 bad arguments, or no such running container"
+)]
 pub struct Inspect {
     #[argh(subcommand)]
     pub what: InspectWhat,
@@ -328,7 +354,8 @@ pub enum InspectWhat {
 #[argh(
     subcommand,
     name = "runc",
-    example = "haul inspect runc web1\nhaul inspect runc web1 --runc-root /run/runc --json"
+    example = "haul inspect runc web1\nhaul inspect runc web1 --runc-root /run/runc --json",
+    note = "exit codes: 0 printed; 1 other failure; 2 bad arguments, or no such running container"
 )]
 pub struct InspectRunc {
     /// container id
@@ -415,8 +442,9 @@ pub struct PostcopyGuard {
             memory (a kernel without soft-dirty bits; `haul check` says) or the destination's haul\n\
             is older; always then fails before anything is frozen (exit 3, or 5 for the\n\
             destination); never dumps once.\n\n\
-            exit codes: 0 migrated; 2 bad arguments; 3 criu missing/too old; 4 authentication;\n\
-            5 refused before freezing; 6 failed and rolled back (still running here); 7 in doubt;\n\
+            exit codes: 0 migrated; 1 other failure; 2 bad arguments; 3 this host cannot (criu\n\
+            missing or too old here); 4 authentication; 5 the destination refused before freezing\n\
+            (its checks or its criu); 6 failed and rolled back (still running here); 7 in doubt;\n\
             8 --lazy: post-copy failed after the destination started (container lost)"
 )]
 pub struct MigratePid {
@@ -473,7 +501,13 @@ pub struct MigratePid {
 
 /// Write a new random pre-shared key (mode 0600); copy it to both hosts.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "keygen", example = "haul keygen /etc/haul/key")]
+#[argh(
+    subcommand,
+    name = "keygen",
+    example = "haul keygen /etc/haul/key",
+    note = "exit codes: 0 written; 1 no random bytes from the kernel; 2 bad arguments, or the file\n\
+            exists or cannot be written"
+)]
 pub struct Keygen {
     /// file to create (must not exist)
     #[argh(positional)]
@@ -486,7 +520,9 @@ pub struct Keygen {
     subcommand,
     name = "check",
     example = "haul check\nhaul check --to 10.0.0.2:7070 --key /etc/haul/key",
-    note = "Prints one line per check: ok, FAIL with the reason, or note. Exit 0 when nothing failed, 3 otherwise."
+    note = "Prints one line per check: ok, FAIL with the reason, or note.\n\n\
+            exit codes: 0 nothing failed; 2 bad arguments or key file; 3 a check failed (here or on\n\
+            the destination)"
 )]
 pub struct Check {
     /// destination ADDR:PORT to check as well
@@ -537,18 +573,98 @@ mod tests {
         assert!(serve(&["--idle-timeout", "2.5"]).is_err());
     }
 
-    /// argh cannot format constants into help text; `haul serve --help` spells these out.
+    /// `haul ARGS --help` as argh renders it, whitespace runs made single spaces.
+    fn help(args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.push("--help");
+        match Cli::from_args(&["haul"], &all) {
+            Ok(_) => panic!("haul {args:?} --help parsed as a command"),
+            Err(e) => {
+                assert!(
+                    e.status.is_ok(),
+                    "haul {args:?} --help failed: {}",
+                    e.output
+                );
+                e.output.split_whitespace().collect::<Vec<_>>().join(" ")
+            }
+        }
+    }
+
+    /// argh cannot format constants into help text; `haul serve --help` spells these out, and
+    /// must say what the constants are.
     #[test]
     fn the_serve_help_states_the_timeouts() {
-        use crate::limits::{COMMIT_TIMEOUT, HANDSHAKE_TIMEOUT};
-        use std::time::Duration;
-        assert_eq!(IDLE_TIMEOUT, Duration::from_secs(120), "default 120");
-        assert_eq!(IDLE_TIMEOUT_MAX, Duration::from_secs(86400), "to 86400");
-        assert_eq!(COMMIT_TIMEOUT, Duration::from_secs(60), "commit (60 s)");
-        assert_eq!(
-            HANDSHAKE_TIMEOUT,
-            Duration::from_secs(10),
-            "handshake (10 s)"
-        );
+        use crate::limits::{COMMIT_TIMEOUT, HANDSHAKE_TIMEOUT, STOP_GRACE};
+        let text = help(&["serve"]);
+        for needed in [
+            format!(
+                "(default {}, from {} to {})",
+                IDLE_TIMEOUT.as_secs(),
+                IDLE_TIMEOUT_MIN.as_secs(),
+                IDLE_TIMEOUT_MAX.as_secs()
+            ),
+            format!("the commit ({} s)", COMMIT_TIMEOUT.as_secs()),
+            format!("the handshake ({} s)", HANDSHAKE_TIMEOUT.as_secs()),
+            format!(
+                "wait up to {} s for migrations in flight",
+                STOP_GRACE.as_secs()
+            ),
+        ] {
+            assert!(
+                text.contains(&needed),
+                "haul serve --help lacks {needed:?}:\n{text}"
+            );
+        }
+    }
+
+    /// Every command a user runs has examples and its exit codes in its help, each code with
+    /// error.rs's number.
+    #[test]
+    fn every_user_command_has_examples_and_exit_codes() {
+        use crate::error::Kind;
+        for cmd in [
+            &[][..],
+            &["serve"],
+            &["migrate"],
+            &["migrate", "runc"],
+            &["migrate", "pid"],
+            &["inspect"],
+            &["inspect", "runc"],
+            &["keygen"],
+            &["check"],
+            &["recover"],
+        ] {
+            let text = help(cmd);
+            assert!(
+                text.contains("Examples: haul "),
+                "haul {cmd:?}: no example:\n{text}"
+            );
+            assert!(
+                text.contains("exit codes: 0 "),
+                "haul {cmd:?}: no exit codes:\n{text}"
+            );
+        }
+        let migrate = [
+            (Kind::Usage, "bad arguments"),
+            (Kind::Setup, "this host cannot"),
+            (Kind::Auth, "authentication"),
+            (Kind::Refused, "the destination refused before freezing"),
+            (Kind::RolledBack, "failed and rolled back"),
+            (Kind::InDoubt, "in doubt"),
+            (
+                Kind::Lost,
+                "--lazy: post-copy failed after the destination started",
+            ),
+        ];
+        for cmd in [&["migrate"][..], &["migrate", "runc"], &["migrate", "pid"]] {
+            let text = help(cmd);
+            for (kind, what) in migrate {
+                let code = kind.exit_code().to_string();
+                assert!(
+                    text.contains(&format!("; {code} {what}")),
+                    "haul {cmd:?} --help: exit {code} is not {what:?}:\n{text}"
+                );
+            }
+        }
     }
 }

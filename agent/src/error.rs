@@ -10,11 +10,12 @@ use std::fmt;
 pub enum Kind {
     /// Bad command line or configuration (missing key file, bad address). Exit 2.
     Usage,
-    /// This host cannot do the job: criu missing or too old, kernel feature missing. Exit 3.
+    /// This host cannot do the job: criu missing or too old here, kernel feature missing. Exit 3.
     Setup,
     /// The peer failed authentication or speaks another protocol version. Exit 4.
     Auth,
-    /// The destination refused before anything was frozen; the source was not touched. Exit 5.
+    /// The destination refused before anything was frozen, its own checks or its CRIU (missing,
+    /// too old, older than the source's); the source was not touched. Exit 5.
     Refused,
     /// The migration failed and was rolled back: the workload runs on the source. Exit 6.
     RolledBack,
@@ -49,9 +50,9 @@ exit codes:
   0  success
   1  other failure (local I/O, CRIU crashed)
   2  bad command line or configuration (key file, address)
-  3  this host cannot migrate (criu missing or too old, kernel feature missing)
+  3  this host cannot migrate (criu missing or too old here, kernel feature missing)
   4  authentication failed or protocol versions differ
-  5  destination refused before anything was frozen (source untouched)
+  5  destination refused before anything was frozen (its checks or its criu; source untouched)
   6  migration failed and was rolled back (workload still runs on the source)
   7  in doubt: source tasks are gone, destination did not confirm; it keeps the images
   8  --lazy: the post-copy failed after the destination started; both copies stopped";

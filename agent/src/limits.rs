@@ -135,23 +135,225 @@ pub const PRE_DUMP_ITERATIONS_MAX: u32 = 32;
 
 #[cfg(test)]
 mod tests {
-    /// README's Limits table names every constant of this file.
-    #[test]
-    fn the_readme_documents_every_limit() {
+    use super::*;
+    use crate::inspect::bounds::{
+        DESCRIPTORS_JSON_MAX, MAX_DEVICES, MAX_MASKED_PATHS, MAX_MOUNTS, MOUNTINFO_MAX,
+        PROC_CGROUP_MAX, PROC_STAT_MAX, STATE_JSON_MAX,
+    };
+
+    /// A quantity as README's Limits table writes it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Q {
+        Bytes(u64),
+        Secs(u64),
+        Count(u64),
+    }
+
+    impl Q {
+        /// Whether a quantity read from the README states `actual`. A number without a unit
+        /// ("16 of them the tag") may state a size in bytes.
+        fn states(self, actual: Q) -> bool {
+            self == actual || matches!((self, actual), (Q::Count(a), Q::Bytes(b)) if a == b)
+        }
+    }
+
+    /// Every constant the Limits table may name, with its value. A constant the table names
+    /// and this list lacks fails the test: add it here.
+    fn documented() -> Vec<(&'static str, Q)> {
+        let b = |v: u64| Q::Bytes(v);
+        let s = |d: Duration| Q::Secs(d.as_secs());
+        let n = |v: u64| Q::Count(v);
+        vec![
+            ("FRAME_MAX", b(FRAME_MAX as u64)),
+            ("FRAME_TAG", b(FRAME_TAG as u64)),
+            ("FRAME_PLAINTEXT_MAX", b(FRAME_PLAINTEXT_MAX as u64)),
+            ("CONTROL_MAX", b(CONTROL_MAX as u64)),
+            ("FILE_NAME_MAX", b(FILE_NAME_MAX as u64)),
+            ("FILES_MAX", n(u64::from(FILES_MAX))),
+            ("IMAGE_BYTES_MAX", b(IMAGE_BYTES_MAX)),
+            ("CRIU_RESPONSE_MAX", b(CRIU_RESPONSE_MAX as u64)),
+            ("CRIU_LOG_TAIL", b(CRIU_LOG_TAIL as u64)),
+            ("CRIU_LOG_ERROR_LINES", n(CRIU_LOG_ERROR_LINES as u64)),
+            ("RELAY_BUFFER", b(RELAY_BUFFER as u64)),
+            ("PAGE_SOCKET_BUFFER", b(PAGE_SOCKET_BUFFER as u64)),
+            ("INCOMING_QUEUE", n(INCOMING_QUEUE as u64)),
+            ("HANDSHAKE_TIMEOUT", s(HANDSHAKE_TIMEOUT)),
+            ("IDLE_TIMEOUT", s(IDLE_TIMEOUT)),
+            ("IDLE_TIMEOUT_MIN", s(IDLE_TIMEOUT_MIN)),
+            ("IDLE_TIMEOUT_MAX", s(IDLE_TIMEOUT_MAX)),
+            ("LAZY_DAEMON_START", s(LAZY_DAEMON_START)),
+            ("LOCAL_FILL_LIMIT", s(LOCAL_FILL_LIMIT)),
+            ("COMMIT_TIMEOUT", s(COMMIT_TIMEOUT)),
+            ("CONCURRENT_MIGRATIONS", n(CONCURRENT_MIGRATIONS as u64)),
+            ("PENDING_HANDSHAKES", n(PENDING_HANDSHAKES as u64)),
+            ("KEY_BYTES", b(KEY_BYTES as u64)),
+            ("TREE_ENTRIES_MAX", n(TREE_ENTRIES_MAX)),
+            ("TREE_BYTES_MAX", b(TREE_BYTES_MAX)),
+            ("TREE_PATH_MAX", b(TREE_PATH_MAX as u64)),
+            ("STOP_GRACE", s(STOP_GRACE)),
+            ("TCP_USER_TIMEOUT", s(TCP_USER_TIMEOUT)),
+            ("KEEPALIVE_IDLE", s(KEEPALIVE_IDLE)),
+            (
+                "PRE_DUMP_ITERATIONS_MAX",
+                n(u64::from(PRE_DUMP_ITERATIONS_MAX)),
+            ),
+            ("STATE_JSON_MAX", b(STATE_JSON_MAX as u64)),
+            ("MAX_MOUNTS", n(MAX_MOUNTS as u64)),
+            ("MAX_MASKED_PATHS", n(MAX_MASKED_PATHS as u64)),
+            ("MAX_DEVICES", n(MAX_DEVICES as u64)),
+            ("MOUNTINFO_MAX", b(MOUNTINFO_MAX as u64)),
+            ("PROC_CGROUP_MAX", b(PROC_CGROUP_MAX as u64)),
+            ("PROC_STAT_MAX", b(PROC_STAT_MAX as u64)),
+            ("DESCRIPTORS_JSON_MAX", b(DESCRIPTORS_JSON_MAX as u64)),
+        ]
+    }
+
+    /// The quantities of a table cell, in order: a number ("262144", "200 000") and the unit
+    /// after it ("bytes", "4096-byte", "KiB", "MiB", "GiB", "s", "h"); a number followed by any
+    /// other word, or none, is a count. Digits inside a word (AEGIS-128L) are not numbers.
+    fn quantities(cell: &str) -> Vec<Q> {
+        let c = cell.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < c.len() {
+            let in_word = |k: usize| k > 0 && c[k - 1].is_ascii_alphanumeric();
+            if !c[i].is_ascii_digit() || in_word(i) || (i > 0 && c[i - 1] == b'-' && in_word(i - 1))
+            {
+                i += 1;
+                continue;
+            }
+            let mut n = 0u64;
+            loop {
+                while i < c.len() && c[i].is_ascii_digit() {
+                    n = n * 10 + u64::from(c[i] - b'0');
+                    i += 1;
+                }
+                // "200 000": a space, then exactly three digits.
+                let group = c
+                    .get(i + 1..i + 4)
+                    .is_some_and(|g| g.iter().all(u8::is_ascii_digit))
+                    && c.get(i + 4).is_none_or(|d| !d.is_ascii_digit());
+                if c.get(i) == Some(&b' ') && group {
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            let mut j = i;
+            if matches!(c.get(j), Some(b' ' | b'-')) {
+                j += 1;
+            }
+            let start = j;
+            while j < c.len() && c[j].is_ascii_alphabetic() {
+                j += 1;
+            }
+            let unit = &cell[start..j];
+            out.push(match unit {
+                "byte" | "bytes" => Q::Bytes(n),
+                "KiB" => Q::Bytes(n << 10),
+                "MiB" => Q::Bytes(n << 20),
+                "GiB" => Q::Bytes(n << 30),
+                "s" => Q::Secs(n),
+                "min" => Q::Secs(n * 60),
+                "h" => Q::Secs(n * 3600),
+                _ => Q::Count(n),
+            });
+        }
+        out
+    }
+
+    /// README's Limits table: (constants named in a row, that row's value cell).
+    fn readme_rows() -> Vec<(Vec<&'static str>, &'static str)> {
         let readme = include_str!("../../README.md");
         let table = readme
             .split("### Limits")
             .nth(1)
             .and_then(|s| s.split("\n### ").next())
             .unwrap();
+        table
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| limit |"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').collect();
+                assert!(cells.len() >= 5, "README's Limits table: odd row {l:?}");
+                let names = cells[2].split('`').skip(1).step_by(2).collect();
+                (names, cells[3].trim())
+            })
+            .collect()
+    }
+
+    /// README's Limits table names every constant of this file.
+    #[test]
+    fn the_readme_documents_every_limit() {
+        let rows = readme_rows();
         for line in include_str!("limits.rs").lines() {
             if let Some(rest) = line.strip_prefix("pub const ") {
                 let name = rest.split(':').next().unwrap();
                 assert!(
-                    table.contains(&format!("`{name}`")),
+                    rows.iter().any(|(names, _)| names.contains(&name)),
                     "README's Limits table does not name {name}"
                 );
             }
         }
+    }
+
+    /// Each value in README's Limits table is the constant's. A row naming one constant per
+    /// " / "-separated part ("4096 / 1 GiB") is read part by part: each part's first quantity
+    /// is its constant's value. Other rows ("the last 16 KiB, at most 8 error lines") must
+    /// state the constants' values in the order the row names them.
+    #[test]
+    fn the_readme_states_every_limit_s_value() {
+        let known = documented();
+        let rows = readme_rows();
+        assert!(rows.len() > 10, "README's Limits table not found");
+        for (names, value) in rows {
+            let actual: Vec<(&str, Q)> = names
+                .iter()
+                .map(|name| {
+                    let q = known.iter().find(|(k, _)| k == name).map(|(_, q)| *q);
+                    (
+                        *name,
+                        q.unwrap_or_else(|| panic!("no value known for {name}: add it")),
+                    )
+                })
+                .collect();
+            let parts: Vec<&str> = value.split(" / ").collect();
+            if names.len() > 1 && parts.len() == names.len() {
+                for ((name, q), part) in actual.iter().zip(&parts) {
+                    let first = quantities(part).first().copied();
+                    assert!(
+                        first.is_some_and(|f| f.states(*q)),
+                        "README's Limits table: {name} is {q:?}, the table says {part:?}"
+                    );
+                }
+            } else {
+                let mut stated = quantities(value).into_iter();
+                for (name, q) in &actual {
+                    assert!(
+                        stated.any(|f| f.states(*q)),
+                        "README's Limits table: {name} is {q:?}, not in {value:?} (in order)"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn table_quantities_are_read_with_their_units() {
+        assert_eq!(
+            quantities("200 000 entries / 64 GiB / 4096-byte paths"),
+            [Q::Count(200_000), Q::Bytes(64 << 30), Q::Bytes(4096)]
+        );
+        assert_eq!(
+            quantities("120 s; `haul serve --idle-timeout SECS`, 1 s to 24 h"),
+            [Q::Secs(120), Q::Secs(1), Q::Secs(86400)]
+        );
+        assert_eq!(
+            quantities("4 frames (1 MiB) / 262127 bytes, AEGIS-128L"),
+            [Q::Count(4), Q::Bytes(1 << 20), Q::Bytes(262_127)]
+        );
+        assert!(Q::Count(16).states(Q::Bytes(16)));
+        assert!(!Q::Bytes(16).states(Q::Count(16)));
+        assert!(!Q::Secs(16).states(Q::Count(16)));
     }
 }

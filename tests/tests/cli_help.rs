@@ -1,5 +1,5 @@
-//! The command line teaches: every command's `--help` has an example, and the exit codes are
-//! in the help; no root, no CRIU needed.
+//! The command line teaches: every command's `--help` has an example and its exit codes; no
+//! root, no CRIU needed.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use haul_e2e::haul_bin;
@@ -20,10 +20,12 @@ fn every_command_has_help_with_an_example() {
     for cmd in [
         &[][..],
         &["serve"],
+        &["migrate"],
         &["migrate", "pid"],
         &["migrate", "runc"],
         &["keygen"],
         &["check"],
+        &["inspect"],
         &["inspect", "runc"],
         &["recover"],
     ] {
@@ -36,12 +38,21 @@ fn every_command_has_help_with_an_example() {
             text.contains("haul "),
             "haul {cmd:?} --help example does not run haul:\n{text}"
         );
+        assert!(
+            text.contains("exit codes: 0 "),
+            "haul {cmd:?} --help has no exit codes:\n{text}"
+        );
     }
 }
 
 #[test]
 fn exit_codes_are_in_the_help() {
-    for cmd in [&[][..], &["migrate", "pid"], &["migrate", "runc"]] {
+    for cmd in [
+        &[][..],
+        &["migrate"],
+        &["migrate", "pid"],
+        &["migrate", "runc"],
+    ] {
         let text = help(cmd);
         for code in ["5 ", "6 ", "7 "] {
             assert!(

@@ -1218,6 +1218,18 @@ fn tcp_send(args: &[String]) -> Result<(), String> {
 // Numbers
 // ---------------------------------------------------------------------------------------------
 
+/// Who fills a haul-lazy container's memory after the resume, as RESULTS.md says it: `haul
+/// serve` inherits the bench's environment, and picks CRIU's daemon only for `HAUL_FILLER=criu`
+/// (agent/src/dest/fill).
+fn lazy_filler() -> &'static str {
+    match std::env::var("HAUL_FILLER") {
+        Ok(v) if v.eq_ignore_ascii_case("criu") => {
+            "CRIU's lazy-pages daemon (`HAUL_FILLER=criu` in the bench's environment)"
+        }
+        _ => "`haul serve`'s own userfaultfd handler (agent/src/dest/fill)",
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -1685,7 +1697,7 @@ impl Report<'_> {
              - **haul**: `haul serve` (fresh per migration, in the destination's own cgroups) and \
              `haul migrate runc`, authenticated and encrypted.\n\
              - **haul-lazy**: the same with `--lazy` (post-copy): the container runs on the \
-             destination before its memory has moved; CRIU's lazy-pages daemon fetches it after \
+             destination before its memory has moved; {} fetches it after \
              the resume (**total** then ends when the last page arrived; **page MiB/s** is the \
              post-copy's rate; CRIU's frozen time is not kept by a lazy dump). The lab writes \
              CRIU's kernel-probe cache `/run/criu.kdat` once per boot (CRIU writes it only on a \
@@ -1718,6 +1730,7 @@ impl Report<'_> {
              destination holds the restored copy), and CRIU's restore time includes the hold at \
              `post-restore` until the source's commit arrives (CRIU stops that timer after the \
              post-restore script). Cells: median [min–max].\n",
+            lazy_filler(),
             LINK_BYTES >> 20
         );
         for &mib in &self.opts.sizes {

@@ -61,7 +61,11 @@ pub fn write(dir: &Path, stage: Stage, id: &str) -> Result<()> {
     f.write_all(format!("stage={}\nid={id}\n", stage.as_str()).as_bytes())
         .and_then(|()| f.sync_all())
         .ctx(Kind::Other, format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(JOURNAL)).ctx(Kind::Other, "renaming the journal")
+    let journal = dir.join(JOURNAL);
+    std::fs::rename(&tmp, &journal).ctx(
+        Kind::Other,
+        format!("renaming {} to {}", tmp.display(), journal.display()),
+    )
 }
 
 /// Reads a journal: (stage, container id).

@@ -75,6 +75,10 @@ fn start_with(criu: &Path, work: &WorkDir, remote: bool) -> Result<LazyDaemon> {
         .arg("--log-file")
         .arg(LOG_NAME)
         .arg("-v4")
+        // As every CRIU haul starts (criu/swrk.rs): nothing of haul's environment, haul's tar
+        // first in its PATH.
+        .env_clear()
+        .env("PATH", crate::criu::tar::criu_path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

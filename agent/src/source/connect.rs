@@ -85,20 +85,23 @@ pub fn open(
         Err(e) => return Err(wire_to_error(e, "waiting for the destination's welcome")),
     };
     let dst = welcome.criu.as_ref().map(Version::from_wire);
-    // `criu` is the default (0.0) when this side uses no CRIU (restart mode).
+    // `criu` is the default (0.0) when this side uses no CRIU (restart mode). The destination's
+    // CRIU is the destination's to fix: exit 5 (refused, nothing touched here), not 3 (this
+    // host), as when its preflight refuses.
     if purpose != Purpose::Check && criu != Version::default() {
+        let refuse = |m: String| Error::new(Kind::Refused, m);
         match dst {
             Some(d) if d < MIN_VERSION => {
-                return Err(Error::setup(format!(
+                return Err(refuse(format!(
                     "criu {d} on the destination is too old: haul needs {MIN_VERSION} or newer"
                 )))
             }
             Some(d) if d < criu => {
-                return Err(Error::setup(format!(
+                return Err(refuse(format!(
                     "criu {d} on the destination is older than criu {criu} here: images may not restore; upgrade the destination's CRIU"
                 )))
             }
-            None => return Err(Error::setup("the destination has no usable criu (haul serve could not start it): install CRIU 4.x there, or use --mode restart")),
+            None => return Err(refuse("the destination has no usable criu (haul serve could not start it): install CRIU 4.x there, or use --mode restart".into())),
             _ => {}
         }
     }

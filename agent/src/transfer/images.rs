@@ -39,13 +39,13 @@ pub fn send_dir(
             name: name.clone(),
             mode,
         }))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("sending {}: {e}", path.display()))?;
         let size = stream_file(conn, &mut f, &path, &mut buf)?;
         files += 1;
         bytes += size;
     }
     conn.send(Msg::ImagesDone(ImagesDone { files, bytes }))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("sending the end of the images of {}: {e}", dir.display()))?;
     Ok((files, bytes))
 }
 
@@ -65,11 +65,11 @@ pub fn stream_file(
             break;
         }
         conn.send_file_data(buf.get(..n).unwrap_or_default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("sending {}: {e}", path.display()))?;
         size += n as u64;
     }
     conn.send(Msg::FileEnd(FileEnd { size }))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("sending {}: {e}", path.display()))?;
     Ok(size)
 }
 

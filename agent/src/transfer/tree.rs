@@ -89,7 +89,7 @@ pub fn send_tree(
             mtime_nsec: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
             target,
         }))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("sending {}: {e}", abs.display()))?;
         entries += 1;
         if kind == TreeKind::TreeFile {
             let mut f = std::fs::File::open(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
@@ -101,7 +101,7 @@ pub fn send_tree(
         entries,
         bytes,
     }))
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| format!("sending the end of {} (pass {pass}): {e}", root.display()))?;
     Ok((seen, entries, bytes))
 }
 
