@@ -193,6 +193,7 @@ mod tests {
             ("STOP_GRACE", s(STOP_GRACE)),
             ("TCP_USER_TIMEOUT", s(TCP_USER_TIMEOUT)),
             ("KEEPALIVE_IDLE", s(KEEPALIVE_IDLE)),
+            ("KEEPALIVE_FRAME_EVERY", s(KEEPALIVE_FRAME_EVERY)),
             (
                 "PRE_DUMP_ITERATIONS_MAX",
                 n(u64::from(PRE_DUMP_ITERATIONS_MAX)),
