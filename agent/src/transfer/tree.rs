@@ -72,15 +72,13 @@ pub fn send_tree(
             continue;
         }
         let target = if kind == TreeKind::TreeSymlink {
-            std::fs::read_link(&abs)
-                .map_err(|e| format!("{}: {e}", abs.display()))?
-                .to_string_lossy()
-                .into_owned()
+            let t = std::fs::read_link(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+            utf8(&t, &abs, "points to a name")?
         } else {
             String::new()
         };
         conn.send(Msg::TreeEntry(TreeEntry {
-            path: rel.to_string_lossy().into_owned(),
+            path: utf8(&rel, &abs, "has a name")?,
             kind: kind as i32,
             mode: meta.mode() & 0o7777,
             uid: meta.uid(),
@@ -103,6 +101,18 @@ pub fn send_tree(
     }))
     .map_err(|e| format!("sending the end of {} (pass {pass}): {e}", root.display()))?;
     Ok((seen, entries, bytes))
+}
+
+/// `p` as UTF-8, which the protocol's names are: a name that is not would arrive renamed
+/// (and two such names could become one), so the copy is refused instead.
+fn utf8(p: &Path, abs: &Path, what: &str) -> Result<String, String> {
+    p.to_str().map(str::to_string).ok_or_else(|| {
+        format!(
+            "{} {what} that is not UTF-8, which --fs copy cannot carry; rename it, or put the \
+             bundle on storage both hosts share (--fs shared)",
+            abs.display()
+        )
+    })
 }
 
 /// Checks a relative path from the peer: plain components only.
@@ -434,6 +444,32 @@ mod tests {
     }
 
     /// Pass 2 sends exactly what changed since pass 1 (and new entries), nothing else.
+    /// A name that is not UTF-8 (a file's, or a symlink's target) stops the copy with the
+    /// path, instead of arriving renamed.
+    #[test]
+    fn names_that_are_not_utf8_are_refused() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let bad = OsStr::from_bytes(b"caf\xe9");
+        for (tag, make) in [("file", 0u8), ("link", 1u8)] {
+            let src = tempdir(&format!("latin1-{tag}"));
+            std::fs::create_dir_all(src.join("rootfs")).unwrap();
+            if make == 0 {
+                std::fs::write(src.join("rootfs").join(bad), b"x").unwrap();
+            } else {
+                std::os::unix::fs::symlink(bad, src.join("rootfs/l")).unwrap();
+            }
+            let (conn, peer) = crate::transfer::mux::loopback_pair();
+            let e = send_tree(&conn, &src, &["rootfs"], 1, None).unwrap_err();
+            assert!(
+                e.contains("not UTF-8") && e.contains("rootfs/"),
+                "{tag}: {e}"
+            );
+            drop((conn, peer));
+            std::fs::remove_dir_all(&src).unwrap();
+        }
+    }
+
     #[test]
     fn second_pass_sends_only_changes() {
         use crate::transfer::{handshake, Conn, Incoming};
