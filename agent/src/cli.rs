@@ -19,7 +19,8 @@ use std::path::PathBuf;
             criu; source untouched);\n\
             6 migration failed and was rolled back (workload still runs on the source);\n\
             7 in doubt: source tasks gone, destination did not confirm (it keeps the images);\n\
-            8 --lazy post-copy failed after the destination started: both copies stopped"
+            8 container lost: --lazy post-copy failed after the destination started, or\n\
+            --mode restart could start it neither there nor here again"
 )]
 pub struct Cli {
     /// more logging (-v debug, -vv trace)
@@ -198,7 +199,8 @@ fn idle_timeout_secs(value: &str) -> Result<u64, String> {
             exit codes: 0 migrated; 1 other failure; 2 bad arguments; 3 this host cannot (criu or\n\
             runc missing or too old here); 4 authentication; 5 the destination refused before\n\
             freezing (its checks or its criu); 6 failed and rolled back (still running here);\n\
-            7 in doubt; 8 --lazy: post-copy failed after the destination started (container lost)"
+            7 in doubt; 8 container lost (--lazy post-copy, or --mode restart could start it\n\
+            neither there nor here again)"
 )]
 pub struct Migrate {
     #[argh(subcommand)]
@@ -253,7 +255,8 @@ pub enum MigrateWhat {
             exit codes: 0 migrated; 1 other failure; 2 bad arguments; 3 this host cannot (criu or runc\n\
             missing or too old here); 4 authentication; 5 the destination refused before freezing\n\
             (its checks or its criu); 6 failed and rolled back (still running here); 7 in doubt;\n\
-            8 --lazy: post-copy failed after the destination started (container lost)"
+            8 container lost: --lazy post-copy failed after the destination started, or\n\
+            --mode restart could start it neither there nor here again"
 )]
 pub struct MigrateRunc {
     /// container id
@@ -445,7 +448,7 @@ pub struct PostcopyGuard {
             exit codes: 0 migrated; 1 other failure; 2 bad arguments; 3 this host cannot (criu\n\
             missing or too old here); 4 authentication; 5 the destination refused before freezing\n\
             (its checks or its criu); 6 failed and rolled back (still running here); 7 in doubt;\n\
-            8 --lazy: post-copy failed after the destination started (container lost)"
+            8 container lost: --lazy post-copy failed after the destination started"
 )]
 pub struct MigratePid {
     /// pid of the root of the process tree
@@ -651,10 +654,7 @@ mod tests {
             (Kind::Refused, "the destination refused before freezing"),
             (Kind::RolledBack, "failed and rolled back"),
             (Kind::InDoubt, "in doubt"),
-            (
-                Kind::Lost,
-                "--lazy: post-copy failed after the destination started",
-            ),
+            (Kind::Lost, "container lost"),
         ];
         for cmd in [&["migrate"][..], &["migrate", "runc"], &["migrate", "pid"]] {
             let text = help(cmd);

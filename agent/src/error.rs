@@ -22,8 +22,9 @@ pub enum Kind {
     /// The source's tasks are gone but the destination did not confirm: the destination keeps
     /// complete images to finish the restore. Exit 7.
     InDoubt,
-    /// Post-copy (`--lazy`) failed after the destination ran the workload: both copies were
-    /// stopped. Exit 8.
+    /// The workload runs nowhere: post-copy (`--lazy`) failed after the destination ran it
+    /// (both copies stopped), or `--mode restart` could start it neither there nor here
+    /// again. Exit 8.
     Lost,
     /// Anything else (I/O error on a local file, CRIU crashed). Exit 1.
     Other,
@@ -55,7 +56,8 @@ exit codes:
   5  destination refused before anything was frozen (its checks or its criu; source untouched)
   6  migration failed and was rolled back (workload still runs on the source)
   7  in doubt: source tasks are gone, destination did not confirm; it keeps the images
-  8  --lazy: the post-copy failed after the destination started; both copies stopped";
+  8  container lost: --lazy post-copy failed after the destination started (both copies
+     stopped), or --mode restart could start it neither there nor here again";
 
 #[derive(Debug)]
 pub struct Error {

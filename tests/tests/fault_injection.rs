@@ -1596,6 +1596,39 @@ fn h4_the_journal_fails_after_the_commit() {
     evidence("h4", &format!("exit 0 in {:?}; {sum}", out.took));
 }
 
+/// `--mode restart`: serve dies right after runc started the container, before it could say so
+/// (HAUL_FAULT=dst-started). The source must not start its copy again: exit 7 with what to
+/// check, the container stopped here and running on the destination.
+#[test]
+fn h5_restart_mode_destination_killed_after_the_start() {
+    let Some(mut s) = setup("fih5") else { return };
+    s.serve_with(ServeOpts {
+        env: vec![("HAUL_FAULT".into(), "dst-started".into())],
+        ..ServeOpts::default()
+    });
+    let c = s.start_container(None, None);
+    let out = s.migrate(
+        &c,
+        &["--mode", "restart", "--fs", "copy", "--stop-timeout", "1"],
+        &[],
+    );
+    out.expect(7, &["IN DOUBT", "runc list"], &s);
+    let here = runc_state(&s.src_root, &c.id).map(|st| st.status);
+    assert!(
+        !matches!(here.as_deref(), Ok("running")),
+        "started again on the source: {here:?}"
+    );
+    let there = runc_state(&s.dst_root, &c.id).unwrap();
+    assert_eq!(there.status, "running", "{there:?}");
+    evidence(
+        "h5",
+        &format!(
+            "exit 7 in {:?}; source {here:?}, destination {}",
+            out.took, there.status
+        ),
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // i: criu missing or too old
 // ---------------------------------------------------------------------------------------------

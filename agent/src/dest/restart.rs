@@ -90,6 +90,7 @@ pub fn run(conn: &Conn, cfg: &SessionConfig, mut job: RuncRestore) -> Result<()>
     // report_started), and no error may reach the source (it would start it again there).
     let pid = started_pid(cfg, job.dst_id());
     log::info!("started container {} with runc (pid {pid})", job.dst_id());
+    crate::util::fault_point("dst-started");
     report_started(conn, &mut job, pid);
     Ok(())
 }

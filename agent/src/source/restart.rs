@@ -218,15 +218,15 @@ fn settle(
 ) -> Result<i32> {
     match handover {
         Handover::Started(pid) => Ok(pid),
-        Handover::NotStarted(e) => {
-            let how = match start_here() {
-                Ok(()) => "started again on this host".to_string(),
-                Err(e2) => format!("and starting it again here failed too: {e2}"),
-            };
-            Err(e
-                .with_kind(Kind::RolledBack)
-                .context(format!("restart of {id} failed; {how}")))
-        }
+        Handover::NotStarted(e) => match start_here() {
+            Ok(()) => Err(e.with_kind(Kind::RolledBack).context(format!(
+                "restart of {id} failed; started again on this host"
+            ))),
+            Err(e2) => Err(e.with_kind(Kind::Lost).context(format!(
+                "restart of {id} failed, and starting it again here failed too ({e2}): it runs \
+                 nowhere; start it by hand with: {manual}"
+            ))),
+        },
         Handover::Unknown(e) => Err(e.with_kind(Kind::InDoubt).context(format!(
             "IN DOUBT: {id} was stopped here and the destination {to} was told to start it as \
              {dst_id}, but it did not confirm it did; {id} stays stopped here so that it does \
@@ -336,6 +336,25 @@ mod tests {
         assert_eq!(e.kind, Kind::RolledBack, "{e}");
         assert!(e.message.contains("started again on this host"), "{e}");
         assert!(e.message.contains("runc run web1-b failed"), "{e}");
+    }
+
+    /// Refused there and failing here: the container runs nowhere, which is exit 8 with the
+    /// command that starts it, not a "rolled back, still running here".
+    #[test]
+    fn refused_there_and_failing_here_is_lost() {
+        let refused = Handover::NotStarted(Error::other("destination could not start it"));
+        let e = settle(
+            refused,
+            "10.0.0.2:7070",
+            "web1",
+            "web1-b",
+            "runc run web1",
+            || Err(Error::other("runc run web1 failed here too")),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, Kind::Lost, "{e}");
+        assert!(e.message.contains("runs nowhere"), "{e}");
+        assert!(e.message.contains("with: runc run web1"), "{e}");
     }
 
     #[test]
