@@ -45,9 +45,10 @@ pub fn scan(cfg: &SessionConfig) {
         }
         let prepare = load_prepare(&dir).ok();
         unmount_root(&dir);
-        // A finished migration's container is no longer this directory's business (it may
-        // have stopped since, its registration is runc's and the operator's).
-        if !id.is_empty() && stage != Stage::Done {
+        // Only a registration whose tasks are gone, and only empty cgroups, go (a --lazy
+        // migration's journal says done while its post-copy still runs: serve's death then
+        // killed its tasks).
+        if !id.is_empty() {
             drop_stale_registration(cfg, &id);
             remove_cgroups(&id);
         }
