@@ -180,9 +180,15 @@ pub struct Created {
 }
 
 impl Created {
-    /// Creates `<own cgroup>/<name>` in every hierarchy and moves `pid` (the restoring CRIU)
-    /// into each, so the tasks CRIU forks start in the container's cgroups.
-    pub fn create(hier: &[HostHierarchy], name: &str, pid: u32) -> Result<Created> {
+    /// Creates `<own cgroup>/<name>` in every hierarchy, writes the container's settings
+    /// (`limits`, from `dest::cgroup_limits::plan`) and moves `pid` (the restoring CRIU) into
+    /// each, so the tasks CRIU forks start in the container's cgroups under its limits.
+    pub fn create(
+        hier: &[HostHierarchy],
+        name: &str,
+        pid: u32,
+        limits: &[crate::dest::cgroup_limits::Write],
+    ) -> Result<Created> {
         let mut created = Created {
             dirs: Vec::new(),
             parents: Vec::new(),
@@ -211,6 +217,17 @@ impl Created {
                         .ctx(Kind::Setup, format!("setting {f} of {}", dir.display()))?;
                 }
             }
+            for (controller, file, value) in limits {
+                if !crate::dest::cgroup_limits::has_controller(h, controller) {
+                    continue;
+                }
+                let path = dir.join(file);
+                // Without swap accounting there is no memsw file; "unlimited" needs none.
+                if value == "-1" && !path.exists() {
+                    continue;
+                }
+                write_setting(&path, value)?;
+            }
             std::fs::write(dir.join("cgroup.procs"), pid.to_string())
                 .ctx(Kind::Setup, format!("moving criu into {}", dir.display()))?;
         }
@@ -236,6 +253,21 @@ impl Created {
     pub fn keep(mut self) {
         self.keep = true;
     }
+}
+
+/// One write into a cgroup file (each write to `devices.allow`/`devices.deny` is one rule:
+/// the file is opened for each, in append mode so a plain directory in tests keeps them all).
+fn write_setting(path: &Path, value: &str) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(false)
+        .open(path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .ctx(
+            Kind::Setup,
+            format!("setting {} to {value:?}", path.display()),
+        )
 }
 
 impl Drop for Created {

@@ -137,8 +137,8 @@ pub const PRE_DUMP_ITERATIONS_MAX: u32 = 32;
 mod tests {
     use super::*;
     use crate::inspect::bounds::{
-        DESCRIPTORS_JSON_MAX, MAX_DEVICES, MAX_MASKED_PATHS, MAX_MOUNTS, MOUNTINFO_MAX,
-        PROC_CGROUP_MAX, PROC_STAT_MAX, STATE_JSON_MAX,
+        DESCRIPTORS_JSON_MAX, MAX_DEVICES, MAX_DEVICE_RULES, MAX_MASKED_PATHS, MAX_MOUNTS,
+        MOUNTINFO_MAX, PROC_CGROUP_MAX, PROC_STAT_MAX, STATE_JSON_MAX,
     };
 
     /// A quantity as README's Limits table writes it.
@@ -202,6 +202,7 @@ mod tests {
             ("MAX_MOUNTS", n(MAX_MOUNTS as u64)),
             ("MAX_MASKED_PATHS", n(MAX_MASKED_PATHS as u64)),
             ("MAX_DEVICES", n(MAX_DEVICES as u64)),
+            ("MAX_DEVICE_RULES", n(MAX_DEVICE_RULES as u64)),
             ("MOUNTINFO_MAX", b(MOUNTINFO_MAX as u64)),
             ("PROC_CGROUP_MAX", b(PROC_CGROUP_MAX as u64)),
             ("PROC_STAT_MAX", b(PROC_STAT_MAX as u64)),

@@ -1551,6 +1551,12 @@ pub fn json_u64_field(json: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The memory limit of the test bundles (`linux.resources.memory.limit`): above the largest
+/// workload the bench migrates (1 GiB) and what CRIU needs beside it while restoring.
+pub const BUNDLE_MEMORY_LIMIT: u64 = 4 << 30;
+/// The pids limit of the test bundles (`linux.resources.pids.limit`).
+pub const BUNDLE_PIDS_LIMIT: u64 = 512;
+
 /// The OCI process of a bundle: `sh -c SCRIPT` as root with runc's default capabilities.
 /// `mounts_json` are extra mount objects appended to the default ones of `runc spec` (proc,
 /// /dev tmpfs, devpts, shm, mqueue, sysfs, the cgroup mount); masked and read-only paths are
@@ -1586,7 +1592,7 @@ fn busybox_config(script: &str, extra_mounts: &[String]) -> String {
     {mounts}
   ],
   "linux": {{
-    "resources": {{"devices": [{{"allow": false, "access": "rwm"}}]}},
+    "resources": {{"devices": [{{"allow": false, "access": "rwm"}}], "memory": {{"limit": {memory_limit}}}, "pids": {{"limit": {pids_limit}}}}},
     "namespaces": [{{"type": "pid"}}, {{"type": "network"}}, {{"type": "ipc"}}, {{"type": "uts"}}, {{"type": "mount"}}],
     "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
     "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
@@ -1595,6 +1601,8 @@ fn busybox_config(script: &str, extra_mounts: &[String]) -> String {
 "#,
         script = json_string(script),
         mounts = mounts.join(",\n    "),
+        memory_limit = BUNDLE_MEMORY_LIMIT,
+        pids_limit = BUNDLE_PIDS_LIMIT,
     )
 }
 

@@ -435,6 +435,35 @@ fn moves_with(tag: &str, new_id: bool, check_ro: bool, copy: bool) {
         s.cgroup.dirs().len(),
         "restored cgroups {restored_cg:?}"
     );
+    // And they carry the container's settings, as `runc restore` applies them: device rules
+    // from deny-all (runc's defaults allow /dev/null, c 1:3), the memory and pids limits.
+    let setting = |controller: &str, file: &str| {
+        let dir = restored_cg
+            .iter()
+            .find(|d| {
+                d.components().any(|c| {
+                    c.as_os_str()
+                        .to_str()
+                        .is_some_and(|n| n.split(',').any(|x| x == controller))
+                })
+            })
+            .unwrap_or_else(|| panic!("no restored {controller} cgroup in {restored_cg:?}"));
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
+    };
+    let devices = setting("devices", "devices.list");
+    assert!(
+        !devices.contains("a *:* rwm") && devices.contains("c 1:3 rwm"),
+        "restored devices.list:\n{devices}"
+    );
+    assert_eq!(
+        setting("memory", "memory.limit_in_bytes").trim(),
+        BUNDLE_MEMORY_LIMIT.to_string()
+    );
+    assert_eq!(
+        setting("pids", "pids.max").trim(),
+        BUNDLE_PIDS_LIMIT.to_string()
+    );
 
     // Nothing mounted under the test's directories (work dirs, runc roots, bundle) in this
     // mount namespace, nothing left in the work directories.

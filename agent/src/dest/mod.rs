@@ -1,6 +1,7 @@
 //! The destination side: `haul serve` accepts authenticated connections; each migration gets
 //! its own session (receive pages and images → restore held at post-restore → Ready → Commit).
 
+pub mod cgroup_limits;
 pub mod fill;
 pub mod journal;
 pub mod lazy;

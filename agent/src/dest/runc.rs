@@ -162,6 +162,8 @@ pub struct RuncRestore {
     /// (key, fd number in the restoring CRIU) for each stdio pipe.
     inherit: Vec<(String, i32)>,
     cgroups: Option<Created>,
+    /// The container's cgroup settings, written into its cgroups before CRIU moves in.
+    limits: Vec<super::cgroup_limits::Write>,
     root: Option<RootMount>,
     claim: Option<Claim>,
     /// `--fs copy`: where the bundle goes.
@@ -291,6 +293,7 @@ impl RuncRestore {
                 )));
             }
         }
+        let limits = super::cgroup_limits::plan(&st.resources, &hier).map_err(refuse)?;
         for h in &hier {
             let d = h.child(&rc.dst_id);
             if d.exists() {
@@ -334,6 +337,7 @@ impl RuncRestore {
             plumbing: None,
             inherit: Vec::new(),
             cgroups: None,
+            limits,
             root: None,
             claim: None,
             copy_to,
@@ -374,7 +378,12 @@ impl RuncRestore {
 
     /// Creates the container's cgroups with the restoring CRIU in them, and mounts the root.
     pub fn attach(&mut self, restorer_pid: u32) -> Result<()> {
-        self.cgroups = Some(Created::create(&self.hier, &self.rc.dst_id, restorer_pid)?);
+        self.cgroups = Some(Created::create(
+            &self.hier,
+            &self.rc.dst_id,
+            restorer_pid,
+            &self.limits,
+        )?);
         Ok(())
     }
 
@@ -574,6 +583,7 @@ impl RuncRestore {
             plumbing: None,
             inherit: Vec::new(),
             cgroups: None,
+            limits: Vec::new(),
             root: None,
             claim: None,
             copy_to: None,

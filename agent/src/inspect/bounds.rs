@@ -32,6 +32,10 @@ pub const MAX_MASKED_PATHS: usize = 32;
 /// full, tty, zero, urandom); 64 allows for containers given many extra devices.
 pub const MAX_DEVICES: usize = 64;
 
+/// Most device cgroup rules kept from `config.cgroups.devices`. runc 1.1.5's defaults are 12
+/// (the fixture); Docker's about 15; 128 allows for containers given many devices.
+pub const MAX_DEVICE_RULES: usize = 128;
+
 /// Most namespaces kept per list (config.namespaces, namespace_paths). Linux has 8 namespace
 /// types (mnt, uts, ipc, user, pid, net, cgroup, time) and runc lists each at most once; 16 leaves
 /// room for types added later.

@@ -32,6 +32,7 @@
 
 mod bounded_read;
 pub mod bounds;
+mod cgroup_resources;
 mod container_id;
 mod decimal;
 mod descriptors;
@@ -51,6 +52,7 @@ pub use bounded_read::{
     lines, read_into, DecodeBuf, FileBuf, FileError, FileSize, Line, LineTooLong, Lines, ReadError,
     ReadErrorKind,
 };
+pub use cgroup_resources::{DeviceRule, Resources, ResourcesError};
 pub use container_id::{ContainerId, ContainerIdError};
 pub use descriptors::{
     parse_descriptors, read_descriptors, DescriptorsBuf, DescriptorsError, FdTarget,

@@ -38,6 +38,7 @@ use super::bounds::{
     CONTAINER_ID_MAX, MAX_CGROUP_PATHS, MAX_DEVICES, MAX_MASKED_PATHS, MAX_MOUNTS, MAX_NAMESPACES,
     PATH_MAX, STATE_JSON_MAX, STDIO_FDS,
 };
+use super::cgroup_resources::{self, RawCgroups, Resources, ResourcesError};
 use super::container_id::{ContainerId, ContainerIdError};
 use super::descriptors::{self, DescriptorsError, StdioDescriptors};
 use super::json::{BoundedMap, BoundedSeq, JsonError};
@@ -83,6 +84,8 @@ pub struct RuncState<'a> {
     pub namespace_paths: heapless::Vec<Namespace<'a>, MAX_NAMESPACES>,
     /// `external_descriptors`, which runc omits when it has none.
     pub external_descriptors: Option<StdioDescriptors<'a>>,
+    /// `config.cgroups`: the device rules and limits to apply to the restored tasks.
+    pub resources: Resources<'a>,
 }
 
 impl<'a> RuncState<'a> {
@@ -221,6 +224,8 @@ pub enum StateParseError {
     },
     /// `external_descriptors` is not three strings.
     Descriptors(DescriptorsError),
+    /// `config.cgroups` has a device rule haul cannot read, or too many.
+    Cgroups(ResourcesError),
     /// A kept string is too long or malformed.
     Text {
         /// Which string.
@@ -262,6 +267,7 @@ impl fmt::Display for StateParseError {
                 write!(f, "has malformed external_descriptors: {e}")
             }
             StateParseError::Text { field, problem } => write!(f, "has a `{field}` that {problem}"),
+            StateParseError::Cgroups(e) => write!(f, "{e}"),
         }
     }
 }
@@ -449,6 +455,11 @@ pub fn parse_state<'a>(
         None => None,
     };
 
+    let resources = match &config.cgroups {
+        Some(c) => cgroup_resources::from_raw(c).map_err(StateParseError::Cgroups)?,
+        None => Resources::default(),
+    };
+
     Ok(RuncState {
         id,
         init_pid,
@@ -463,6 +474,7 @@ pub fn parse_state<'a>(
         cgroup_paths,
         namespace_paths,
         external_descriptors,
+        resources,
     })
 }
 
@@ -527,6 +539,8 @@ struct RawConfig<'a> {
     mask_paths: BoundedSeq<&'a str, MAX_MASKED_PATHS>,
     #[serde(borrow)]
     labels: Labels<'a>,
+    #[serde(borrow)]
+    cgroups: Option<RawCgroups<'a>>,
 }
 
 #[derive(Deserialize, Default)]
