@@ -530,7 +530,10 @@ impl Handler {
             }
             Err(Errno::AGAIN) => self.retry_later(i, addr)?,
             Err(Errno::SRCH) | Err(Errno::NOSPC) => self.gone(i),
-            Err(Errno::NOENT) => {}
+            // No registered VMA there any more: nothing to map, but the thread must not sleep.
+            Err(Errno::NOENT) => {
+                let _ = uffd::wake(t.uffd.as_fd(), addr, self.page);
+            }
             Err(e) => return Err(format!("zero page at {addr:#x}: {e}")),
         }
         Ok(())
@@ -589,34 +592,60 @@ impl Handler {
     }
 
     /// UFFDIO_COPY of `data` to run `p` of task `i`, page by page past pages already there.
+    ///
+    /// The kernel copies only within one VMA and fails a range that crosses a VMA's end with
+    /// ENOENT, copying nothing. The task can split a VMA after the dump (mprotect, mlock,
+    /// madvise) without any userfaultfd event, so a run can cross boundaries this handler
+    /// never heard of: on ENOENT the copy is tried again on half as much until a single page
+    /// fails, and only then is there no VMA (or no registration) at that page.
     fn copy(&mut self, i: usize, p: Run, data: &[u8]) -> Result<(), String> {
         let page = self.page;
         let Some(t) = self.tasks.get_mut(i) else {
             return Ok(());
         };
         let mut at = 0u64;
+        // Bytes tried in the next copy: the whole rest, unless a VMA boundary was found in it.
+        let mut span = p.len();
         while at < p.len() {
-            let Some(chunk) = data.get(at as usize..p.len() as usize) else {
+            let end = p.len().min(at + span);
+            let Some(chunk) = data.get(at as usize..end as usize) else {
                 return Err("page data shorter than its run".into());
             };
             match uffd::copy(t.uffd.as_fd(), p.start + at, chunk) {
                 Ok(n) => {
                     self.counts.bytes_filled += n;
                     self.ctl.filled.fetch_add(n, Ordering::Relaxed);
-                    return Ok(());
+                    at += n;
+                    span = p.len();
                 }
                 Err(s) => {
                     self.counts.bytes_filled += s.copied;
+                    self.ctl.filled.fetch_add(s.copied, Ordering::Relaxed);
                     at += s.copied - s.copied % page;
                     match s.errno {
                         // A page already there (the task's own write raced the copy): skip it.
-                        Errno::EXIST => at += page,
+                        // The kernel wakes no waiter on this error: a thread that faulted
+                        // there would sleep on.
+                        Errno::EXIST => {
+                            let _ = uffd::wake(t.uffd.as_fd(), p.start + at, page);
+                            at += page;
+                            span = p.len();
+                        }
                         Errno::SRCH | Errno::NOSPC => {
                             self.gone(i);
                             return Ok(());
                         }
-                        // No VMA there any more (an unmap this handler has yet to read).
-                        Errno::NOENT => return Ok(()),
+                        // The range crosses a VMA's end: the part before it, then the rest.
+                        Errno::NOENT if end - at > page => {
+                            span = ((end - at) / 2).next_multiple_of(page);
+                        }
+                        // No registered VMA at this page (an unmap this handler has yet to
+                        // read): nothing to fill, and no thread may be left waiting there.
+                        Errno::NOENT => {
+                            let _ = uffd::wake(t.uffd.as_fd(), p.start + at, page);
+                            at += page;
+                            span = p.len();
+                        }
                         Errno::AGAIN => {
                             // The task's map is changing: put the rest back and try again
                             // once its event is read.
@@ -1159,6 +1188,52 @@ mod tests {
         }
         wait_until(|| f.exited().unwrap());
         assert_eq!(f.counts().unwrap().bytes_filled, 50 * PAGE);
+    }
+
+    /// The task splits a mapping after the dump (an mprotect inside a lazy run, which the
+    /// kernel reports to no userfaultfd): a copy across the new VMA boundary fails as a whole,
+    /// yet every page arrives, faults first (held background) or background first, and no
+    /// fault is left waiting.
+    #[test]
+    fn a_mapping_split_after_the_dump_is_filled_on_both_sides() {
+        for faults_first in [true, false] {
+            let Some(lab) = Lab::new("fill-split") else {
+                return;
+            };
+            // Three VMAs: 0..30, 30..32 (read-only; the task only reads), 32..64.
+            lab.region.read_only(30, 32);
+            let work = lab.work();
+            let mut f = super::super::Filler::start_local(&work).unwrap();
+            let seen = if faults_first {
+                f.pause();
+                let _link = lab.hand_over();
+                // The window of a fault at 26 is 26..42: it crosses both boundaries.
+                let seen = lab
+                    .touch(vec![26, 44])
+                    .recv_timeout(Duration::from_secs(20));
+                f.ctl.hold.store(false, Ordering::Relaxed);
+                if seen.is_ok() {
+                    wait_until(|| !matches!(f.exited(), Ok(false)));
+                }
+                seen
+            } else {
+                let _link = lab.hand_over();
+                wait_until(|| f.exited().unwrap());
+                lab.touch(vec![]).recv_timeout(Duration::from_secs(20))
+            };
+            let Ok(seen) = seen else {
+                f.kill();
+                panic!("the task hung on a fault (faults first: {faults_first})");
+            };
+            for (i, page) in seen.iter().enumerate() {
+                assert!(
+                    *page == lab.expected(i as u64),
+                    "page {i} differs (faults first: {faults_first})"
+                );
+            }
+            assert!(f.exited().unwrap(), "{:?}", f.counts());
+            assert_eq!(f.counts().unwrap().bytes_filled, 60 * PAGE);
+        }
     }
 
     /// A fake source page server: answers GETs as CRIU's does (failing on an address outside
