@@ -108,17 +108,22 @@ struct Images {
 struct Task {
     /// The pid in the images (shared by a task and the children it forks after the resume).
     pid: i32,
-    uffd: OwnedFd,
+    /// None once the task is gone (closed then: a task that forks often would otherwise
+    /// leave a descriptor here per child).
+    uffd: Option<OwnedFd>,
     images: Arc<Images>,
     pending: Runs,
     /// Asked of the source, not yet here.
     asked: Runs,
-    gone: bool,
 }
 
 impl Task {
+    fn gone(&self) -> bool {
+        self.uffd.is_none()
+    }
+
     fn done(&self) -> bool {
-        self.gone || (self.pending.is_empty() && self.asked.is_empty())
+        self.gone() || (self.pending.is_empty() && self.asked.is_empty())
     }
 }
 
@@ -235,7 +240,10 @@ impl Handler {
             return false;
         }
         match self.pages {
-            Pages::Local => self.tasks.iter().any(|t| !t.gone && !t.pending.is_empty()),
+            Pages::Local => self
+                .tasks
+                .iter()
+                .any(|t| !t.gone() && !t.pending.is_empty()),
             Pages::Remote { .. } => {
                 let faulting = self.last_fault.is_some_and(|t| t.elapsed() < FAULT_QUIET);
                 let limit = if faulting {
@@ -244,7 +252,10 @@ impl Handler {
                     REMOTE_IN_FLIGHT
                 };
                 self.questions.iter().filter(|q| q.bulk).count() < limit
-                    && self.tasks.iter().any(|t| !t.gone && !t.pending.is_empty())
+                    && self
+                        .tasks
+                        .iter()
+                        .any(|t| !t.gone() && !t.pending.is_empty())
             }
         }
     }
@@ -272,9 +283,9 @@ impl Handler {
             fds.push(PollFd::new(&**answers, PollFlags::IN));
         }
         for (i, t) in self.tasks.iter().enumerate() {
-            if !t.gone {
+            if let Some(fd) = &t.uffd {
                 who.push(Who::Task(i));
-                fds.push(PollFd::new(&t.uffd, PollFlags::IN));
+                fds.push(PollFd::new(fd, PollFlags::IN));
             }
         }
         let ts = rustix::event::Timespec::try_from(timeout).map_err(|e| e.to_string())?;
@@ -358,11 +369,10 @@ impl Handler {
         self.counts.tasks += 1;
         self.tasks.push(Task {
             pid,
-            uffd,
+            uffd: Some(uffd),
             images,
             pending,
             asked: Runs::default(),
-            gone: false,
         });
         Ok(())
     }
@@ -406,18 +416,19 @@ impl Handler {
             let Some(t) = self.tasks.get(i) else {
                 return Ok(());
             };
-            if t.gone {
+            let Some(fd) = &t.uffd else {
                 return Ok(());
-            }
-            let n = match rustix::io::read(&t.uffd, &mut msgs) {
+            };
+            let n = match rustix::io::read(fd, &mut msgs) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(Errno::AGAIN) => return Ok(()),
                 Err(Errno::INTR) => continue,
+                // The kernel fails a read when it cannot install the descriptor of a forked
+                // child (EMFILE, ENOMEM): it keeps the fork waiting and the task is not gone.
+                // Nothing could fill the child's memory: the fill fails.
                 Err(e) => {
-                    log::debug!("userfaultfd of task {}: {e}; taken as gone", t.pid);
-                    self.gone(i);
-                    return Ok(());
+                    return Err(format!("reading the userfaultfd of task {}: {e}", t.pid));
                 }
             };
             for m in msgs.get(..n).unwrap_or_default().chunks_exact(MSG_LEN) {
@@ -456,11 +467,10 @@ impl Handler {
                 };
                 let child = Task {
                     pid: p.pid,
-                    uffd,
+                    uffd: Some(uffd),
                     images: p.images.clone(),
                     pending: p.pending.clone(),
                     asked: p.asked.clone(),
-                    gone: false,
                 };
                 self.counts.tasks += 1;
                 self.tasks.push(child);
@@ -479,9 +489,12 @@ impl Handler {
                 let Some(t) = self.tasks.get_mut(i) else {
                     return Ok(());
                 };
+                let Some(fd) = &t.uffd else {
+                    return Ok(());
+                };
                 if ev == EVENT_REMOVE {
                     // The VMA stays: later faults there must not reach this handler.
-                    match uffd::unregister(t.uffd.as_fd(), start, end.saturating_sub(start)) {
+                    match uffd::unregister(fd.as_fd(), start, end.saturating_sub(start)) {
                         Ok(()) => {}
                         Err(Errno::NOMEM) => {
                             self.gone(i);
@@ -503,9 +516,9 @@ impl Handler {
         let Some(t) = self.tasks.get_mut(i) else {
             return Ok(());
         };
-        if t.gone {
+        let Some(fd) = t.uffd.as_ref().map(|f| f.as_fd()) else {
             return Ok(());
-        }
+        };
         if let Some(run) = t.pending.containing(addr) {
             let end = run.end.min(addr.saturating_add(FAULT_WINDOW));
             let parts = t.pending.take(addr, end);
@@ -523,16 +536,16 @@ impl Handler {
         }
         // Registered but never dumped (or already filled): the zero page, as the kernel
         // would have mapped without userfaultfd.
-        match uffd::zero(t.uffd.as_fd(), addr, self.page) {
+        match uffd::zero(fd, addr, self.page) {
             Ok(()) => self.counts.zero_pages += 1,
             Err(Errno::EXIST) => {
-                let _ = uffd::wake(t.uffd.as_fd(), addr, self.page);
+                let _ = uffd::wake(fd, addr, self.page);
             }
             Err(Errno::AGAIN) => self.retry_later(i, addr)?,
             Err(Errno::SRCH) | Err(Errno::NOSPC) => self.gone(i),
             // No registered VMA there any more: nothing to map, but the thread must not sleep.
             Err(Errno::NOENT) => {
-                let _ = uffd::wake(t.uffd.as_fd(), addr, self.page);
+                let _ = uffd::wake(fd, addr, self.page);
             }
             Err(e) => return Err(format!("zero page at {addr:#x}: {e}")),
         }
@@ -603,6 +616,9 @@ impl Handler {
         let Some(t) = self.tasks.get_mut(i) else {
             return Ok(());
         };
+        let Some(fd) = t.uffd.as_ref().map(|f| f.as_fd()) else {
+            return Ok(());
+        };
         let mut at = 0u64;
         // Bytes tried in the next copy: the whole rest, unless a VMA boundary was found in it.
         let mut span = p.len();
@@ -611,7 +627,7 @@ impl Handler {
             let Some(chunk) = data.get(at as usize..end as usize) else {
                 return Err("page data shorter than its run".into());
             };
-            match uffd::copy(t.uffd.as_fd(), p.start + at, chunk) {
+            match uffd::copy(fd, p.start + at, chunk) {
                 Ok(n) => {
                     self.counts.bytes_filled += n;
                     self.ctl.filled.fetch_add(n, Ordering::Relaxed);
@@ -627,7 +643,7 @@ impl Handler {
                         // The kernel wakes no waiter on this error: a thread that faulted
                         // there would sleep on.
                         Errno::EXIST => {
-                            let _ = uffd::wake(t.uffd.as_fd(), p.start + at, page);
+                            let _ = uffd::wake(fd, p.start + at, page);
                             at += page;
                             span = p.len();
                         }
@@ -642,7 +658,7 @@ impl Handler {
                         // No registered VMA at this page (an unmap this handler has yet to
                         // read): nothing to fill, and no thread may be left waiting there.
                         Errno::NOENT => {
-                            let _ = uffd::wake(t.uffd.as_fd(), p.start + at, page);
+                            let _ = uffd::wake(fd, p.start + at, page);
                             at += page;
                             span = p.len();
                         }
@@ -665,16 +681,18 @@ impl Handler {
         Ok(())
     }
 
+    /// Task `i`'s memory is gone (its mm exited): nothing of it is filled any more and its
+    /// userfaultfd is closed.
     fn gone(&mut self, i: usize) {
         if let Some(t) = self.tasks.get_mut(i) {
-            if !t.gone {
+            if !t.gone() {
                 log::debug!(
                     "userfaultfd handler: task {} gone with {} KiB unfilled",
                     t.pid,
                     (t.pending.bytes() + t.asked.bytes()) / 1024
                 );
             }
-            t.gone = true;
+            t.uffd = None;
             t.pending = Runs::default();
             t.asked = Runs::default();
         }
@@ -689,12 +707,12 @@ impl Handler {
             }
             // From the cursor, else the lowest pages of the first task with any.
             let at = self.cursor.and_then(|(i, addr)| {
-                let t = self.tasks.get(i).filter(|t| !t.gone)?;
+                let t = self.tasks.get(i).filter(|t| !t.gone())?;
                 Some((i, t.pending.from(addr)?))
             });
             let at = at.or_else(|| {
                 self.tasks.iter().enumerate().find_map(|(i, t)| {
-                    (!t.gone).then_some(())?;
+                    (!t.gone()).then_some(())?;
                     Some((i, t.pending.first()?))
                 })
             });
@@ -837,7 +855,7 @@ impl Handler {
             let Some(t) = self.tasks.get_mut(i) else {
                 continue;
             };
-            if t.pid != q.pid || t.gone {
+            if t.pid != q.pid || t.gone() {
                 continue;
             }
             let mut parts = Vec::new();
@@ -863,7 +881,7 @@ impl Handler {
                     return Err("page answer shorter than its run".into());
                 };
                 self.copy(i, p, d)?;
-                if self.tasks.get(i).is_none_or(|t| t.gone) {
+                if self.tasks.get(i).is_none_or(Task::gone) {
                     break;
                 }
             }
@@ -1234,6 +1252,68 @@ mod tests {
             assert!(f.exited().unwrap(), "{:?}", f.counts());
             assert_eq!(f.counts().unwrap().bytes_filled, 60 * PAGE);
         }
+    }
+
+    /// A handler with the Lab's task handed over, driven step by step by the test.
+    fn handler_with_task(lab: &Lab, work: &WorkDir) -> (Handler, UnixStream) {
+        let mut h = Handler::new(
+            work.fd.try_clone().unwrap(),
+            Pages::Local,
+            Arc::new(Control::default()),
+        )
+        .unwrap();
+        let link = lab.hand_over();
+        wait_until(|| {
+            h.poll_once(Duration::from_millis(5)).unwrap();
+            h.finished
+        });
+        assert_eq!(h.tasks.len(), 1);
+        (h, link)
+    }
+
+    /// A task found gone has its userfaultfd closed at once (a task forking often would
+    /// otherwise leave one descriptor here per child).
+    #[test]
+    fn a_gone_task_has_its_userfaultfd_closed() {
+        let Some(lab) = Lab::new("fill-gone") else {
+            return;
+        };
+        let work = lab.work();
+        let (mut h, _link) = handler_with_task(&lab, &work);
+        h.gone(0);
+        // Closed (its last reference), the userfaultfd no longer holds the range: the kernel
+        // maps zero pages for the faults, no handler is asked.
+        let seen = lab
+            .touch(vec![])
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the userfaultfd of a gone task is still open");
+        assert!(seen.iter().all(|p| p.iter().all(|&b| b == 0)));
+        assert!(h.tasks.first().is_some_and(Task::gone));
+    }
+
+    /// A userfaultfd that cannot be read (the kernel had no descriptor for a forked child)
+    /// ends the fill with an error; the task is not taken as gone.
+    #[test]
+    fn a_userfaultfd_read_error_ends_the_fill() {
+        let Some(lab) = Lab::new("fill-read-error") else {
+            return;
+        };
+        let work = lab.work();
+        let (mut h, _link) = handler_with_task(&lab, &work);
+        // A directory in its place: poll says readable, read fails with EISDIR.
+        let dir = rustix::fs::open(
+            lab.dir.path(),
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let _real = h.tasks[0].uffd.replace(dir);
+        let err = h.poll_once(Duration::from_millis(5)).unwrap_err();
+        assert!(
+            err.contains("reading the userfaultfd of task 4242"),
+            "{err}"
+        );
+        assert!(!h.tasks[0].gone());
     }
 
     /// A fake source page server: answers GETs as CRIU's does (failing on an address outside
