@@ -25,7 +25,7 @@ use rustix::io::Errno;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Bytes filled around a fault: the faulting page and the pages after it in its run (a task
@@ -67,7 +67,11 @@ const MSG_LEN: usize = 32;
 /// (`None`: PAGE_EOF).
 pub type Upstream = Box<dyn Fn(Option<&[u8]>) -> Result<(), String> + Send>;
 
-/// Shared with the session: stop and pause requests, progress.
+/// Stops the restored tasks for good and returns once none of them runs any more (Err: they
+/// may still run).
+pub type StopTasks = Box<dyn FnMut() -> Result<(), String> + Send>;
+
+/// Shared with the session: stop and pause requests, progress, how to stop the tasks.
 #[derive(Default)]
 pub struct Control {
     pub stop: AtomicBool,
@@ -75,6 +79,58 @@ pub struct Control {
     pub hold: AtomicBool,
     /// Bytes copied into the tasks so far.
     pub filled: AtomicU64,
+    /// How a failed fill stops the tasks before it closes their userfaultfds; the session sets
+    /// it before it lets them run. When the last reference to a userfaultfd closes, the
+    /// kernel unregisters its ranges and wakes the threads waiting there: every page not yet
+    /// filled then reads as a zero page, and a task still running would go on with that.
+    pub stop_tasks: Mutex<Option<StopTasks>>,
+    /// The userfaultfds of a failed fill whose tasks could not be stopped: kept open (their
+    /// faults then wait instead of reading zero pages) until `release_parked`.
+    parked: Mutex<Vec<OwnedFd>>,
+}
+
+impl Control {
+    /// Runs `stop_tasks`: Ok once the tasks are stopped; Err if they may run (or there is no
+    /// way to stop them yet).
+    fn run_stop_tasks(&self) -> Result<(), String> {
+        let mut hook = self
+            .stop_tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match hook.as_mut() {
+            Some(stop) => stop(),
+            None => Err("no way to stop them was given".into()),
+        }
+    }
+
+    /// Closes the userfaultfds a failed fill kept open, after stopping their tasks. Without a
+    /// `stop_tasks` they are closed as they are: the session sets it before the tasks may run,
+    /// so they never ran. If the tasks cannot be stopped the descriptors are left open for
+    /// the life of this process: tasks waiting on faults for ever are better than tasks
+    /// running on zero pages.
+    pub fn release_parked(&self) {
+        let parked =
+            std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner));
+        if parked.is_empty() {
+            return;
+        }
+        let mut hook = self
+            .stop_tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(stop) = hook.as_mut() else {
+            return;
+        };
+        if let Err(e) = stop() {
+            log::error!(
+                "the restored tasks of a failed fill could not be stopped ({e}): their {} userfaultfds stay open",
+                parked.len()
+            );
+            for fd in parked {
+                std::mem::forget(fd);
+            }
+        }
+    }
 }
 
 /// What the handler did.
@@ -203,8 +259,49 @@ impl Handler {
     }
 
     /// Runs until every task's memory is filled (or the task is gone), then closes the
-    /// source's page server (remote).
+    /// source's page server (remote). On an error, tasks whose memory is not all in are
+    /// stopped before their userfaultfds close (see `Control::stop_tasks`).
     pub fn run(mut self) -> Result<Counts, String> {
+        let out = self.fill();
+        if let Err(why) = &out {
+            self.fail(why);
+        }
+        out
+    }
+
+    /// The fill failed (`why`): the tasks still missing memory are stopped, then their
+    /// userfaultfds closed; if they cannot be stopped, the descriptors are parked in `ctl`
+    /// (their faults wait) for `Control::release_parked`.
+    fn fail(&mut self, why: &str) {
+        let open: Vec<OwnedFd> = self
+            .tasks
+            .iter_mut()
+            .filter(|t| !t.done())
+            .filter_map(|t| t.uffd.take())
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        match self.ctl.run_stop_tasks() {
+            Ok(()) => log::info!(
+                "userfaultfd handler failed ({why}); its {} restored tasks are stopped",
+                open.len()
+            ),
+            Err(e) => {
+                log::warn!(
+                    "userfaultfd handler failed ({why}) and cannot stop its tasks now ({e}): their {} userfaultfds stay open until they are",
+                    open.len()
+                );
+                self.ctl
+                    .parked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(open);
+            }
+        }
+    }
+
+    fn fill(&mut self) -> Result<Counts, String> {
         loop {
             if self.ctl.stop.load(Ordering::Relaxed) {
                 return Err("stopped".into());
@@ -1368,12 +1465,75 @@ mod tests {
         })
     }
 
+    type Mangle = fn(Iov) -> Iov;
+
+    /// A remote fill whose source answers the first question with `mangle` of it and leaves
+    /// the rest unanswered, started with `ctl`; a thread of the task faults on page 30 and
+    /// sets `released` once its read is done. Returns the handler's and the source's threads.
+    fn failing_remote_fill(
+        lab: &Lab,
+        work: &WorkDir,
+        mangle: Mangle,
+        ctl: Arc<Control>,
+        released: Arc<AtomicBool>,
+    ) -> (
+        std::thread::JoinHandle<Result<Counts, String>>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let layout = Layout::Narrow;
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
+        let tx = std::sync::Mutex::new(tx);
+        let up: Upstream = Box::new(move |b: Option<&[u8]>| {
+            tx.lock()
+                .unwrap()
+                .send(b.map(<[u8]>::to_vec))
+                .map_err(|e| e.to_string())
+        });
+        let source = std::thread::spawn(move || {
+            let hlen = layout.header_len();
+            let mut got = Vec::new();
+            while got.len() < hlen {
+                match rx.recv() {
+                    Ok(Some(b)) => got.extend_from_slice(&b),
+                    _ => return,
+                }
+            }
+            let q = Iov::decode(&got[..hlen], layout).unwrap();
+            let a = mangle(q);
+            let _ = theirs.write_all(&a.encode(layout)[..hlen]);
+            for p in 0..a.nr_pages {
+                let _ = theirs.write_all(&pattern(a.vaddr + p * PAGE));
+            }
+            // Later questions are taken and left unanswered.
+            while rx.recv().is_ok() {}
+        });
+        let h = Handler::new(
+            work.fd.try_clone().unwrap(),
+            Pages::Remote {
+                answers: Arc::new(OwnedFd::from(ours)),
+                up,
+                layout,
+            },
+            ctl,
+        )
+        .unwrap();
+        let run = std::thread::spawn(move || h.run());
+        let _link = lab.hand_over();
+        let r = lab.region.clone();
+        std::thread::spawn(move || {
+            let _ = r.page(30);
+            released.store(true, Ordering::SeqCst);
+        });
+        (run, source)
+    }
+
     /// A source whose answer does not match the question (another address, another task, no
-    /// pages, more pages than asked): the fill ends with an error naming it, and the task's
-    /// waiting thread is let go (its userfaultfd closes with the handler).
+    /// pages, more pages than asked): the fill ends with an error naming it, and stops the
+    /// task before it closes the task's userfaultfd (closed, it would let the waiting thread
+    /// read a zero page).
     #[test]
     fn a_mismatched_answer_ends_the_fill() {
-        type Mangle = fn(Iov) -> Iov;
         let cases: [(&str, Mangle); 4] = [
             ("address", |q| {
                 Iov::pages(q.dst_id, q.vaddr + PAGE, q.nr_pages)
@@ -1389,49 +1549,63 @@ mod tests {
                 return;
             };
             let work = lab.work();
-            let layout = Layout::Narrow;
-            let (ours, mut theirs) = UnixStream::pair().unwrap();
-            let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
-            let tx = std::sync::Mutex::new(tx);
-            let up: Upstream = Box::new(move |b: Option<&[u8]>| {
-                tx.lock()
-                    .unwrap()
-                    .send(b.map(<[u8]>::to_vec))
-                    .map_err(|e| e.to_string())
-            });
-            let source = std::thread::spawn(move || {
-                let hlen = layout.header_len();
-                let mut got = Vec::new();
-                while got.len() < hlen {
-                    match rx.recv() {
-                        Ok(Some(b)) => got.extend_from_slice(&b),
-                        _ => return,
-                    }
-                }
-                let q = Iov::decode(&got[..hlen], layout).unwrap();
-                let a = mangle(q);
-                let _ = theirs.write_all(&a.encode(layout)[..hlen]);
-                for p in 0..a.nr_pages {
-                    let _ = theirs.write_all(&pattern(a.vaddr + p * PAGE));
-                }
-                // Later questions are taken and left unanswered.
-                while rx.recv().is_ok() {}
-            });
-            let h = Handler::new(
-                work.fd.try_clone().unwrap(),
-                Pages::Remote {
-                    answers: Arc::new(OwnedFd::from(ours)),
-                    up,
-                    layout,
-                },
-                Arc::new(Control::default()),
-            )
-            .unwrap();
-            let run = std::thread::spawn(move || h.run());
-            let _link = lab.hand_over();
-            let _task = lab.touch(vec![30]);
+            let ctl = Arc::new(Control::default());
+            // The tasks here are this process's own threads (the pid in the images is made
+            // up): the hook only notes whether the faulting thread still waited when called.
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let released = Arc::new(AtomicBool::new(false));
+            let (s, r) = (seen.clone(), released.clone());
+            *ctl.stop_tasks.lock().unwrap() = Some(Box::new(move || {
+                // Long enough for a closed userfaultfd to have let the thread go.
+                std::thread::sleep(Duration::from_millis(50));
+                s.lock().unwrap().push(r.load(Ordering::SeqCst));
+                Ok(())
+            }));
+            let (run, source) =
+                failing_remote_fill(&lab, &work, mangle, ctl.clone(), released.clone());
             let err = run.join().unwrap().unwrap_err();
             assert!(err.contains("the source answered"), "{what}: {err}");
+            // Called once, while the thread still waited on its fault.
+            assert_eq!(*seen.lock().unwrap(), [false], "{what}");
+            // Stopped, the task's userfaultfd is closed: the thread here goes on.
+            wait_until(|| released.load(Ordering::SeqCst));
+            source.join().unwrap();
+        }
+    }
+
+    /// A failed fill that cannot stop its tasks (no way given yet, or it failed) keeps their
+    /// userfaultfds open, the faulting thread waiting, until `release_parked` has stopped them.
+    #[test]
+    fn a_failed_fill_that_cannot_stop_its_tasks_keeps_their_userfaultfds() {
+        for hook_fails in [false, true] {
+            let Some(lab) = Lab::new("fill-parked") else {
+                return;
+            };
+            let work = lab.work();
+            let ctl = Arc::new(Control::default());
+            if hook_fails {
+                *ctl.stop_tasks.lock().unwrap() = Some(Box::new(|| Err("no".into())));
+            }
+            let mangle: Mangle = |q| Iov::pages(q.dst_id, q.vaddr + PAGE, q.nr_pages);
+            let released = Arc::new(AtomicBool::new(false));
+            let (run, source) =
+                failing_remote_fill(&lab, &work, mangle, ctl.clone(), released.clone());
+            assert!(run.join().unwrap().is_err());
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!released.load(Ordering::SeqCst), "hook fails: {hook_fails}");
+            assert_eq!(ctl.parked.lock().unwrap().len(), 1);
+            let stopped = Arc::new(AtomicBool::new(false));
+            if hook_fails {
+                let s = stopped.clone();
+                *ctl.stop_tasks.lock().unwrap() = Some(Box::new(move || {
+                    s.store(true, Ordering::SeqCst);
+                    Ok(())
+                }));
+            }
+            ctl.release_parked();
+            assert_eq!(stopped.load(Ordering::SeqCst), hook_fails);
+            assert!(ctl.parked.lock().unwrap().is_empty());
+            wait_until(|| released.load(Ordering::SeqCst));
             source.join().unwrap();
         }
     }
