@@ -81,6 +81,11 @@ pub const LAZY_DAEMON_START: Duration = Duration::from_secs(30);
 /// speed, about a second per GiB here).
 pub const LOCAL_FILL_LIMIT: Duration = Duration::from_secs(600);
 
+/// Longest wait, after SIGKILL, for a restored tree whose memory fill failed to be dead before
+/// the fill lets go of its userfaultfds: the exit of a task frees its memory first, a few
+/// hundred ms for tens of GiB; past this wait the descriptors stay open instead.
+pub const RESTORED_STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// How long the destination holds restored tasks at post-restore waiting for Commit before it
 /// gives up (kills them, keeps the images).
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -188,6 +188,15 @@ impl Fill {
         }
     }
 
+    /// From the resume on, a failed fill stops the tree rooted at `root` before it lets go
+    /// of the tasks' memory (haul's handler; CRIU's daemon is a process of its own).
+    pub fn stop_tasks_on_failure(&self, root: i32) -> Result<()> {
+        match self {
+            Fill::Haul(f) => f.stop_tasks_on_failure(root),
+            Fill::Criu(_) => Ok(()),
+        }
+    }
+
     /// Holds the background fill until `kill` (fault injection). CRIU's daemon cannot be held
     /// safely (stopped, it would also leave the restore's own faults unanswered): it runs on.
     pub fn pause(&self) {
@@ -277,6 +286,77 @@ pub fn kill_restored(pid: i32) {
     }
 }
 
+/// SIGKILL to the restored root `pid` (started at `start`, its start time), then waits up to
+/// `limit` until no task of its tree runs. The root is the init of its pid namespace: the
+/// kernel kills every other task of the namespace when it exits and makes it a zombie only
+/// once they and its own threads are all gone, so a zombie root (or a reaped one) means the
+/// whole tree is dead. Err: it may still run.
+pub fn stop_restored(pid: i32, start: u64, limit: Duration) -> std::result::Result<(), String> {
+    let deadline = Instant::now() + limit;
+    let mut killed = false;
+    loop {
+        if tree_dead(pid, start)? {
+            return Ok(());
+        }
+        if !killed {
+            kill_restored(pid);
+            killed = true;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "restored task {pid} still runs {} s after SIGKILL",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether the tree rooted at `pid` (started at `start`) is dead: the root gone, replaced by
+/// another process, or a zombie with no thread left but its leader.
+fn tree_dead(pid: i32, start: u64) -> std::result::Result<bool, String> {
+    let Some(p) = rustix::process::Pid::from_raw(pid) else {
+        return Ok(true);
+    };
+    let mut buf = crate::inspect::ProcStatBuf::new();
+    let stat = match crate::inspect::read_proc_stat(
+        Path::new("/proc"),
+        crate::inspect::ProcPid::Pid(p),
+        &mut buf,
+    ) {
+        Ok(s) => s,
+        Err(e) if proc_gone(&e) => return Ok(true),
+        Err(e) => return Err(format!("reading the state of restored task {pid}: {e}")),
+    };
+    if stat.start_time != start {
+        return Ok(true);
+    }
+    if !matches!(stat.state, b'Z' | b'X') {
+        return Ok(false);
+    }
+    // A zombie leader's other threads may still run: each is listed under task/.
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(d) => Ok(d.count() <= 1),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(format!("listing the threads of restored task {pid}: {e}")),
+    }
+}
+
+/// Whether reading a /proc file failed because the process is gone (ENOENT when it was
+/// reaped before the open, ESRCH when it was between the open and the read).
+fn proc_gone<E>(e: &crate::inspect::FileError<E>) -> bool {
+    match e {
+        crate::inspect::FileError::Read(r) => match &r.kind {
+            crate::inspect::ReadErrorKind::Io(io) => {
+                io.kind() == std::io::ErrorKind::NotFound
+                    || io.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error())
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// Watches a restored tree during the post-copy from a separate process (`haul postcopy-guard`,
 /// its own process group, so it outlives `haul serve`). If serve dies before every page
 /// arrived, the filler dies with it (haul's handler is a thread of serve; CRIU's daemon is tied
@@ -319,7 +399,7 @@ impl Guard {
 }
 
 /// Start time of a process (field 22 of /proc/PID/stat), in clock ticks since boot.
-fn start_time(pid: i32) -> Option<u64> {
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     let p = rustix::process::Pid::from_raw(pid)?;
     let mut buf = crate::inspect::ProcStatBuf::new();
     crate::inspect::read_proc_stat(
@@ -370,4 +450,43 @@ pub fn lost(e: Error) -> Error {
         Kind::Lost,
         format!("{e}; the restored tasks were killed: their memory had not all arrived"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This running process is not dead; a zombie child (its exit not yet reaped) is, and
+    /// stopping it returns at once without a signal.
+    #[test]
+    fn a_zombie_tree_is_dead_and_a_running_one_is_not() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let start = start_time(me).unwrap();
+        assert_eq!(tree_dead(me, start), Ok(false));
+        // Another process's start time: the pid was reused, the tree is gone.
+        assert_eq!(tree_dead(me, start + 1), Ok(true));
+
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let t = Instant::now();
+        let start = loop {
+            let mut buf = crate::inspect::ProcStatBuf::new();
+            let p = rustix::process::Pid::from_raw(pid).unwrap();
+            let s = crate::inspect::read_proc_stat(
+                Path::new("/proc"),
+                crate::inspect::ProcPid::Pid(p),
+                &mut buf,
+            )
+            .unwrap();
+            if s.state == b'Z' {
+                break s.start_time;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "no zombie");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert_eq!(tree_dead(pid, start), Ok(true));
+        assert_eq!(stop_restored(pid, start, Duration::ZERO), Ok(()));
+        child.wait().unwrap();
+        assert_eq!(tree_dead(pid, start), Ok(true));
+    }
 }

@@ -83,6 +83,9 @@ pub struct Options {
 pub fn serve(listener: TcpListener, cfg: SessionConfig, opts: &Options) -> Result<()> {
     // First, before any thread starts, so that every thread has the signals blocked.
     let signals = Signals::start().ctx(Kind::Setup, "setting up signal handling")?;
+    if let Err(e) = raise_open_files_limit() {
+        log::warn!("{e}");
+    }
     run(
         listener,
         cfg,
@@ -91,6 +94,28 @@ pub fn serve(listener: TcpListener, cfg: SessionConfig, opts: &Options) -> Resul
         &Arc::new(Limits::new()),
         STOP_GRACE,
     )
+}
+
+/// Raises the soft limit on open descriptors to the hard one (Ok: the limit now). haul's
+/// userfaultfd handler holds a descriptor per restored task, and the kernel installs one more
+/// in serve for each fork of a task while its memory is filled: at the soft limit (often
+/// 1024) it cannot, and the fill fails.
+fn raise_open_files_limit() -> std::result::Result<u64, String> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    match (limit.current, limit.maximum) {
+        (Some(soft), Some(hard)) if soft < hard => {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            setrlimit(Resource::Nofile, raised)
+                .map_err(|e| format!("raising the open files limit from {soft} to {hard}: {e}"))?;
+            log::debug!("open files limit raised from {soft} to {hard}");
+            Ok(hard)
+        }
+        (soft, _) => Ok(soft.unwrap_or(u64::MAX)),
+    }
 }
 
 /// Accepts connections until a stop request; then waits up to `grace` for the migrations in
@@ -299,6 +324,25 @@ fn cut_off(n: usize, when: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The soft limit on open descriptors ends at the hard one.
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let before = getrlimit(Resource::Nofile);
+        if let Some(hard) = before.maximum {
+            // One under the hard limit, harmless to the other tests running meanwhile.
+            let lower = Rlimit {
+                current: Some(hard - 1),
+                maximum: Some(hard),
+            };
+            setrlimit(Resource::Nofile, lower).unwrap();
+        }
+        let now = raise_open_files_limit().unwrap();
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!(limit.current, limit.maximum);
+        assert_eq!(limit.current, Some(now));
+    }
     use crate::service::encode;
     use rustix::process::Signal;
     use std::os::fd::OwnedFd;

@@ -582,6 +582,11 @@ fn receive_and_restore(
         .unwrap_or_default();
     let mut guard = None;
     let decide = |pid: i32| -> Result<Decision> {
+        // Before the tasks may run: a fill that fails must stop them before it lets go of
+        // their memory.
+        for fill in [&lazy_daemon, &fill_daemon].into_iter().flatten() {
+            fill.stop_tasks_on_failure(pid)?;
+        }
         // Written before Ready: from here on, an interruption leaves the migration in doubt.
         journal::write(&work.path, Stage::Ready, &jid)?;
         conn.send(Msg::Ready(Ready { restored_pid: pid }))

@@ -188,6 +188,20 @@ pub mod testing {
             }
             .unwrap();
         }
+
+        /// Makes pages `from..to` read-only: the kernel splits the mapping there into VMAs of
+        /// their own and tells no userfaultfd.
+        pub fn read_only(&self, from: u64, to: u64) {
+            // SAFETY: the range lies inside this mapping; nothing writes there afterwards.
+            unsafe {
+                rustix::mm::mprotect(
+                    (self.addr + from * 4096) as *mut _,
+                    ((to - from) * 4096) as usize,
+                    rustix::mm::MprotectFlags::READ,
+                )
+            }
+            .unwrap();
+        }
     }
 
     impl Drop for Region {

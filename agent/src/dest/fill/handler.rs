@@ -25,7 +25,7 @@ use rustix::io::Errno;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Bytes filled around a fault: the faulting page and the pages after it in its run (a task
@@ -67,7 +67,11 @@ const MSG_LEN: usize = 32;
 /// (`None`: PAGE_EOF).
 pub type Upstream = Box<dyn Fn(Option<&[u8]>) -> Result<(), String> + Send>;
 
-/// Shared with the session: stop and pause requests, progress.
+/// Stops the restored tasks for good and returns once none of them runs any more (Err: they
+/// may still run).
+pub type StopTasks = Box<dyn FnMut() -> Result<(), String> + Send>;
+
+/// Shared with the session: stop and pause requests, progress, how to stop the tasks.
 #[derive(Default)]
 pub struct Control {
     pub stop: AtomicBool,
@@ -75,6 +79,58 @@ pub struct Control {
     pub hold: AtomicBool,
     /// Bytes copied into the tasks so far.
     pub filled: AtomicU64,
+    /// How a failed fill stops the tasks before it closes their userfaultfds; the session sets
+    /// it before it lets them run. When the last reference to a userfaultfd closes, the
+    /// kernel unregisters its ranges and wakes the threads waiting there: every page not yet
+    /// filled then reads as a zero page, and a task still running would go on with that.
+    pub stop_tasks: Mutex<Option<StopTasks>>,
+    /// The userfaultfds of a failed fill whose tasks could not be stopped: kept open (their
+    /// faults then wait instead of reading zero pages) until `release_parked`.
+    parked: Mutex<Vec<OwnedFd>>,
+}
+
+impl Control {
+    /// Runs `stop_tasks`: Ok once the tasks are stopped; Err if they may run (or there is no
+    /// way to stop them yet).
+    fn run_stop_tasks(&self) -> Result<(), String> {
+        let mut hook = self
+            .stop_tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match hook.as_mut() {
+            Some(stop) => stop(),
+            None => Err("no way to stop them was given".into()),
+        }
+    }
+
+    /// Closes the userfaultfds a failed fill kept open, after stopping their tasks. Without a
+    /// `stop_tasks` they are closed as they are: the session sets it before the tasks may run,
+    /// so they never ran. If the tasks cannot be stopped the descriptors are left open for
+    /// the life of this process: tasks waiting on faults for ever are better than tasks
+    /// running on zero pages.
+    pub fn release_parked(&self) {
+        let parked =
+            std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner));
+        if parked.is_empty() {
+            return;
+        }
+        let mut hook = self
+            .stop_tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(stop) = hook.as_mut() else {
+            return;
+        };
+        if let Err(e) = stop() {
+            log::error!(
+                "the restored tasks of a failed fill could not be stopped ({e}): their {} userfaultfds stay open",
+                parked.len()
+            );
+            for fd in parked {
+                std::mem::forget(fd);
+            }
+        }
+    }
 }
 
 /// What the handler did.
@@ -108,17 +164,22 @@ struct Images {
 struct Task {
     /// The pid in the images (shared by a task and the children it forks after the resume).
     pid: i32,
-    uffd: OwnedFd,
+    /// None once the task is gone (closed then: a task that forks often would otherwise
+    /// leave a descriptor here per child).
+    uffd: Option<OwnedFd>,
     images: Arc<Images>,
     pending: Runs,
     /// Asked of the source, not yet here.
     asked: Runs,
-    gone: bool,
 }
 
 impl Task {
+    fn gone(&self) -> bool {
+        self.uffd.is_none()
+    }
+
     fn done(&self) -> bool {
-        self.gone || (self.pending.is_empty() && self.asked.is_empty())
+        self.gone() || (self.pending.is_empty() && self.asked.is_empty())
     }
 }
 
@@ -198,8 +259,49 @@ impl Handler {
     }
 
     /// Runs until every task's memory is filled (or the task is gone), then closes the
-    /// source's page server (remote).
+    /// source's page server (remote). On an error, tasks whose memory is not all in are
+    /// stopped before their userfaultfds close (see `Control::stop_tasks`).
     pub fn run(mut self) -> Result<Counts, String> {
+        let out = self.fill();
+        if let Err(why) = &out {
+            self.fail(why);
+        }
+        out
+    }
+
+    /// The fill failed (`why`): the tasks still missing memory are stopped, then their
+    /// userfaultfds closed; if they cannot be stopped, the descriptors are parked in `ctl`
+    /// (their faults wait) for `Control::release_parked`.
+    fn fail(&mut self, why: &str) {
+        let open: Vec<OwnedFd> = self
+            .tasks
+            .iter_mut()
+            .filter(|t| !t.done())
+            .filter_map(|t| t.uffd.take())
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        match self.ctl.run_stop_tasks() {
+            Ok(()) => log::info!(
+                "userfaultfd handler failed ({why}); its {} restored tasks are stopped",
+                open.len()
+            ),
+            Err(e) => {
+                log::warn!(
+                    "userfaultfd handler failed ({why}) and cannot stop its tasks now ({e}): their {} userfaultfds stay open until they are",
+                    open.len()
+                );
+                self.ctl
+                    .parked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(open);
+            }
+        }
+    }
+
+    fn fill(&mut self) -> Result<Counts, String> {
         loop {
             if self.ctl.stop.load(Ordering::Relaxed) {
                 return Err("stopped".into());
@@ -235,7 +337,10 @@ impl Handler {
             return false;
         }
         match self.pages {
-            Pages::Local => self.tasks.iter().any(|t| !t.gone && !t.pending.is_empty()),
+            Pages::Local => self
+                .tasks
+                .iter()
+                .any(|t| !t.gone() && !t.pending.is_empty()),
             Pages::Remote { .. } => {
                 let faulting = self.last_fault.is_some_and(|t| t.elapsed() < FAULT_QUIET);
                 let limit = if faulting {
@@ -244,7 +349,10 @@ impl Handler {
                     REMOTE_IN_FLIGHT
                 };
                 self.questions.iter().filter(|q| q.bulk).count() < limit
-                    && self.tasks.iter().any(|t| !t.gone && !t.pending.is_empty())
+                    && self
+                        .tasks
+                        .iter()
+                        .any(|t| !t.gone() && !t.pending.is_empty())
             }
         }
     }
@@ -272,9 +380,9 @@ impl Handler {
             fds.push(PollFd::new(&**answers, PollFlags::IN));
         }
         for (i, t) in self.tasks.iter().enumerate() {
-            if !t.gone {
+            if let Some(fd) = &t.uffd {
                 who.push(Who::Task(i));
-                fds.push(PollFd::new(&t.uffd, PollFlags::IN));
+                fds.push(PollFd::new(fd, PollFlags::IN));
             }
         }
         let ts = rustix::event::Timespec::try_from(timeout).map_err(|e| e.to_string())?;
@@ -358,11 +466,10 @@ impl Handler {
         self.counts.tasks += 1;
         self.tasks.push(Task {
             pid,
-            uffd,
+            uffd: Some(uffd),
             images,
             pending,
             asked: Runs::default(),
-            gone: false,
         });
         Ok(())
     }
@@ -406,18 +513,19 @@ impl Handler {
             let Some(t) = self.tasks.get(i) else {
                 return Ok(());
             };
-            if t.gone {
+            let Some(fd) = &t.uffd else {
                 return Ok(());
-            }
-            let n = match rustix::io::read(&t.uffd, &mut msgs) {
+            };
+            let n = match rustix::io::read(fd, &mut msgs) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(Errno::AGAIN) => return Ok(()),
                 Err(Errno::INTR) => continue,
+                // The kernel fails a read when it cannot install the descriptor of a forked
+                // child (EMFILE, ENOMEM): it keeps the fork waiting and the task is not gone.
+                // Nothing could fill the child's memory: the fill fails.
                 Err(e) => {
-                    log::debug!("userfaultfd of task {}: {e}; taken as gone", t.pid);
-                    self.gone(i);
-                    return Ok(());
+                    return Err(format!("reading the userfaultfd of task {}: {e}", t.pid));
                 }
             };
             for m in msgs.get(..n).unwrap_or_default().chunks_exact(MSG_LEN) {
@@ -456,11 +564,10 @@ impl Handler {
                 };
                 let child = Task {
                     pid: p.pid,
-                    uffd,
+                    uffd: Some(uffd),
                     images: p.images.clone(),
                     pending: p.pending.clone(),
                     asked: p.asked.clone(),
-                    gone: false,
                 };
                 self.counts.tasks += 1;
                 self.tasks.push(child);
@@ -479,9 +586,12 @@ impl Handler {
                 let Some(t) = self.tasks.get_mut(i) else {
                     return Ok(());
                 };
+                let Some(fd) = &t.uffd else {
+                    return Ok(());
+                };
                 if ev == EVENT_REMOVE {
                     // The VMA stays: later faults there must not reach this handler.
-                    match uffd::unregister(t.uffd.as_fd(), start, end.saturating_sub(start)) {
+                    match uffd::unregister(fd.as_fd(), start, end.saturating_sub(start)) {
                         Ok(()) => {}
                         Err(Errno::NOMEM) => {
                             self.gone(i);
@@ -503,9 +613,9 @@ impl Handler {
         let Some(t) = self.tasks.get_mut(i) else {
             return Ok(());
         };
-        if t.gone {
+        let Some(fd) = t.uffd.as_ref().map(|f| f.as_fd()) else {
             return Ok(());
-        }
+        };
         if let Some(run) = t.pending.containing(addr) {
             let end = run.end.min(addr.saturating_add(FAULT_WINDOW));
             let parts = t.pending.take(addr, end);
@@ -523,14 +633,17 @@ impl Handler {
         }
         // Registered but never dumped (or already filled): the zero page, as the kernel
         // would have mapped without userfaultfd.
-        match uffd::zero(t.uffd.as_fd(), addr, self.page) {
+        match uffd::zero(fd, addr, self.page) {
             Ok(()) => self.counts.zero_pages += 1,
             Err(Errno::EXIST) => {
-                let _ = uffd::wake(t.uffd.as_fd(), addr, self.page);
+                let _ = uffd::wake(fd, addr, self.page);
             }
             Err(Errno::AGAIN) => self.retry_later(i, addr)?,
             Err(Errno::SRCH) | Err(Errno::NOSPC) => self.gone(i),
-            Err(Errno::NOENT) => {}
+            // No registered VMA there any more: nothing to map, but the thread must not sleep.
+            Err(Errno::NOENT) => {
+                let _ = uffd::wake(fd, addr, self.page);
+            }
             Err(e) => return Err(format!("zero page at {addr:#x}: {e}")),
         }
         Ok(())
@@ -589,34 +702,63 @@ impl Handler {
     }
 
     /// UFFDIO_COPY of `data` to run `p` of task `i`, page by page past pages already there.
+    ///
+    /// The kernel copies only within one VMA and fails a range that crosses a VMA's end with
+    /// ENOENT, copying nothing. The task can split a VMA after the dump (mprotect, mlock,
+    /// madvise) without any userfaultfd event, so a run can cross boundaries this handler
+    /// never heard of: on ENOENT the copy is tried again on half as much until a single page
+    /// fails, and only then is there no VMA (or no registration) at that page.
     fn copy(&mut self, i: usize, p: Run, data: &[u8]) -> Result<(), String> {
         let page = self.page;
         let Some(t) = self.tasks.get_mut(i) else {
             return Ok(());
         };
+        let Some(fd) = t.uffd.as_ref().map(|f| f.as_fd()) else {
+            return Ok(());
+        };
         let mut at = 0u64;
+        // Bytes tried in the next copy: the whole rest, unless a VMA boundary was found in it.
+        let mut span = p.len();
         while at < p.len() {
-            let Some(chunk) = data.get(at as usize..p.len() as usize) else {
+            let end = p.len().min(at + span);
+            let Some(chunk) = data.get(at as usize..end as usize) else {
                 return Err("page data shorter than its run".into());
             };
-            match uffd::copy(t.uffd.as_fd(), p.start + at, chunk) {
+            match uffd::copy(fd, p.start + at, chunk) {
                 Ok(n) => {
                     self.counts.bytes_filled += n;
                     self.ctl.filled.fetch_add(n, Ordering::Relaxed);
-                    return Ok(());
+                    at += n;
+                    span = p.len();
                 }
                 Err(s) => {
                     self.counts.bytes_filled += s.copied;
+                    self.ctl.filled.fetch_add(s.copied, Ordering::Relaxed);
                     at += s.copied - s.copied % page;
                     match s.errno {
                         // A page already there (the task's own write raced the copy): skip it.
-                        Errno::EXIST => at += page,
+                        // The kernel wakes no waiter on this error: a thread that faulted
+                        // there would sleep on.
+                        Errno::EXIST => {
+                            let _ = uffd::wake(fd, p.start + at, page);
+                            at += page;
+                            span = p.len();
+                        }
                         Errno::SRCH | Errno::NOSPC => {
                             self.gone(i);
                             return Ok(());
                         }
-                        // No VMA there any more (an unmap this handler has yet to read).
-                        Errno::NOENT => return Ok(()),
+                        // The range crosses a VMA's end: the part before it, then the rest.
+                        Errno::NOENT if end - at > page => {
+                            span = ((end - at) / 2).next_multiple_of(page);
+                        }
+                        // No registered VMA at this page (an unmap this handler has yet to
+                        // read): nothing to fill, and no thread may be left waiting there.
+                        Errno::NOENT => {
+                            let _ = uffd::wake(fd, p.start + at, page);
+                            at += page;
+                            span = p.len();
+                        }
                         Errno::AGAIN => {
                             // The task's map is changing: put the rest back and try again
                             // once its event is read.
@@ -636,16 +778,18 @@ impl Handler {
         Ok(())
     }
 
+    /// Task `i`'s memory is gone (its mm exited): nothing of it is filled any more and its
+    /// userfaultfd is closed.
     fn gone(&mut self, i: usize) {
         if let Some(t) = self.tasks.get_mut(i) {
-            if !t.gone {
+            if !t.gone() {
                 log::debug!(
                     "userfaultfd handler: task {} gone with {} KiB unfilled",
                     t.pid,
                     (t.pending.bytes() + t.asked.bytes()) / 1024
                 );
             }
-            t.gone = true;
+            t.uffd = None;
             t.pending = Runs::default();
             t.asked = Runs::default();
         }
@@ -660,12 +804,12 @@ impl Handler {
             }
             // From the cursor, else the lowest pages of the first task with any.
             let at = self.cursor.and_then(|(i, addr)| {
-                let t = self.tasks.get(i).filter(|t| !t.gone)?;
+                let t = self.tasks.get(i).filter(|t| !t.gone())?;
                 Some((i, t.pending.from(addr)?))
             });
             let at = at.or_else(|| {
                 self.tasks.iter().enumerate().find_map(|(i, t)| {
-                    (!t.gone).then_some(())?;
+                    (!t.gone()).then_some(())?;
                     Some((i, t.pending.first()?))
                 })
             });
@@ -808,7 +952,7 @@ impl Handler {
             let Some(t) = self.tasks.get_mut(i) else {
                 continue;
             };
-            if t.pid != q.pid || t.gone {
+            if t.pid != q.pid || t.gone() {
                 continue;
             }
             let mut parts = Vec::new();
@@ -834,7 +978,7 @@ impl Handler {
                     return Err("page answer shorter than its run".into());
                 };
                 self.copy(i, p, d)?;
-                if self.tasks.get(i).is_none_or(|t| t.gone) {
+                if self.tasks.get(i).is_none_or(Task::gone) {
                     break;
                 }
             }
@@ -1161,6 +1305,114 @@ mod tests {
         assert_eq!(f.counts().unwrap().bytes_filled, 50 * PAGE);
     }
 
+    /// The task splits a mapping after the dump (an mprotect inside a lazy run, which the
+    /// kernel reports to no userfaultfd): a copy across the new VMA boundary fails as a whole,
+    /// yet every page arrives, faults first (held background) or background first, and no
+    /// fault is left waiting.
+    #[test]
+    fn a_mapping_split_after_the_dump_is_filled_on_both_sides() {
+        for faults_first in [true, false] {
+            let Some(lab) = Lab::new("fill-split") else {
+                return;
+            };
+            // Three VMAs: 0..30, 30..32 (read-only; the task only reads), 32..64.
+            lab.region.read_only(30, 32);
+            let work = lab.work();
+            let mut f = super::super::Filler::start_local(&work).unwrap();
+            let seen = if faults_first {
+                f.pause();
+                let _link = lab.hand_over();
+                // The window of a fault at 26 is 26..42: it crosses both boundaries.
+                let seen = lab
+                    .touch(vec![26, 44])
+                    .recv_timeout(Duration::from_secs(20));
+                f.ctl.hold.store(false, Ordering::Relaxed);
+                if seen.is_ok() {
+                    wait_until(|| !matches!(f.exited(), Ok(false)));
+                }
+                seen
+            } else {
+                let _link = lab.hand_over();
+                wait_until(|| f.exited().unwrap());
+                lab.touch(vec![]).recv_timeout(Duration::from_secs(20))
+            };
+            let Ok(seen) = seen else {
+                f.kill();
+                panic!("the task hung on a fault (faults first: {faults_first})");
+            };
+            for (i, page) in seen.iter().enumerate() {
+                assert!(
+                    *page == lab.expected(i as u64),
+                    "page {i} differs (faults first: {faults_first})"
+                );
+            }
+            assert!(f.exited().unwrap(), "{:?}", f.counts());
+            assert_eq!(f.counts().unwrap().bytes_filled, 60 * PAGE);
+        }
+    }
+
+    /// A handler with the Lab's task handed over, driven step by step by the test.
+    fn handler_with_task(lab: &Lab, work: &WorkDir) -> (Handler, UnixStream) {
+        let mut h = Handler::new(
+            work.fd.try_clone().unwrap(),
+            Pages::Local,
+            Arc::new(Control::default()),
+        )
+        .unwrap();
+        let link = lab.hand_over();
+        wait_until(|| {
+            h.poll_once(Duration::from_millis(5)).unwrap();
+            h.finished
+        });
+        assert_eq!(h.tasks.len(), 1);
+        (h, link)
+    }
+
+    /// A task found gone has its userfaultfd closed at once (a task forking often would
+    /// otherwise leave one descriptor here per child).
+    #[test]
+    fn a_gone_task_has_its_userfaultfd_closed() {
+        let Some(lab) = Lab::new("fill-gone") else {
+            return;
+        };
+        let work = lab.work();
+        let (mut h, _link) = handler_with_task(&lab, &work);
+        h.gone(0);
+        // Closed (its last reference), the userfaultfd no longer holds the range: the kernel
+        // maps zero pages for the faults, no handler is asked.
+        let seen = lab
+            .touch(vec![])
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the userfaultfd of a gone task is still open");
+        assert!(seen.iter().all(|p| p.iter().all(|&b| b == 0)));
+        assert!(h.tasks.first().is_some_and(Task::gone));
+    }
+
+    /// A userfaultfd that cannot be read (the kernel had no descriptor for a forked child)
+    /// ends the fill with an error; the task is not taken as gone.
+    #[test]
+    fn a_userfaultfd_read_error_ends_the_fill() {
+        let Some(lab) = Lab::new("fill-read-error") else {
+            return;
+        };
+        let work = lab.work();
+        let (mut h, _link) = handler_with_task(&lab, &work);
+        // A directory in its place: poll says readable, read fails with EISDIR.
+        let dir = rustix::fs::open(
+            lab.dir.path(),
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let _real = h.tasks[0].uffd.replace(dir);
+        let err = h.poll_once(Duration::from_millis(5)).unwrap_err();
+        assert!(
+            err.contains("reading the userfaultfd of task 4242"),
+            "{err}"
+        );
+        assert!(!h.tasks[0].gone());
+    }
+
     /// A fake source page server: answers GETs as CRIU's does (failing on an address outside
     /// the lazy runs), every other answer cut short to `short` pages; answers FORCE_CLOSE with
     /// status 0. Returns the GETs seen and whether PAGE_EOF came.
@@ -1213,12 +1465,75 @@ mod tests {
         })
     }
 
+    type Mangle = fn(Iov) -> Iov;
+
+    /// A remote fill whose source answers the first question with `mangle` of it and leaves
+    /// the rest unanswered, started with `ctl`; a thread of the task faults on page 30 and
+    /// sets `released` once its read is done. Returns the handler's and the source's threads.
+    fn failing_remote_fill(
+        lab: &Lab,
+        work: &WorkDir,
+        mangle: Mangle,
+        ctl: Arc<Control>,
+        released: Arc<AtomicBool>,
+    ) -> (
+        std::thread::JoinHandle<Result<Counts, String>>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let layout = Layout::Narrow;
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
+        let tx = std::sync::Mutex::new(tx);
+        let up: Upstream = Box::new(move |b: Option<&[u8]>| {
+            tx.lock()
+                .unwrap()
+                .send(b.map(<[u8]>::to_vec))
+                .map_err(|e| e.to_string())
+        });
+        let source = std::thread::spawn(move || {
+            let hlen = layout.header_len();
+            let mut got = Vec::new();
+            while got.len() < hlen {
+                match rx.recv() {
+                    Ok(Some(b)) => got.extend_from_slice(&b),
+                    _ => return,
+                }
+            }
+            let q = Iov::decode(&got[..hlen], layout).unwrap();
+            let a = mangle(q);
+            let _ = theirs.write_all(&a.encode(layout)[..hlen]);
+            for p in 0..a.nr_pages {
+                let _ = theirs.write_all(&pattern(a.vaddr + p * PAGE));
+            }
+            // Later questions are taken and left unanswered.
+            while rx.recv().is_ok() {}
+        });
+        let h = Handler::new(
+            work.fd.try_clone().unwrap(),
+            Pages::Remote {
+                answers: Arc::new(OwnedFd::from(ours)),
+                up,
+                layout,
+            },
+            ctl,
+        )
+        .unwrap();
+        let run = std::thread::spawn(move || h.run());
+        let _link = lab.hand_over();
+        let r = lab.region.clone();
+        std::thread::spawn(move || {
+            let _ = r.page(30);
+            released.store(true, Ordering::SeqCst);
+        });
+        (run, source)
+    }
+
     /// A source whose answer does not match the question (another address, another task, no
-    /// pages, more pages than asked): the fill ends with an error naming it, and the task's
-    /// waiting thread is let go (its userfaultfd closes with the handler).
+    /// pages, more pages than asked): the fill ends with an error naming it, and stops the
+    /// task before it closes the task's userfaultfd (closed, it would let the waiting thread
+    /// read a zero page).
     #[test]
     fn a_mismatched_answer_ends_the_fill() {
-        type Mangle = fn(Iov) -> Iov;
         let cases: [(&str, Mangle); 4] = [
             ("address", |q| {
                 Iov::pages(q.dst_id, q.vaddr + PAGE, q.nr_pages)
@@ -1234,49 +1549,63 @@ mod tests {
                 return;
             };
             let work = lab.work();
-            let layout = Layout::Narrow;
-            let (ours, mut theirs) = UnixStream::pair().unwrap();
-            let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
-            let tx = std::sync::Mutex::new(tx);
-            let up: Upstream = Box::new(move |b: Option<&[u8]>| {
-                tx.lock()
-                    .unwrap()
-                    .send(b.map(<[u8]>::to_vec))
-                    .map_err(|e| e.to_string())
-            });
-            let source = std::thread::spawn(move || {
-                let hlen = layout.header_len();
-                let mut got = Vec::new();
-                while got.len() < hlen {
-                    match rx.recv() {
-                        Ok(Some(b)) => got.extend_from_slice(&b),
-                        _ => return,
-                    }
-                }
-                let q = Iov::decode(&got[..hlen], layout).unwrap();
-                let a = mangle(q);
-                let _ = theirs.write_all(&a.encode(layout)[..hlen]);
-                for p in 0..a.nr_pages {
-                    let _ = theirs.write_all(&pattern(a.vaddr + p * PAGE));
-                }
-                // Later questions are taken and left unanswered.
-                while rx.recv().is_ok() {}
-            });
-            let h = Handler::new(
-                work.fd.try_clone().unwrap(),
-                Pages::Remote {
-                    answers: Arc::new(OwnedFd::from(ours)),
-                    up,
-                    layout,
-                },
-                Arc::new(Control::default()),
-            )
-            .unwrap();
-            let run = std::thread::spawn(move || h.run());
-            let _link = lab.hand_over();
-            let _task = lab.touch(vec![30]);
+            let ctl = Arc::new(Control::default());
+            // The tasks here are this process's own threads (the pid in the images is made
+            // up): the hook only notes whether the faulting thread still waited when called.
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let released = Arc::new(AtomicBool::new(false));
+            let (s, r) = (seen.clone(), released.clone());
+            *ctl.stop_tasks.lock().unwrap() = Some(Box::new(move || {
+                // Long enough for a closed userfaultfd to have let the thread go.
+                std::thread::sleep(Duration::from_millis(50));
+                s.lock().unwrap().push(r.load(Ordering::SeqCst));
+                Ok(())
+            }));
+            let (run, source) =
+                failing_remote_fill(&lab, &work, mangle, ctl.clone(), released.clone());
             let err = run.join().unwrap().unwrap_err();
             assert!(err.contains("the source answered"), "{what}: {err}");
+            // Called once, while the thread still waited on its fault.
+            assert_eq!(*seen.lock().unwrap(), [false], "{what}");
+            // Stopped, the task's userfaultfd is closed: the thread here goes on.
+            wait_until(|| released.load(Ordering::SeqCst));
+            source.join().unwrap();
+        }
+    }
+
+    /// A failed fill that cannot stop its tasks (no way given yet, or it failed) keeps their
+    /// userfaultfds open, the faulting thread waiting, until `release_parked` has stopped them.
+    #[test]
+    fn a_failed_fill_that_cannot_stop_its_tasks_keeps_their_userfaultfds() {
+        for hook_fails in [false, true] {
+            let Some(lab) = Lab::new("fill-parked") else {
+                return;
+            };
+            let work = lab.work();
+            let ctl = Arc::new(Control::default());
+            if hook_fails {
+                *ctl.stop_tasks.lock().unwrap() = Some(Box::new(|| Err("no".into())));
+            }
+            let mangle: Mangle = |q| Iov::pages(q.dst_id, q.vaddr + PAGE, q.nr_pages);
+            let released = Arc::new(AtomicBool::new(false));
+            let (run, source) =
+                failing_remote_fill(&lab, &work, mangle, ctl.clone(), released.clone());
+            assert!(run.join().unwrap().is_err());
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!released.load(Ordering::SeqCst), "hook fails: {hook_fails}");
+            assert_eq!(ctl.parked.lock().unwrap().len(), 1);
+            let stopped = Arc::new(AtomicBool::new(false));
+            if hook_fails {
+                let s = stopped.clone();
+                *ctl.stop_tasks.lock().unwrap() = Some(Box::new(move || {
+                    s.store(true, Ordering::SeqCst);
+                    Ok(())
+                }));
+            }
+            ctl.release_parked();
+            assert_eq!(stopped.load(Ordering::SeqCst), hook_fails);
+            assert!(ctl.parked.lock().unwrap().is_empty());
+            wait_until(|| released.load(Ordering::SeqCst));
             source.join().unwrap();
         }
     }

@@ -138,7 +138,25 @@ impl Filler {
         self.ctl.hold.store(true, Ordering::Relaxed);
     }
 
-    /// Stops the handler; `exited` then reports the failure.
+    /// From now on, a failed fill stops the restored tree whose root is `root` (its pid here,
+    /// not the one in the images that the restore link names) before any of its tasks'
+    /// userfaultfds closes. Called before the tasks may run.
+    pub fn stop_tasks_on_failure(&self, root: i32) -> Result<()> {
+        let start = super::lazy::start_time(root)
+            .ok_or_else(|| Error::other(format!("restored task {root} is gone")))?;
+        let stop: handler::StopTasks = Box::new(move || {
+            super::lazy::stop_restored(root, start, crate::limits::RESTORED_STOP_WAIT)
+        });
+        *self
+            .ctl
+            .stop_tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stop);
+        Ok(())
+    }
+
+    /// Stops the handler; `exited` then reports the failure. Tasks whose memory is not all
+    /// in are stopped first (`stop_tasks_on_failure`).
     pub fn kill(&mut self) {
         self.ctl.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -152,10 +170,11 @@ impl Filler {
 }
 
 impl Drop for Filler {
-    /// Stops the handler: its tasks are being killed, or never ran. Closing their
-    /// userfaultfds lets any thread still waiting on a fault go on.
+    /// Stops the handler, and the tasks whose memory is not all in before their userfaultfds
+    /// close (those a failed handler could not stop then are stopped now).
     fn drop(&mut self) {
         self.kill();
+        self.ctl.release_parked();
     }
 }
 
