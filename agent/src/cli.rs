@@ -384,17 +384,27 @@ pub struct StdioRelay {
     pub hold: bool,
 }
 
-/// (internal) thaw a container's freezer cgroup if `haul migrate` dies after freezing it, once
-/// its CRIU has exited; started by `haul migrate`.
+/// (internal) if `haul migrate` dies: fail CRIU's lazy page server before the commit (CRIU
+/// resumes the tasks) or kill the frozen tasks after it, and thaw the freezer cgroup haul froze
+/// once CRIU has exited; started by `haul migrate`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "freeze-guard")]
 pub struct FreezeGuard {
     /// the container's v1 freezer cgroup directory
     #[argh(option)]
-    pub freezer: std::path::PathBuf,
+    pub freezer: Option<std::path::PathBuf>,
     /// the dumping CRIU
     #[argh(option)]
     pub criu_pid: i32,
+    /// inherited descriptor: haul's end of CRIU's page socket (--lazy)
+    #[argh(option)]
+    pub page_socket: Option<i32>,
+    /// the root task whose network namespace CRIU locked (--lazy)
+    #[argh(option)]
+    pub unlock_network_of: Option<i32>,
+    /// the frozen tasks, comma-separated, killed if haul dies after the commit (--lazy)
+    #[argh(option, default = "String::new()")]
+    pub tasks: String,
 }
 
 /// (internal) kill a restored task if `haul serve` ends before its post-copy completed; started

@@ -194,7 +194,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::StdioRelay(r) => haul::dest::stdio::relay(&r.log, r.hold),
         Command::PostcopyGuard(g) => haul::dest::lazy::guard(g.pid, g.start_time),
-        Command::FreezeGuard(g) => haul::source::freeze::guard(&g.freezer, g.criu_pid),
+        Command::FreezeGuard(g) => haul::source::freeze::guard(
+            g.freezer.as_deref(),
+            g.criu_pid,
+            g.page_socket,
+            g.unlock_network_of,
+            &g.tasks,
+        ),
         Command::Check(c) => {
             let key = match &c.to {
                 Some(_) => key_of(c.key.as_deref(), c.insecure)?,

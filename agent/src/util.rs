@@ -108,11 +108,12 @@ pub fn fault_named(name: &str) -> bool {
 }
 
 /// Starts haul itself with `args` as a guard process: its own process group (a Ctrl-C aimed at
-/// this haul does not reach it), stdin the read end of a pipe whose write end is returned. The
-/// guard acts when that pipe ends without the word it waits for; it is reaped in the
-/// background. `what` names it in errors.
+/// this haul does not reach it), stdin the read end of a pipe whose write end is returned, and
+/// `inherit` open under their numbers. The guard acts when that pipe ends without the word it
+/// waits for; it is reaped in the background. `what` names it in errors.
 pub fn start_guard(
     args: &[&std::ffi::OsStr],
+    inherit: &[std::os::fd::BorrowedFd<'_>],
     what: &str,
 ) -> crate::error::Result<std::os::fd::OwnedFd> {
     use crate::error::Error;
@@ -125,10 +126,7 @@ pub fn start_guard(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    crate::sys::unblock_signals_in_child(&mut cmd)
-        .map_err(|e| Error::other(format!("signal mask: {e}")))?;
-    let mut child = cmd
-        .spawn()
+    let mut child = crate::sys::spawn_inheriting(&mut cmd, inherit)
         .map_err(|e| Error::other(format!("starting the {what}: {e}")))?;
     let _ = std::thread::Builder::new()
         .name("haul-guard-reaper".into())

@@ -2041,3 +2041,78 @@ fn m5_lazy_destination_killed_during_the_post_copy() {
         ),
     );
 }
+
+/// `haul migrate --lazy` itself SIGKILLed (as the OOM killer would) while the destination
+/// restores, after the source's CRIU started serving pages and before the Commit. The end of
+/// CRIU's page stream would make it take the transfer for complete and kill the tasks while the
+/// destination, never committed, stops its copy; haul's guard process fails the page server
+/// instead, so CRIU resumes the tasks and the container keeps running on the source.
+#[test]
+fn m6_lazy_source_killed_before_the_commit() {
+    let Some(mut s) = setup("fim6") else { return };
+    // The destination pauses 3 s after sending RESTORE: the window before the Commit in which
+    // the source's CRIU already serves pages.
+    s.serve_with(ServeOpts {
+        env: vec![("HAUL_FAULT".into(), "dst-restoring:pause".into())],
+        ..ServeOpts::default()
+    });
+    let c = s.start_container(None, None);
+    let m = s.spawn_migrate(&c, &["--lazy"], &[]);
+    m.wait_for_line("restoring on the destination", QUICK)
+        .unwrap();
+    s.serve_ref().wait_for_line("pausing 3 s", QUICK).unwrap();
+    // Only haul: its CRIU and its guard live on, as after an OOM kill.
+    let pid = rustix::process::Pid::from_raw(m.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, Signal::KILL).unwrap();
+    let out = finish(m, QUICK);
+    assert_eq!(out.code, None, "not killed: {}", out.log);
+    wait_for("serve ending the migration", QUICK, || {
+        s.dst_work_entries().is_empty().then_some(())
+    });
+    let sum = s.check(&c, &Expect::new(Runs::Src, &c));
+    evidence(
+        "m6",
+        &format!(
+            "--lazy, haul migrate SIGKILLed while the destination restores (before the commit): \
+             the container runs on the source; {sum}"
+        ),
+    );
+}
+
+/// `haul migrate --lazy` SIGKILLed during the post-copy, after the Commit: the destination runs
+/// the container with part of its memory, so the source must never resume it (the guard stood
+/// down before the Commit and CRIU, its page stream ended, kills the tasks); the destination,
+/// its page source gone, stops its copy: lost, never twice.
+#[test]
+fn m7_lazy_source_killed_during_the_post_copy() {
+    let Some(mut s) = setup("fim7") else { return };
+    s.serve();
+    let c = s.start_container(None, None);
+    s.net.limit_rate(Side::Src, SLOW_RATE).unwrap();
+    let m = s.spawn_migrate(&c, &["--lazy"], &[]);
+    s.serve_ref()
+        .wait_for_line("fetching their memory", QUICK)
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(m.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, Signal::KILL).unwrap();
+    let out = finish(m, QUICK);
+    assert_eq!(out.code, None, "not killed: {}", out.log);
+    assert!(
+        !out.log.contains("failing its page server"),
+        "the guard acted after the commit:\n{}",
+        out.log
+    );
+    wait_for("the destination's verdict", SLOW, || {
+        let l = s.serve_log();
+        (l.contains("restored tasks were killed") || l.contains("post-copy done")).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let sum = s.check(&c, &Expect::new(Runs::Nowhere, &c));
+    evidence(
+        "m7",
+        &format!(
+            "--lazy, haul migrate SIGKILLed during the post-copy (after the commit): no copy \
+             resumed on the source; {sum}"
+        ),
+    );
+}

@@ -385,6 +385,7 @@ impl Guard {
                 "--start-time".as_ref(),
                 start.as_ref(),
             ],
+            &[],
             "post-copy guard",
         )?;
         Ok(Guard { pipe: Some(w) })

@@ -62,7 +62,8 @@ fn destination_from(
 /// Checks what a container description from the source must satisfy before anything on this
 /// host is looked at: a valid destination id, a bounded state.json that haul's parser accepts
 /// and that is UTF-8 (it is patched as text at registration), three stdio entries, and no more
-/// cgroup mounts or masked files than the source's own parser keeps. Returns state.json's text.
+/// cgroup mounts or masked files than the source's own parser keeps, and for a checkpoint no
+/// namespace joined by path. Returns state.json's text.
 pub fn check_description(rc: &RuncContainer) -> Result<String> {
     let refuse = |m: String| Error::new(Kind::Refused, m);
     ContainerId::new(&rc.dst_id)
@@ -74,8 +75,14 @@ pub fn check_description(rc: &RuncContainer) -> Result<String> {
         )));
     }
     let mut text = vec![0u8; rc.state_json.len()];
-    parse_state(&rc.state_json, &mut text)
+    let st = parse_state(&rc.state_json, &mut text)
         .map_err(|e| refuse(format!("state.json from the source: {e}")))?;
+    // The source refuses these too; a source that did not (an older haul) would otherwise get
+    // a silently different container here.
+    if !rc.restart {
+        runc::refuse_joined_namespaces(&st.joined_namespaces())
+            .map_err(|m| refuse(format!("container {}: {m}", rc.id)))?;
+    }
     if rc.stdio.len() != STDIO_FDS {
         return Err(refuse(format!(
             "malformed container description from the source: {} stdio entries, not {STDIO_FDS}",
@@ -207,6 +214,7 @@ impl RuncRestore {
         let st = parse_state(&json, &mut text)
             .map_err(|e| refuse(format!("state.json from the source: {e}")))?;
 
+        let joined_namespaces = st.joined_namespaces();
         let dir = cfg.runc_root.join(&rc.dst_id);
         if dir.exists() {
             return Err(refuse(format!(
@@ -325,6 +333,7 @@ impl RuncRestore {
             readonly_root: rc.readonly_root,
             // The source's CRIU ran inside the container's namespace: the restore needs a new one.
             own_netns: rc.own_netns,
+            joined_namespaces,
         };
         Ok(RuncRestore {
             stdio_log: cfg.stdio_dir.join(format!("{}.log", rc.dst_id)),
@@ -638,6 +647,27 @@ mod tests {
             rc.stdio = vec!["/dev/null".into(); n];
             assert!(check_description(&rc).is_err(), "{n} stdio entries");
         }
+    }
+
+    #[test]
+    fn a_checkpoint_of_a_container_in_a_joined_namespace_is_refused_in_the_preflight() {
+        let own = r#"{"type":"NEWNET","path":""}"#;
+        let joined = r#"{"type":"NEWNET","path":"/var/run/netns/cni-1"}"#;
+        let mut rc = description();
+        let text = String::from_utf8(rc.state_json).unwrap();
+        assert_eq!(text.matches(own).count(), 1);
+        rc.state_json = text.replace(own, joined).into_bytes();
+        let e = check_description(&rc).unwrap_err();
+        assert_eq!(e.kind, Kind::Refused, "{e}");
+        assert!(
+            e.message.contains(
+                "container ctp: the container joins the network namespace /var/run/netns/cni-1"
+            ),
+            "{e}"
+        );
+        // A restart runs the container anew with runc, which joins the path itself.
+        rc.restart = true;
+        assert!(check_description(&rc).is_ok());
     }
 
     #[test]

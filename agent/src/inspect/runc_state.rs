@@ -105,6 +105,15 @@ impl<'a> RuncState<'a> {
             .any(|n| n.kind == "NEWNET" && n.path.is_empty())
     }
 
+    /// The namespaces the config joins by path: (kind, path), in config order.
+    pub fn joined_namespaces(&self) -> Vec<(String, String)> {
+        self.namespaces
+            .iter()
+            .filter(|n| !n.path.is_empty())
+            .map(|n| (n.kind.to_string(), n.path.to_string()))
+            .collect()
+    }
+
     /// The path of init's namespace of `kind` (`NEWNET`, `NEWPID`, ...).
     pub fn namespace_path(&self, kind: &str) -> Option<&'a str> {
         self.namespace_paths

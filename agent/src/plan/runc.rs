@@ -43,6 +43,55 @@ pub struct Container {
     /// lo up, which the tasks inherit: what runc gives a new container, and all a restore with
     /// `empty_ns` kept of the old one anyway.
     pub own_netns: bool,
+    /// Namespaces the config joins by path: (runc's kind, e.g. `NEWNET`; the path). A
+    /// checkpoint cannot carry them (see [`refuse_joined_namespaces`]).
+    pub joined_namespaces: Vec<(String, String)>,
+}
+
+/// What a namespace of runc's `kind` is called in messages.
+fn namespace_name(kind: &str) -> &str {
+    match kind {
+        "NEWNET" => "network",
+        "NEWPID" => "PID",
+        "NEWIPC" => "IPC",
+        "NEWUTS" => "UTS",
+        "NEWNS" => "mount",
+        "NEWUSER" => "user",
+        "NEWCGROUP" => "cgroup",
+        "NEWTIME" => "time",
+        other => other,
+    }
+}
+
+/// Refuses a checkpoint of a container that joins namespaces by path (a Kubernetes pod's
+/// network namespace, `--network container:X`, a shared IPC namespace).
+///
+/// Such a namespace belongs to something else that stays on the source. haul hands CRIU no
+/// external entry for it, so the restore would not rejoin it: a network namespace would arrive
+/// as a new empty one with only lo, and any other kind as a private copy no longer shared with
+/// anything, while the migration reports success. runc carries the network and PID kinds as
+/// CRIU externals; haul does not, so every kind is refused before anything is frozen.
+pub fn refuse_joined_namespaces(joined: &[(String, String)]) -> Result<(), String> {
+    if joined.is_empty() {
+        return Ok(());
+    }
+    let list = joined
+        .iter()
+        .map(|(kind, path)| format!("the {} namespace {path} ({kind})", namespace_name(kind)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let effect = if joined.iter().any(|(kind, _)| kind == "NEWNET") {
+        "a joined network namespace would arrive as a new empty one with only lo"
+    } else {
+        "it would arrive as a private copy, no longer shared with what shares it here"
+    };
+    Err(format!(
+        "the container joins {list} by path (config.namespaces): haul carries only namespaces \
+         the container owns and cannot make the restored container rejoin one; {effect}. \
+         Nothing was frozen. Run the container with namespaces of its own, or use --mode \
+         restart (runc starts it anew on the destination and joins the same paths, which must \
+         exist there; its memory is not carried)"
+    ))
 }
 
 /// A cgroup v1 hierarchy mounted on a host.
@@ -100,8 +149,9 @@ pub fn dump_ext_mounts(c: &Container, notes: &mut Notes) -> Vec<ExtMountMap> {
 pub fn dump(c: &Container, images_dir_fd: i32, ps_fd: i32) -> (CriuOpts, Notes) {
     let mut notes = Notes::new();
     let ext_mnt = dump_ext_mounts(c, &mut notes);
-    // Its own namespace: CRIU runs inside it and leaves it alone. One joined by path: dumped,
-    // restored empty.
+    // Its own namespace: CRIU runs inside it and leaves it alone. None in the config: the
+    // host's, which is CRIU's too, so it is neither dumped nor created. One joined by path is
+    // refused before this plan is used (`refuse_joined_namespaces`).
     let empty_ns = if c.own_netns {
         notes.push(
             "network namespace: the container's own; CRIU runs inside it to dump, and the \
@@ -258,6 +308,7 @@ mod tests {
             ],
             readonly_root: true,
             own_netns: true,
+            joined_namespaces: Vec::new(),
         }
     }
 
@@ -320,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn a_joined_network_namespace_is_dumped_and_restored_empty() {
+    fn a_host_network_namespace_is_left_to_criu_which_shares_it() {
         let mut c = container();
         c.own_netns = false;
         let (o, notes) = dump(&c, 5, 9);
@@ -328,6 +379,68 @@ mod tests {
         assert!(notes.iter().all(|n| !n.starts_with("network")), "{notes:?}");
         let (r, _) = restore(&c, &Destination::default(), 5);
         assert_eq!(r.empty_ns, Some(CLONE_NEWNET));
+    }
+
+    /// The namespaces joined by path in the fixture's state.json with `from` replaced by `to`.
+    fn joined_in_fixture(from: &str, to: &str) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/runc-1.1.5-cgroupv1-hybrid/state.json"
+        ))
+        .unwrap();
+        assert_eq!(text.matches(from).count(), 1, "{from}");
+        let json = text.replace(from, to).into_bytes();
+        let mut buf = vec![0u8; json.len()];
+        let st = crate::inspect::parse_state(&json, &mut buf).unwrap();
+        st.joined_namespaces()
+    }
+
+    #[test]
+    fn a_container_with_namespaces_of_its_own_is_not_refused() {
+        let own = r#"{"type":"NEWNET","path":""}"#;
+        let none = joined_in_fixture(own, own);
+        assert!(none.is_empty(), "{none:?}");
+        assert_eq!(refuse_joined_namespaces(&none), Ok(()));
+    }
+
+    #[test]
+    fn a_joined_network_namespace_is_refused_naming_it_and_what_to_do() {
+        let joined = joined_in_fixture(
+            r#"{"type":"NEWNET","path":""}"#,
+            r#"{"type":"NEWNET","path":"/var/run/netns/cni-1"}"#,
+        );
+        assert_eq!(
+            joined,
+            vec![("NEWNET".to_string(), "/var/run/netns/cni-1".to_string())]
+        );
+        let e = refuse_joined_namespaces(&joined).unwrap_err();
+        assert!(
+            e.starts_with(
+                "the container joins the network namespace /var/run/netns/cni-1 (NEWNET)"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("a new empty one with only lo"), "{e}");
+        assert!(e.contains("Nothing was frozen"), "{e}");
+        assert!(e.contains("--mode restart"), "{e}");
+    }
+
+    #[test]
+    fn every_kind_of_joined_namespace_is_refused_and_listed() {
+        let joined = joined_in_fixture(
+            r#"{"type":"NEWIPC","path":""},{"type":"NEWUTS","path":""}"#,
+            r#"{"type":"NEWIPC","path":"/proc/42/ns/ipc"},{"type":"NEWUTS","path":"/proc/42/ns/uts"}"#,
+        );
+        let e = refuse_joined_namespaces(&joined).unwrap_err();
+        assert!(
+            e.contains("the IPC namespace /proc/42/ns/ipc (NEWIPC), the UTS namespace /proc/42/ns/uts (NEWUTS)"),
+            "{e}"
+        );
+        assert!(e.contains("a private copy"), "{e}");
+        for kind in ["NEWPID", "NEWNS", "NEWUSER", "NEWCGROUP", "NEWTIME"] {
+            let one = vec![(kind.to_string(), "/proc/42/ns/x".to_string())];
+            assert!(refuse_joined_namespaces(&one).is_err(), "{kind}");
+        }
     }
 
     #[test]

@@ -320,30 +320,69 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
         _ => None,
     };
     let tasks = super::progress::tasks(job.pid, job.freezer.as_deref());
+    let mut guard: Option<Arc<super::freeze::Guard>> = None;
     let (pre, outcome) = match pre {
         Ok(pre) => {
             let opts = pre.final_opts(opts);
-            // Frozen here at a 1 ms pace rather than by CRIU's 100 ms one; only a cgroup haul
-            // thaws on a rollback (`thaw_guard`: it was running when haul started).
-            if let (Some(dir), Some(t), Some(criu_pid)) =
-                (&job.freezer, thaw_guard.as_mut(), swrk.pid())
-            {
-                match super::freeze::freeze_guarded(dir, criu_pid) {
-                    Ok(Some(pipe)) => {
-                        log::debug!("froze {} before the dump", dir.display());
-                        t.guard = Some(pipe);
-                    }
-                    Ok(None) => log::info!(
-                        "{} did not freeze within {} ms; CRIU freezes it",
-                        dir.display(),
-                        super::freeze::FREEZE_LIMIT.as_millis()
-                    ),
-                    Err(e) => log::warn!("{e}; CRIU freezes the cgroup"),
+            // The guard (source/freeze.rs) covers haul's own death: it thaws the cgroup haul
+            // freezes, and for --lazy fails CRIU's page server before the commit. Frozen here
+            // at a 1 ms pace rather than by CRIU's 100 ms one; only a cgroup haul thaws on a
+            // rollback (`thaw_guard`: it was running when haul started).
+            let freezer = job.freezer.as_deref().filter(|_| thaw_guard.is_some());
+            let started = match swrk.pid() {
+                Some(criu_pid) if freezer.is_some() || o.lazy => {
+                    super::freeze::Guard::start(&super::freeze::Watch {
+                        criu_pid,
+                        freezer,
+                        page_socket: o.lazy.then(|| ps_ours.as_fd()),
+                        // CRIU locks the tasks' network namespace only if it did not run in it.
+                        unlock_network_of: (o.lazy && job.netns.is_none()).then_some(job.pid),
+                        tasks: &tasks,
+                    })
+                    .map(|g| Some(Arc::new(g)))
                 }
-            }
-            let outcome = run_dump(
-                &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
-            );
+                _ => Ok(None),
+            };
+            let started = match started {
+                Err(e) if o.lazy => Err(e.context(
+                    "--lazy: without its guard process a haul killed before the commit would \
+                     lose the container; nothing was frozen",
+                )),
+                Err(e) => {
+                    log::warn!("{e}; CRIU freezes the cgroup");
+                    Ok(None)
+                }
+                ok => ok,
+            };
+            let outcome = match started {
+                Ok(g) => {
+                    if let (Some(dir), Some(t), Some(g)) = (freezer, thaw_guard.as_mut(), &g) {
+                        match super::freeze::freeze(dir) {
+                            Ok(true) => {
+                                log::debug!("froze {} before the dump", dir.display());
+                                t.guard = Some(g.clone());
+                            }
+                            Ok(false) => {
+                                log::info!(
+                                    "{} did not freeze within {} ms; CRIU freezes it",
+                                    dir.display(),
+                                    super::freeze::FREEZE_LIMIT.as_millis()
+                                );
+                                g.cgroup_handled();
+                            }
+                            Err(e) => {
+                                log::warn!("{e}; CRIU freezes the cgroup");
+                                g.cgroup_handled();
+                            }
+                        }
+                    }
+                    guard = g;
+                    run_dump(
+                        &mut swrk, &conn, &work.path, relay, opts, job.pid, pass2, &stage, o.quiet,
+                    )
+                }
+                Err(e) => Err(e),
+            };
             (pre, outcome)
         }
         Err(e) => (super::precopy::Report::default(), Err(e)),
@@ -390,6 +429,7 @@ pub fn run(job: Job<'_>, o: &Options<'_>) -> Result<()> {
             &mut swrk,
             &conn,
             &ps_ours,
+            guard.as_deref(),
             &tasks,
             &stage,
             frozen_start,
@@ -614,10 +654,10 @@ fn wind_down(
 }
 
 /// Thaws a freezer cgroup haul froze, when dropped (rollback, or the tasks are gone), then
-/// dismisses the freeze guard (source::freeze) if one watches it.
+/// tells the guard (source::freeze) if one watches it.
 struct Thaw {
     dir: std::path::PathBuf,
-    guard: Option<std::os::fd::OwnedFd>,
+    guard: Option<Arc<super::freeze::Guard>>,
 }
 
 impl Drop for Thaw {
@@ -626,7 +666,7 @@ impl Drop for Thaw {
             log::error!("{e}");
         }
         if let Some(g) = self.guard.take() {
-            super::freeze::done(&g);
+            g.cgroup_handled();
         }
     }
 }

@@ -11,7 +11,8 @@
 //! directory and names it in `config_file`.
 //!
 //! Failure rules. Before the Commit is written, any failure resumes the tasks here (CRIU does
-//! so when its page socket fails, as in a normal dump). After it, the destination may be
+//! so when its page socket fails, as in a normal dump), haul's own death included: its guard
+//! process fails the socket then (source::freeze). After it, the destination may be
 //! running the workload with part of its memory: from then on the copy here never resumes. If
 //! the post-copy fails (connection lost, either CRIU fails), haul kills the frozen tasks here
 //! before CRIU could thaw them, and the destination kills its copy: the container is lost
@@ -134,10 +135,14 @@ pub struct PostCopy {
 /// After post-dump was answered `true` (CRIU serves the pages, the tasks stay frozen): waits
 /// for the destination to hold its restored tasks, commits, and follows the post-copy to its
 /// end. `tasks` are the frozen tasks, killed here if the post-copy fails after the commit.
+/// `guard` holds a copy of `ps` to fail it if haul dies before the commit (source::freeze).
+// One call site; the arguments are the post-copy's distinct inputs.
+#[allow(clippy::too_many_arguments)]
 pub fn finish(
     swrk: &mut Swrk,
     conn: &Conn,
     ps: &OwnedFd,
+    guard: Option<&super::freeze::Guard>,
     tasks: &[i32],
     stage: &AtomicU8,
     frozen_start: Instant,
@@ -205,8 +210,12 @@ pub fn finish(
         }
     }
     // 2. Commit. Until it is written the destination holds its tasks and will stop them.
-    // From now on a lost connection must end CRIU's stream (it then kills the tasks), not
-    // fail it (it would resume them).
+    // From now on a lost connection must end CRIU's stream (it then kills the tasks), not fail
+    // it (it would resume them while the destination runs); and if haul dies, the guard kills
+    // the tasks instead of failing the page server (source::freeze): it is told first.
+    if let Some(g) = guard {
+        g.commit();
+    }
     conn.set_sink_farewell(None);
     stage.store(1, Ordering::Release);
     crate::util::fault_point("src-committing");
@@ -413,7 +422,7 @@ pub fn unlock_network(pid: i32) {
 
 /// SIGKILL to every frozen task: pending while they are frozen, so they die before running
 /// again whatever CRIU does next.
-fn kill_tasks(tasks: &[i32]) {
+pub fn kill_tasks(tasks: &[i32]) {
     for &pid in tasks {
         if let Some(p) = rustix::process::Pid::from_raw(pid) {
             if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::KILL) {

@@ -122,6 +122,7 @@ pub fn inspect_container(runc_root: &Path, id: &str) -> Result<Inspected> {
         stdio,
         readonly_root,
         own_netns: st.has_own_netns(),
+        joined_namespaces: st.joined_namespaces(),
     };
     Ok(Inspected {
         id: id.to_string(),
@@ -190,7 +191,10 @@ pub fn migrate_runc(a: &MigrateRunc, key: Option<&Key>, criu: &Path, quiet: bool
         ..Default::default()
     };
     match a.mode.as_str() {
-        "checkpoint" => {}
+        "checkpoint" => {
+            crate::plan::runc::refuse_joined_namespaces(&c.container.joined_namespaces)
+                .map_err(|m| Error::usage(format!("container {}: {m}", c.id)))?;
+        }
         "restart" if a.lazy => {
             return Err(Error::usage(
                 "--lazy moves memory after the resume; --mode restart moves none: use one",
@@ -283,6 +287,9 @@ pub fn inspect(runc_root: &Path, id: &str, json: bool) -> Result<()> {
         .map_err(|e| e.context("planning the restore on this host"))?;
     let (restore_opts, rnotes) = crate::plan::runc::restore(&c.container, &dest, 0);
     notes.extend(rnotes);
+    if let Err(m) = crate::plan::runc::refuse_joined_namespaces(&c.container.joined_namespaces) {
+        notes.push(format!("haul migrate refuses a checkpoint: {m}"));
+    }
     if json {
         println!(
             "{}",
