@@ -199,6 +199,7 @@ mod tests {
             ("TCP_USER_TIMEOUT", s(TCP_USER_TIMEOUT)),
             ("KEEPALIVE_IDLE", s(KEEPALIVE_IDLE)),
             ("KEEPALIVE_FRAME_EVERY", s(KEEPALIVE_FRAME_EVERY)),
+            ("RESTORED_STOP_WAIT", s(RESTORED_STOP_WAIT)),
             (
                 "PRE_DUMP_ITERATIONS_MAX",
                 n(u64::from(PRE_DUMP_ITERATIONS_MAX)),
