@@ -41,7 +41,7 @@ use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--reps N] [--sizes 0,64,256,1024] \
-                     [--methods haul,haul-lazy,expert,manual,local,link] [--no-warmup] [--out DIR] \
+                     [--methods haul,haul-lazy,haul-eager,expert,manual,local,link] [--no-warmup] [--out DIR] \
                      [--keep-logs DIR]";
 
 /// `--lazy` target: the service stops at most this long, whatever the memory size.
@@ -63,6 +63,9 @@ enum Method {
     Haul,
     /// `haul migrate --lazy` (post-copy).
     HaulLazy,
+    /// `haul migrate --eager-restore`: all memory in place before the resume, as the runc
+    /// methods restore (the like-for-like comparison with them).
+    HaulEager,
     Expert,
     Manual,
     Local,
@@ -70,9 +73,10 @@ enum Method {
 }
 
 impl Method {
-    const ALL: [Method; 6] = [
+    const ALL: [Method; 7] = [
         Method::Haul,
         Method::HaulLazy,
+        Method::HaulEager,
         Method::Expert,
         Method::Manual,
         Method::Local,
@@ -83,11 +87,17 @@ impl Method {
         match self {
             Method::Haul => "haul",
             Method::HaulLazy => "haul-lazy",
+            Method::HaulEager => "haul-eager",
             Method::Expert => "expert",
             Method::Manual => "manual",
             Method::Local => "local",
             Method::Link => "link",
         }
+    }
+
+    /// A method that runs `haul serve` and `haul migrate`.
+    fn is_haul(self) -> bool {
+        matches!(self, Method::Haul | Method::HaulLazy | Method::HaulEager)
     }
 
     fn parse(s: &str) -> Option<Method> {
@@ -619,7 +629,7 @@ impl BenchLab {
         let hb = bundle.heartbeat();
         let _ = std::fs::remove_file(&hb);
         // Declared first, dropped last: serve outlives the containers it restored.
-        let serve = if matches!(method, Method::Haul | Method::HaulLazy) {
+        let serve = if method.is_haul() {
             Some(self.start_serve(port)?)
         } else {
             None
@@ -645,10 +655,9 @@ impl BenchLab {
         let t0 = Instant::now();
         let mut s = Sample::new(method, mib);
         match method {
-            Method::Haul | Method::HaulLazy => {
+            Method::Haul | Method::HaulLazy | Method::HaulEager => {
                 let serve = serve.as_ref().ok_or("no serve")?;
-                let lazy = method == Method::HaulLazy;
-                let r = self.haul_migrate(&id, port, work, logs, serve, lazy, &mut s);
+                let r = self.haul_migrate(&id, port, work, logs, serve, method, &mut s);
                 if self.keep_logs {
                     let _ = std::fs::write(logs.join("serve.log"), serve.log_text());
                 }
@@ -755,9 +764,10 @@ impl BenchLab {
         work: &Path,
         logs: &Path,
         serve: &ChildWithLog,
-        lazy: bool,
+        method: Method,
         s: &mut Sample,
     ) -> Result<(), String> {
+        let lazy = method == Method::HaulLazy;
         let stats = work.join("stats.json");
         let log_path = logs.join("migrate.log");
         let log = std::fs::File::create(&log_path)
@@ -777,6 +787,7 @@ impl BenchLab {
             .arg("--stats-json")
             .arg(&stats)
             .args(lazy.then_some("--lazy"))
+            .args((method == Method::HaulEager).then_some("--eager-restore"))
             .args(self.keep_logs.then_some("--keep-work"))
             .stdin(Stdio::null())
             .stdout(log)
@@ -1695,7 +1706,12 @@ impl Report<'_> {
              namespace to another joined by a veth pair, each with its own runc root; image \
              directories are on tmpfs for every method.\n\n\
              - **haul**: `haul serve` (fresh per migration, in the destination's own cgroups) and \
-             `haul migrate runc`, authenticated and encrypted.\n\
+             `haul migrate runc`, authenticated and encrypted. Its defaults: the restore leaves \
+             the private memory out and serve copies it from its own images after the resume \
+             (**fill ms**), so its CRIU restore does less than the runc methods'.\n\
+             - **haul-eager**: the same with `--eager-restore`: every page in place before the \
+             resume, as `runc restore` does (the like-for-like comparison with expert and \
+             local).\n\
              - **haul-lazy**: the same with `--lazy` (post-copy): the container runs on the \
              destination before its memory has moved; {} fetches it after \
              the resume (**total** then ends when the last page arrived; **page MiB/s** is the \
@@ -1746,7 +1762,7 @@ impl Report<'_> {
                 } else {
                     a.ok.to_string()
                 };
-                let rss = if matches!(a.method, Method::Haul | Method::HaulLazy) {
+                let rss = if a.method.is_haul() {
                     format!(
                         "{} / {} / {}",
                         show(a.serve_hwm_mib, 1),
@@ -1806,10 +1822,7 @@ impl Report<'_> {
             "| size | method | haul frozen ms (freeze → destination running) | post-copy ms (resume → last page) | fill ms (resume → memory in place, without --lazy) | haul wire MiB (its connection) |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
-        for a in aggs
-            .iter()
-            .filter(|a| matches!(a.method, Method::Haul | Method::HaulLazy))
-        {
+        for a in aggs.iter().filter(|a| a.method.is_haul()) {
             let _ = writeln!(
                 s,
                 "| {} MiB | {} | {} | {} | {} | {} |",
@@ -2026,6 +2039,9 @@ mod tests {
         let o = a(&["--sizes", "256", "--methods", "haul,local", "--reps", "5"]).unwrap();
         let l = a(&["--methods", "haul-lazy"]).unwrap();
         assert_eq!(l.methods, vec![Method::HaulLazy]);
+        let e = a(&["--methods", "haul-eager,expert"]).unwrap();
+        assert_eq!(e.methods, vec![Method::HaulEager, Method::Expert]);
+        assert_eq!(Method::ALL.iter().filter(|m| m.is_haul()).count(), 3);
         assert_eq!(o.sizes, vec![256]);
         assert_eq!(o.methods, vec![Method::Haul, Method::Local]);
         assert_eq!(o.reps, 5);
